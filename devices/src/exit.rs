@@ -1,0 +1,86 @@
+//! How a device tells the VMM that the guest wants the VM to end (power-off or reset).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Why the guest asked the VM to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// ACPI S5 through the sleep control register.
+    PowerOff,
+    /// The ACPI reset register or the i8042 reset line.
+    Reset,
+    /// A vCPU could not go on (KVM error, failed entry): the VMM exits with an error.
+    Failed,
+}
+
+impl ExitReason {
+    fn to_raw(self) -> u8 {
+        match self {
+            ExitReason::PowerOff => 1,
+            ExitReason::Reset => 2,
+            ExitReason::Failed => 3,
+        }
+    }
+
+    fn from_raw(raw: u8) -> Option<Self> {
+        match raw {
+            1 => Some(ExitReason::PowerOff),
+            2 => Some(ExitReason::Reset),
+            3 => Some(ExitReason::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// An eventfd the VMM's main loop waits on, plus the first reason given.
+/// The first request wins: a reset that follows a power-off does not change why we stopped.
+pub struct ExitSignal {
+    evt: EventFd,
+    reason: AtomicU8,
+}
+
+impl ExitSignal {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            evt: EventFd::new(EFD_NONBLOCK)?,
+            reason: AtomicU8::new(0),
+        })
+    }
+
+    /// Records `reason` (unless one is already recorded) and wakes the main loop.
+    pub fn request(&self, reason: ExitReason) {
+        let _ = self
+            .reason
+            .compare_exchange(0, reason.to_raw(), Ordering::SeqCst, Ordering::SeqCst);
+        if let Err(e) = self.evt.write(1) {
+            log::error!("cannot signal VM exit: {e}");
+        }
+    }
+
+    /// The reason recorded by the first request, if any.
+    pub fn reason(&self) -> Option<ExitReason> {
+        ExitReason::from_raw(self.reason.load(Ordering::SeqCst))
+    }
+
+    /// The eventfd that becomes readable on a request.
+    pub fn event_fd(&self) -> &EventFd {
+        &self.evt
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_reason_wins() {
+        let signal = ExitSignal::new().unwrap();
+        assert_eq!(signal.reason(), None);
+        signal.request(ExitReason::PowerOff);
+        signal.request(ExitReason::Reset);
+        assert_eq!(signal.reason(), Some(ExitReason::PowerOff));
+        assert_eq!(signal.event_fd().read().unwrap(), 2);
+    }
+}

@@ -1,0 +1,250 @@
+//! The command line, parsed and checked into plain structs before anything touches KVM:
+//! `VmConfig` is everything `Vm::new` needs.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use thiserror::Error;
+
+use crate::layout::PAGE_SIZE;
+use crate::options::{KeyValues, OptionError};
+use crate::size::format_size;
+
+/// vCPUs are numbered by 8-bit xAPIC ids in the MADT; 255 is the broadcast id.
+pub const MAX_VCPUS: u8 = 254;
+/// Below this a distribution kernel cannot boot.
+pub const MIN_MEMORY: u64 = 64 << 20;
+/// Larger guests are not supported (yet): the boot page tables and tests stop here.
+pub const MAX_MEMORY: u64 = 1 << 40;
+/// The kernel command line when the user gives none.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=acpi panic=1";
+
+const LONG_ABOUT: &str = "\
+Tidal boots a Linux bzImage on KVM with ACPI tables it generates.
+
+Kernel command line: without --cmdline the guest gets
+  \"console=ttyS0 reboot=acpi panic=1\"
+(console on the serial port, reboot through the ACPI reset register, reboot one second after
+a panic, which ends Tidal). With --cmdline, your line is used as it is; Tidal adds only what it
+needs and you did not set yourself (nothing yet).
+
+Exit: the process ends with code 0 when the guest powers off (`poweroff`) and also when it
+resets (`reboot`): Tidal does not restart guests. Errors end it with code 1 and one line on
+stderr.";
+
+#[derive(Debug, Parser)]
+#[command(name = "tidal", version, about = "A KVM VMM for elastic guest memory", long_about = LONG_ABOUT)]
+pub struct Cli {
+    /// Linux kernel image (bzImage).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// Initramfs to load beside the kernel.
+    #[arg(long, value_name = "PATH")]
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line (see above for what Tidal adds).
+    #[arg(long, value_name = "LINE")]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs (1 to 254).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub cpus: u32,
+    /// Guest memory: size=SIZE. Sizes take K, M, G or T suffixes (powers of 1024) or plain bytes.
+    #[arg(long, default_value = "size=512M", value_name = "size=SIZE")]
+    pub memory: String,
+    /// Guest console: stdio (guest output on stdout, stdin to the guest), file=PATH, or off.
+    #[arg(long, default_value = "stdio", value_name = "stdio|file=PATH|off")]
+    pub serial: String,
+    /// Write the generated ACPI tables as DIR/<SIGNATURE>.dat and exit without booting.
+    #[arg(long, value_name = "DIR")]
+    pub dump_acpi: Option<PathBuf>,
+    /// Log level: error, warn, info, debug or trace (RUST_LOG overrides it).
+    #[arg(long, default_value = "warn", value_name = "LEVEL")]
+    pub log_level: log::LevelFilter,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Option(#[from] OptionError),
+    #[error("--cpus must be between 1 and {MAX_VCPUS}, not {0}")]
+    Cpus(u32),
+    #[error("--memory: size {} is too small: at least {} is needed", format_size(*.0), format_size(MIN_MEMORY))]
+    MemoryTooSmall(u64),
+    #[error("--memory: size {} is too large: at most {} is supported", format_size(*.0), format_size(MAX_MEMORY))]
+    MemoryTooLarge(u64),
+    #[error("--memory: size {0} is not a multiple of 4 KiB")]
+    MemoryUnaligned(u64),
+    #[error("--serial: '{0}' is not stdio, off or file=PATH")]
+    Serial(String),
+    #[error("cannot read {what} {path}: {source}")]
+    Unreadable {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("kernel {0} is not a bzImage (no Linux boot header)")]
+    NotBzImage(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialMode {
+    Stdio,
+    File(PathBuf),
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryConfig {
+    /// Boot RAM in bytes.
+    pub size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initramfs: Option<PathBuf>,
+    pub cmdline: String,
+    pub cpus: u8,
+    pub memory: MemoryConfig,
+    pub serial: SerialMode,
+}
+
+impl TryFrom<&Cli> for VmConfig {
+    type Error = ConfigError;
+
+    fn try_from(cli: &Cli) -> Result<Self, ConfigError> {
+        let cpus = u8::try_from(cli.cpus)
+            .ok()
+            .filter(|n| (1..=MAX_VCPUS).contains(n))
+            .ok_or(ConfigError::Cpus(cli.cpus))?;
+        check_bzimage(&cli.kernel)?;
+        if let Some(initramfs) = &cli.initramfs {
+            File::open(initramfs).map_err(|source| ConfigError::Unreadable {
+                what: "initramfs",
+                path: initramfs.clone(),
+                source,
+            })?;
+        }
+        Ok(Self {
+            kernel: cli.kernel.clone(),
+            initramfs: cli.initramfs.clone(),
+            cmdline: kernel_cmdline(cli.cmdline.as_deref()),
+            cpus,
+            memory: parse_memory(&cli.memory)?,
+            serial: parse_serial(&cli.serial)?,
+        })
+    }
+}
+
+/// The guest's command line: the user's, or the default.
+pub fn kernel_cmdline(user: Option<&str>) -> String {
+    user.unwrap_or(DEFAULT_CMDLINE).trim().to_string()
+}
+
+pub fn parse_memory(text: &str) -> Result<MemoryConfig, ConfigError> {
+    let kv = KeyValues::parse("memory", text, &["size"])?;
+    let size = kv.required_size("size")?;
+    if size < MIN_MEMORY {
+        return Err(ConfigError::MemoryTooSmall(size));
+    }
+    if size > MAX_MEMORY {
+        return Err(ConfigError::MemoryTooLarge(size));
+    }
+    if size % PAGE_SIZE != 0 {
+        return Err(ConfigError::MemoryUnaligned(size));
+    }
+    Ok(MemoryConfig { size })
+}
+
+pub fn parse_serial(text: &str) -> Result<SerialMode, ConfigError> {
+    match text {
+        "stdio" => Ok(SerialMode::Stdio),
+        "off" => Ok(SerialMode::Off),
+        _ => match text.strip_prefix("file=") {
+            Some(path) if !path.is_empty() => Ok(SerialMode::File(PathBuf::from(path))),
+            _ => Err(ConfigError::Serial(text.to_string())),
+        },
+    }
+}
+
+/// Refuses files without the "HdrS" boot protocol magic, before any KVM work is done.
+fn check_bzimage(path: &Path) -> Result<(), ConfigError> {
+    const HEADER_MAGIC_OFFSET: u64 = 0x202;
+    let unreadable = |source| ConfigError::Unreadable {
+        what: "kernel",
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(unreadable)?;
+    let mut magic = [0u8; 4];
+    let read = file
+        .seek(SeekFrom::Start(HEADER_MAGIC_OFFSET))
+        .and_then(|_| file.read_exact(&mut magic));
+    match read {
+        Ok(()) if &magic == b"HdrS" => Ok(()),
+        Ok(()) => Err(ConfigError::NotBzImage(path.to_path_buf())),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(ConfigError::NotBzImage(path.to_path_buf()))
+        }
+        Err(e) => Err(unreadable(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("size=512M").unwrap().size, 512 << 20);
+        assert!(matches!(
+            parse_memory("size=0"),
+            Err(ConfigError::MemoryTooSmall(0))
+        ));
+        assert!(matches!(
+            parse_memory("size=2T"),
+            Err(ConfigError::MemoryTooLarge(_))
+        ));
+        assert!(matches!(
+            parse_memory("size=100000001"),
+            Err(ConfigError::MemoryUnaligned(_))
+        ));
+        assert!(matches!(parse_memory("size=12Q"), Err(ConfigError::Option(_))));
+        assert!(matches!(parse_memory(""), Err(ConfigError::Option(_))));
+    }
+
+    #[test]
+    fn serial_modes() {
+        assert_eq!(parse_serial("stdio").unwrap(), SerialMode::Stdio);
+        assert_eq!(parse_serial("off").unwrap(), SerialMode::Off);
+        assert_eq!(
+            parse_serial("file=/tmp/x").unwrap(),
+            SerialMode::File("/tmp/x".into())
+        );
+        assert!(parse_serial("file=").is_err());
+        assert!(parse_serial("tty").is_err());
+    }
+
+    #[test]
+    fn cmdline_default_and_user() {
+        assert_eq!(kernel_cmdline(None), DEFAULT_CMDLINE);
+        assert_eq!(kernel_cmdline(Some(" console=ttyS0 quiet ")), "console=ttyS0 quiet");
+    }
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("tidal").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn rejects_bad_cpus_and_kernels() {
+        let err = VmConfig::try_from(&cli(&["--kernel", "/nonexistent", "--cpus", "0"])).unwrap_err();
+        assert!(matches!(err, ConfigError::Cpus(0)));
+        let err = VmConfig::try_from(&cli(&["--kernel", "/nonexistent", "--cpus", "1000"])).unwrap_err();
+        assert!(matches!(err, ConfigError::Cpus(1000)));
+        let err = VmConfig::try_from(&cli(&["--kernel", "/nonexistent"])).unwrap_err();
+        assert!(matches!(err, ConfigError::Unreadable { what: "kernel", .. }));
+        let err = VmConfig::try_from(&cli(&["--kernel", "/proc/self/exe"])).unwrap_err();
+        assert!(matches!(err, ConfigError::NotBzImage(_)));
+    }
+}

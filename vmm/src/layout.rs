@@ -1,0 +1,32 @@
+//! The guest physical address map (see docs/design.md): where boot structures, ACPI tables,
+//! RAM and the device hole live. One place, so the loader, the e820 map and the ACPI tables agree.
+
+/// GDT and IDT used for the 64-bit boot state.
+pub const BOOT_GDT_START: u64 = 0x500;
+pub const BOOT_IDT_START: u64 = 0x520;
+/// The Linux zero page (struct boot_params).
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// Top of the stack the kernel starts on; it switches to its own almost at once.
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+/// Identity page tables covering the first GiB: PML4, PDPT, PD.
+pub const PML4_START: u64 = 0x9000;
+pub const PDPTE_START: u64 = 0xa000;
+pub const PDE_START: u64 = 0xb000;
+/// The kernel command line.
+pub const CMDLINE_START: u64 = 0x2_0000;
+/// Start of the EBDA: RAM below it is usable, up to the ACPI area it is reserved.
+pub const EBDA_START: u64 = 0x9_fc00;
+/// ACPI tables; the RSDP at the start is also where legacy scanning looks.
+pub const ACPI_START: u64 = 0xe_0000;
+pub const ACPI_END: u64 = 0x10_0000;
+/// Where the protected-mode kernel is loaded.
+pub const HIMEM_START: u64 = 0x10_0000;
+
+/// The 32-bit device hole: RAM stops here and resumes at 4 GiB.
+pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
+pub const IOAPIC_START: u32 = 0xfec0_0000;
+pub const APIC_START: u32 = 0xfee0_0000;
+
+/// x86 page size; guest RAM sizes are whole pages.
+pub const PAGE_SIZE: u64 = 0x1000;

@@ -1,0 +1,13 @@
+//! Tidal's VMM: configuration, guest memory, Linux boot, vCPUs and the VM that ties them to the
+//! devices and ACPI tables.
+
+pub mod boot;
+pub mod config;
+pub mod console;
+pub mod cpu;
+pub mod layout;
+pub mod memory;
+pub mod options;
+pub mod size;
+pub mod vcpu;
+pub mod vm;

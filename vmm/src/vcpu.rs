@@ -1,0 +1,115 @@
+//! A vCPU on its own thread: KVM_RUN in a loop, port and MMIO exits dispatched to the device
+//! bus, guest shutdowns and failures turned into VM exit requests.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use thiserror::Error;
+use tidal_devices::{ExitReason, ExitSignal};
+use vm_device::bus::{MmioAddress, PioAddress};
+use vm_device::device_manager::{IoManager, MmioManager, PioManager};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+#[derive(Debug, Error)]
+pub enum VcpuError {
+    #[error("cannot start the thread for vCPU {index}: {source}")]
+    Spawn { index: u8, source: std::io::Error },
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    Signal(vmm_sys_util::errno::Error),
+}
+
+/// The signal that interrupts KVM_RUN so a vCPU thread notices it must stop.
+pub fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+/// KVM_RUN returns EINTR when the kick arrives; the handler itself has nothing to do.
+pub fn install_kick_handler() -> Result<(), VcpuError> {
+    extern "C" fn noop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+    register_signal_handler(kick_signal(), noop).map_err(VcpuError::Signal)
+}
+
+/// What a vCPU thread shares with the rest of the VMM.
+#[derive(Clone)]
+pub struct VcpuContext {
+    pub io: Arc<IoManager>,
+    pub exit: Arc<ExitSignal>,
+    pub stop: Arc<AtomicBool>,
+}
+
+pub fn spawn(index: u8, mut vcpu: VcpuFd, ctx: VcpuContext) -> Result<JoinHandle<()>, VcpuError> {
+    std::thread::Builder::new()
+        .name(format!("vcpu{index}"))
+        .spawn(move || run(index, &mut vcpu, &ctx))
+        .map_err(|source| VcpuError::Spawn { index, source })
+}
+
+fn run(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) {
+    while !ctx.stop.load(Ordering::Acquire) {
+        match vcpu.run() {
+            Ok(exit) => {
+                if let Some(reason) = handle_exit(index, exit, &ctx.io) {
+                    ctx.exit.request(reason);
+                    return;
+                }
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) => {
+                log::error!("vCPU {index}: KVM_RUN failed: {e}");
+                ctx.exit.request(ExitReason::Failed);
+                return;
+            }
+        }
+    }
+}
+
+/// Returns why the VM must end, if this exit says so.
+fn handle_exit(index: u8, exit: VcpuExit, io: &IoManager) -> Option<ExitReason> {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            if io.pio_read(PioAddress(port), data).is_err() {
+                data.fill(0xff);
+            }
+        }
+        VcpuExit::IoOut(port, data) => {
+            let _ = io.pio_write(PioAddress(port), data);
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if io.mmio_read(MmioAddress(addr), data).is_err() {
+                data.fill(0xff);
+            }
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            let _ = io.mmio_write(MmioAddress(addr), data);
+        }
+        VcpuExit::Hlt => {}
+        VcpuExit::Shutdown => {
+            log::info!("vCPU {index}: triple fault; treating it as a reset");
+            return Some(ExitReason::Reset);
+        }
+        VcpuExit::SystemEvent(kind, _) => {
+            return Some(match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
+                KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
+                KVM_SYSTEM_EVENT_CRASH => ExitReason::Failed,
+                other => {
+                    log::error!("vCPU {index}: unknown system event {other}");
+                    ExitReason::Failed
+                }
+            });
+        }
+        VcpuExit::FailEntry(reason, cpu) => {
+            log::error!("vCPU {index}: VM entry failed (reason {reason:#x}, cpu {cpu})");
+            return Some(ExitReason::Failed);
+        }
+        VcpuExit::InternalError => {
+            log::error!("vCPU {index}: KVM internal error");
+            return Some(ExitReason::Failed);
+        }
+        other => log::debug!("vCPU {index}: ignored exit {other:?}"),
+    }
+    None
+}

@@ -1,0 +1,338 @@
+//! A VM from a `VmConfig`: the KVM VM with its in-kernel irqchip, guest RAM, devices on the
+//! port bus, ACPI tables, the loaded kernel and the vCPU threads; and the loop that waits for
+//! the guest to power off.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use thiserror::Error;
+use tidal_acpi::{AcpiConfig, AcpiTables, IoApic, LegacySerial, PowerRegisters};
+use tidal_devices::i8042::{I8042, I8042_PORT, I8042_PORT_SIZE};
+use tidal_devices::power::{
+    AcpiPower, POWER_PORT, POWER_PORT_SIZE, RESET_PORT, RESET_VALUE, SLEEP_CONTROL_PORT,
+    SLEEP_STATUS_PORT,
+};
+use tidal_devices::serial::{SerialConsole, COM1_IRQ, COM1_PORT, SERIAL_PORT_SIZE};
+use tidal_devices::{EventFdTrigger, ExitReason, ExitSignal};
+use vm_device::bus::{PioAddress, PioRange};
+use vm_device::device_manager::{IoManager, PioManager};
+use vm_device::DevicePio;
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
+use vmm_sys_util::signal::Killable;
+
+use crate::boot::{self, BootError, BootSpec};
+use crate::config::VmConfig;
+use crate::console::{self, ConsoleError};
+use crate::cpu::{self, Topology};
+use crate::layout::{ACPI_END, ACPI_START, APIC_START, IOAPIC_START};
+use crate::memory::{GuestMemoryLayout, GuestRam, MemoryError};
+use crate::vcpu::{self, VcpuContext, VcpuError};
+
+#[derive(Debug, Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm: {0} (is KVM available and are you allowed to use it?)")]
+    OpenKvm(kvm_ioctls::Error),
+    #[error("KVM API version {0} is not the supported version 12")]
+    KvmApiVersion(i32),
+    #[error("{count} vCPUs requested, but this host's KVM supports at most {max}")]
+    TooManyVcpus { count: u8, max: usize },
+    #[error("KVM failed to {what}: {source}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("vCPU {index} setup: {source}")]
+    VcpuSetup {
+        index: u8,
+        source: cpu::regs::RegsError,
+    },
+    #[error("cannot build ACPI tables: {0}")]
+    Acpi(#[from] tidal_acpi::AcpiError),
+    #[error("cannot write ACPI table {signature} at {address:#x}: {reason}")]
+    AcpiWrite {
+        signature: String,
+        address: u64,
+        reason: String,
+    },
+    #[error("cannot create {what}: {source}")]
+    Resource {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cannot place device at port {port:#x}: {source}")]
+    Bus {
+        port: u16,
+        source: vm_device::bus::Error,
+    },
+    #[error("event loop failed: {0:?}")]
+    EventLoop(event_manager::Error),
+    #[error("a vCPU failed; see the log above")]
+    VcpuFailed,
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// Where the TSS and identity map go: three pages just below the BIOS area, in the hole.
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// The ACPI tables for `config`: also what `--dump-acpi` writes.
+pub fn acpi_tables(config: &VmConfig) -> Result<AcpiTables, tidal_acpi::AcpiError> {
+    let acpi = AcpiConfig {
+        cpus: u32::from(config.cpus),
+        serial: Some(LegacySerial {
+            io_port: COM1_PORT,
+            irq: COM1_IRQ,
+        }),
+        power: PowerRegisters {
+            sleep_control_port: SLEEP_CONTROL_PORT,
+            sleep_status_port: SLEEP_STATUS_PORT,
+            reset_port: RESET_PORT,
+            reset_value: RESET_VALUE,
+        },
+        ioapic: IoApic {
+            id: config.cpus,
+            address: IOAPIC_START,
+            gsi_base: 0,
+        },
+        lapic_address: APIC_START,
+        ged: None,
+        memory_hotplug: None,
+        numa: None,
+    };
+    tidal_acpi::build_tables(&acpi, ACPI_START, ACPI_END)
+}
+
+/// A VM ready to run: everything is set up, no vCPU has started.
+pub struct Vm {
+    _kvm: Kvm,
+    vm: VmFd,
+    _ram: GuestRam,
+    io: Arc<IoManager>,
+    exit: Arc<ExitSignal>,
+    serial: Arc<Mutex<SerialConsole>>,
+    vcpus: Vec<VcpuFd>,
+    read_stdin: bool,
+}
+
+impl Vm {
+    pub fn new(config: &VmConfig) -> Result<Self, VmError> {
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let api = kvm.get_api_version();
+        if api != 12 {
+            return Err(VmError::KvmApiVersion(api));
+        }
+        let max = kvm.get_max_vcpus();
+        if usize::from(config.cpus) > max {
+            return Err(VmError::TooManyVcpus {
+                count: config.cpus,
+                max,
+            });
+        }
+        let vm = kvm.create_vm().map_err(kvm_err("create the VM"))?;
+        vm.set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(kvm_err("set the TSS address"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("create the in-kernel interrupt controller"))?;
+
+        let layout = GuestMemoryLayout::new(config.memory.size);
+        let mut ram = GuestRam::new(&layout)?;
+        ram.register_with_kvm(&vm)?;
+        let memory = ram.atomic();
+        let mem = memory.memory();
+
+        let tables = acpi_tables(config)?;
+        for table in &tables.tables {
+            mem.write_slice(&table.bytes, GuestAddress(table.address))
+                .map_err(|e| VmError::AcpiWrite {
+                    signature: String::from_utf8_lossy(&table.signature).into_owned(),
+                    address: table.address,
+                    reason: e.to_string(),
+                })?;
+        }
+        let boot = boot::load(
+            &mem,
+            &BootSpec {
+                kernel: &config.kernel,
+                initramfs: config.initramfs.as_deref(),
+                cmdline: &config.cmdline,
+                layout: &layout,
+                rsdp: GuestAddress(tables.rsdp_address),
+            },
+        )?;
+        cpu::write_boot_page_tables_and_gdt(&mem).map_err(|source| VmError::VcpuSetup {
+            index: 0,
+            source,
+        })?;
+
+        let exit = Arc::new(ExitSignal::new().map_err(|source| VmError::Resource {
+            what: "the exit event",
+            source,
+        })?);
+        let interrupt = EventFdTrigger::new().map_err(|source| VmError::Resource {
+            what: "the serial interrupt",
+            source,
+        })?;
+        vm.register_irqfd(interrupt.event_fd(), COM1_IRQ)
+            .map_err(kvm_err("connect the serial interrupt"))?;
+        let serial = Arc::new(Mutex::new(SerialConsole::new(
+            interrupt,
+            console::output(&config.serial)?,
+        )));
+        let mut io = IoManager::new();
+        register_pio(&mut io, COM1_PORT, SERIAL_PORT_SIZE, serial.clone())?;
+        register_pio(
+            &mut io,
+            I8042_PORT,
+            I8042_PORT_SIZE,
+            Arc::new(Mutex::new(I8042::new(exit.clone()))),
+        )?;
+        register_pio(
+            &mut io,
+            POWER_PORT,
+            POWER_PORT_SIZE,
+            Arc::new(Mutex::new(AcpiPower::new(exit.clone()))),
+        )?;
+
+        let supported = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("report its supported CPUID"))?;
+        let topology = Topology { cpus: config.cpus };
+        let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
+        for index in 0..config.cpus {
+            let vcpu = vm
+                .create_vcpu(u64::from(index))
+                .map_err(kvm_err("create a vCPU"))?;
+            let setup = |vcpu: &VcpuFd| -> Result<(), cpu::regs::RegsError> {
+                vcpu.set_cpuid2(&cpu::build_cpuid(&supported, index, topology))
+                    .map_err(|source| cpu::regs::RegsError::Kvm {
+                        what: "CPUID",
+                        source,
+                    })?;
+                cpu::setup_msrs(vcpu)?;
+                cpu::setup_fpu(vcpu)?;
+                cpu::setup_lapic(vcpu)?;
+                // Application processors wait for INIT/SIPI from the boot processor.
+                if index == 0 {
+                    cpu::setup_boot_registers(vcpu, boot.entry)?;
+                }
+                Ok(())
+            };
+            setup(&vcpu).map_err(|source| VmError::VcpuSetup { index, source })?;
+            vcpus.push(vcpu);
+        }
+        log::info!(
+            "VM ready: {} vCPUs, {} MiB RAM, kernel {}",
+            config.cpus,
+            config.memory.size >> 20,
+            config.kernel.display()
+        );
+
+        Ok(Self {
+            _kvm: kvm,
+            vm,
+            _ram: ram,
+            io: Arc::new(io),
+            exit,
+            serial,
+            vcpus,
+            read_stdin: config.serial == crate::config::SerialMode::Stdio,
+        })
+    }
+
+    /// Runs the guest until it powers off or resets; returns why it stopped.
+    pub fn run(self) -> Result<ExitReason, VmError> {
+        vcpu::install_kick_handler()?;
+        if self.read_stdin {
+            console::spawn_stdin_reader(self.serial.clone())?;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let ctx = VcpuContext {
+            io: self.io.clone(),
+            exit: self.exit.clone(),
+            stop: stop.clone(),
+        };
+        let mut threads = Vec::new();
+        for (index, vcpu) in (0u8..).zip(self.vcpus) {
+            threads.push(vcpu::spawn(index, vcpu, ctx.clone())?);
+        }
+
+        let reason = wait_for_exit(&self.exit);
+        stop.store(true, Ordering::Release);
+        stop_vcpus(threads);
+        drop(self.vm);
+        match reason? {
+            ExitReason::Failed => Err(VmError::VcpuFailed),
+            other => Ok(other),
+        }
+    }
+}
+
+fn register_pio(
+    io: &mut IoManager,
+    port: u16,
+    size: u16,
+    device: Arc<dyn DevicePio + Send + Sync>,
+) -> Result<(), VmError> {
+    let range = PioRange::new(PioAddress(port), size).map_err(|source| VmError::Bus { port, source })?;
+    io.register_pio(range, device)
+        .map_err(|source| VmError::Bus { port, source })
+}
+
+/// Wakes the VMM's event loop when the exit eventfd fires; the reason stays in the signal.
+struct ExitWatcher(Arc<ExitSignal>);
+
+impl MutEventSubscriber for ExitWatcher {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.0.event_fd().read();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(self.0.event_fd(), EventSet::IN)) {
+            log::error!("cannot watch the exit event: {e:?}");
+        }
+    }
+}
+
+/// Runs the event loop until a device or vCPU asks the VM to end.
+fn wait_for_exit(exit: &Arc<ExitSignal>) -> Result<ExitReason, VmError> {
+    let mut events: EventManager<Box<dyn MutEventSubscriber + Send>> =
+        EventManager::new().map_err(VmError::EventLoop)?;
+    events.add_subscriber(Box::new(ExitWatcher(exit.clone())));
+    loop {
+        events.run().map_err(VmError::EventLoop)?;
+        if let Some(reason) = exit.reason() {
+            return Ok(reason);
+        }
+    }
+}
+
+/// Kicks every vCPU out of KVM_RUN until its thread ends; gives up after a while.
+fn stop_vcpus(threads: Vec<JoinHandle<()>>) {
+    const GIVE_UP: Duration = Duration::from_secs(2);
+    let start = Instant::now();
+    for thread in threads {
+        while !thread.is_finished() && start.elapsed() < GIVE_UP {
+            let _ = thread.kill(vcpu::kick_signal());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
+        } else {
+            log::warn!("a vCPU thread did not stop; exiting without it");
+        }
+    }
+}
