@@ -51,9 +51,9 @@ impl ExitSignal {
 
     /// Records `reason` (unless one is already recorded) and wakes the main loop.
     pub fn request(&self, reason: ExitReason) {
-        let _ = self
-            .reason
-            .compare_exchange(0, reason.to_raw(), Ordering::SeqCst, Ordering::SeqCst);
+        let _ =
+            self.reason
+                .compare_exchange(0, reason.to_raw(), Ordering::SeqCst, Ordering::SeqCst);
         if let Err(e) = self.evt.write(1) {
             log::error!("cannot signal VM exit: {e}");
         }

@@ -51,7 +51,9 @@ impl MutDevicePio for AcpiPower {
                     log::info!("guest powered off (ACPI S5)");
                     self.exit.request(ExitReason::PowerOff);
                 } else {
-                    log::warn!("guest asked for sleep type {sleep_type}, which Tidal does not offer");
+                    log::warn!(
+                        "guest asked for sleep type {sleep_type}, which Tidal does not offer"
+                    );
                 }
             }
             RESET if *value == RESET_VALUE => {
@@ -75,7 +77,11 @@ mod tests {
     #[test]
     fn s5_powers_off() {
         let (mut dev, exit) = device();
-        dev.pio_write(PioAddress(POWER_PORT), SLEEP_CONTROL, &[(S5_SLEEP_TYPE << 2) | SLP_EN]);
+        dev.pio_write(
+            PioAddress(POWER_PORT),
+            SLEEP_CONTROL,
+            &[(S5_SLEEP_TYPE << 2) | SLP_EN],
+        );
         assert_eq!(exit.reason(), Some(ExitReason::PowerOff));
     }
 

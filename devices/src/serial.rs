@@ -97,7 +97,8 @@ mod tests {
 
     #[test]
     fn full_fifo_takes_nothing() {
-        let mut serial = SerialConsole::new(EventFdTrigger::new().unwrap(), Box::new(Sink::default()));
+        let mut serial =
+            SerialConsole::new(EventFdTrigger::new().unwrap(), Box::new(Sink::default()));
         let taken = serial.push_input(&[b'a'; 100]);
         assert!(taken > 0 && taken < 100);
         assert_eq!(serial.push_input(b"b"), 0);
@@ -105,7 +106,8 @@ mod tests {
 
     #[test]
     fn ignores_wide_accesses() {
-        let mut serial = SerialConsole::new(EventFdTrigger::new().unwrap(), Box::new(Sink::default()));
+        let mut serial =
+            SerialConsole::new(EventFdTrigger::new().unwrap(), Box::new(Sink::default()));
         let mut wide = [0xAAu8; 2];
         serial.pio_read(PioAddress(COM1_PORT), 0, &mut wide);
         assert_eq!(wide, [0xAA; 2]);

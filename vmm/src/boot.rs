@@ -32,7 +32,11 @@ pub enum BootError {
     #[error("kernel {0} uses a boot protocol older than 2.12, which Tidal does not support")]
     OldBootProtocol(PathBuf),
     #[error("initramfs {path} ({size} bytes) does not fit below {limit:#x}")]
-    InitramfsTooLarge { path: PathBuf, size: u64, limit: u64 },
+    InitramfsTooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
     #[error("cannot load initramfs {path}: {reason}")]
     Initramfs { path: PathBuf, reason: String },
     #[error("kernel command line rejected: {0}")]
@@ -70,11 +74,12 @@ const LOADED_HIGH: u8 = 0x01;
 
 pub fn load(mem: &GuestMemoryMmap, spec: &BootSpec) -> Result<BootInfo, BootError> {
     let mut kernel = open(spec.kernel, "kernel")?;
-    let loaded = BzImage::load(mem, None, &mut kernel, Some(GuestAddress(HIMEM_START)))
-        .map_err(|source| BootError::Kernel {
+    let loaded = BzImage::load(mem, None, &mut kernel, Some(GuestAddress(HIMEM_START))).map_err(
+        |source| BootError::Kernel {
             path: spec.kernel.to_path_buf(),
             source,
-        })?;
+        },
+    )?;
     let Some(mut header) = loaded.setup_header else {
         return Err(BootError::OldBootProtocol(spec.kernel.to_path_buf()));
     };
@@ -85,8 +90,11 @@ pub fn load(mem: &GuestMemoryMmap, spec: &BootSpec) -> Result<BootInfo, BootErro
     let max_cmdline = usize::try_from(header.cmdline_size).unwrap_or(usize::MAX);
     let cmdline = build_cmdline(spec.cmdline, max_cmdline)?;
     let cmdline_bytes = cmdline.as_cstring().map_err(BootError::Cmdline)?;
-    mem.write_slice(cmdline_bytes.as_bytes_with_nul(), GuestAddress(CMDLINE_START))
-        .map_err(|e| BootError::Write(e.to_string()))?;
+    mem.write_slice(
+        cmdline_bytes.as_bytes_with_nul(),
+        GuestAddress(CMDLINE_START),
+    )
+    .map_err(|e| BootError::Write(e.to_string()))?;
 
     header.type_of_loader = KERNEL_LOADER_OTHER;
     header.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
@@ -94,7 +102,10 @@ pub fn load(mem: &GuestMemoryMmap, spec: &BootSpec) -> Result<BootInfo, BootErro
     header.cmd_line_ptr = low32(CMDLINE_START);
     header.cmdline_size = u32::try_from(cmdline_bytes.as_bytes().len()).unwrap_or(u32::MAX);
     if let Some(path) = spec.initramfs {
-        let limit = spec.layout.low_ram_end().min(u64::from(header.initrd_addr_max) + 1);
+        let limit = spec
+            .layout
+            .low_ram_end()
+            .min(u64::from(header.initrd_addr_max) + 1);
         let (addr, size) = load_initramfs(mem, path, limit, loaded.kernel_end)?;
         header.ramdisk_image = low32(addr);
         header.ramdisk_size = u32::try_from(size).unwrap_or(u32::MAX);
@@ -216,7 +227,10 @@ mod tests {
         assert!(build_cmdline("console=ttyS0", 2048).is_ok());
         assert!(matches!(
             build_cmdline(&"x".repeat(2048), 2048),
-            Err(BootError::CmdlineTooLong { len: 2048, max: 2047 })
+            Err(BootError::CmdlineTooLong {
+                len: 2048,
+                max: 2047
+            })
         ));
     }
 

@@ -27,8 +27,9 @@ Tidal boots a Linux bzImage on KVM with ACPI tables it generates.
 Kernel command line: without --cmdline the guest gets
   \"console=ttyS0 reboot=acpi panic=1\"
 (console on the serial port, reboot through the ACPI reset register, reboot one second after
-a panic, which ends Tidal). With --cmdline, your line is used as it is; Tidal adds only what it
-needs and you did not set yourself (nothing yet).
+a panic, which ends Tidal). With --cmdline, your line is used as it is. Either way Tidal then
+appends what the machine needs, unless the line already sets that parameter:
+  pci=off   Tidal has no PCI bus; without it the kernel spends seconds probing for one.
 
 Exit: the process ends with code 0 when the guest powers off (`poweroff`) and also when it
 resets (`reboot`): Tidal does not restart guests. Errors end it with code 1 and one line on
@@ -137,9 +138,23 @@ impl TryFrom<&Cli> for VmConfig {
     }
 }
 
-/// The guest's command line: the user's, or the default.
+/// Parameters the machine needs, appended unless the line already sets the key.
+const REQUIRED_PARAMS: [(&str, &str); 1] = [("pci", "off")];
+
+/// The guest's command line: the user's or the default, plus what the machine needs. Added
+/// parameters go before a `--`, since what follows it is for init, not the kernel.
 pub fn kernel_cmdline(user: Option<&str>) -> String {
-    user.unwrap_or(DEFAULT_CMDLINE).trim().to_string()
+    let words: Vec<&str> = user.unwrap_or(DEFAULT_CMDLINE).split_whitespace().collect();
+    let split = words.iter().position(|w| *w == "--").unwrap_or(words.len());
+    let (kernel, init) = words.split_at(split);
+    let mut kernel: Vec<String> = kernel.iter().map(|w| w.to_string()).collect();
+    for (key, value) in REQUIRED_PARAMS {
+        if !kernel.iter().any(|w| w.split('=').next() == Some(key)) {
+            kernel.push(format!("{key}={value}"));
+        }
+    }
+    kernel.extend(init.iter().map(|w| w.to_string()));
+    kernel.join(" ")
 }
 
 pub fn parse_memory(text: &str) -> Result<MemoryConfig, ConfigError> {
@@ -210,7 +225,10 @@ mod tests {
             parse_memory("size=100000001"),
             Err(ConfigError::MemoryUnaligned(_))
         ));
-        assert!(matches!(parse_memory("size=12Q"), Err(ConfigError::Option(_))));
+        assert!(matches!(
+            parse_memory("size=12Q"),
+            Err(ConfigError::Option(_))
+        ));
         assert!(matches!(parse_memory(""), Err(ConfigError::Option(_))));
     }
 
@@ -228,8 +246,22 @@ mod tests {
 
     #[test]
     fn cmdline_default_and_user() {
-        assert_eq!(kernel_cmdline(None), DEFAULT_CMDLINE);
-        assert_eq!(kernel_cmdline(Some(" console=ttyS0 quiet ")), "console=ttyS0 quiet");
+        assert_eq!(kernel_cmdline(None), format!("{DEFAULT_CMDLINE} pci=off"));
+        assert_eq!(
+            kernel_cmdline(Some(" console=ttyS0 quiet ")),
+            "console=ttyS0 quiet pci=off"
+        );
+        assert_eq!(kernel_cmdline(Some("")), "pci=off");
+    }
+
+    #[test]
+    fn cmdline_keeps_the_users_choice() {
+        assert_eq!(kernel_cmdline(Some("pci=noacpi quiet")), "pci=noacpi quiet");
+        // After "--" words belong to init, not the kernel.
+        assert_eq!(
+            kernel_cmdline(Some("quiet -- pci=1")),
+            "quiet pci=off -- pci=1"
+        );
     }
 
     fn cli(args: &[&str]) -> Cli {
@@ -238,12 +270,17 @@ mod tests {
 
     #[test]
     fn rejects_bad_cpus_and_kernels() {
-        let err = VmConfig::try_from(&cli(&["--kernel", "/nonexistent", "--cpus", "0"])).unwrap_err();
+        let err =
+            VmConfig::try_from(&cli(&["--kernel", "/nonexistent", "--cpus", "0"])).unwrap_err();
         assert!(matches!(err, ConfigError::Cpus(0)));
-        let err = VmConfig::try_from(&cli(&["--kernel", "/nonexistent", "--cpus", "1000"])).unwrap_err();
+        let err =
+            VmConfig::try_from(&cli(&["--kernel", "/nonexistent", "--cpus", "1000"])).unwrap_err();
         assert!(matches!(err, ConfigError::Cpus(1000)));
         let err = VmConfig::try_from(&cli(&["--kernel", "/nonexistent"])).unwrap_err();
-        assert!(matches!(err, ConfigError::Unreadable { what: "kernel", .. }));
+        assert!(matches!(
+            err,
+            ConfigError::Unreadable { what: "kernel", .. }
+        ));
         let err = VmConfig::try_from(&cli(&["--kernel", "/proc/self/exe"])).unwrap_err();
         assert!(matches!(err, ConfigError::NotBzImage(_)));
     }

@@ -26,12 +26,14 @@ pub enum ConsoleError {
 pub fn output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, ConsoleError> {
     Ok(match mode {
         SerialMode::Stdio => Box::new(std::io::stdout()),
-        SerialMode::File(path) => Box::new(File::create(path).map_err(|source| {
-            ConsoleError::OutputFile {
-                path: path.clone(),
-                source,
-            }
-        })?),
+        SerialMode::File(path) => {
+            Box::new(
+                File::create(path).map_err(|source| ConsoleError::OutputFile {
+                    path: path.clone(),
+                    source,
+                })?,
+            )
+        }
         SerialMode::Off => Box::new(std::io::sink()),
     })
 }

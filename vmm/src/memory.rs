@@ -6,8 +6,8 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use thiserror::Error;
 use vm_memory::{
-    GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    GuestRegionMmap,
+    GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
+    GuestMemoryRegion, GuestRegionMmap,
 };
 
 use crate::layout::{EBDA_START, HIMEM_START, MMIO_HOLE_END, MMIO_HOLE_START};
@@ -15,9 +15,16 @@ use crate::layout::{EBDA_START, HIMEM_START, MMIO_HOLE_END, MMIO_HOLE_START};
 #[derive(Debug, Error)]
 pub enum MemoryError {
     #[error("cannot allocate {size} bytes of guest memory at {base:#x}: {reason}")]
-    Allocate { base: u64, size: u64, reason: String },
+    Allocate {
+        base: u64,
+        size: u64,
+        reason: String,
+    },
     #[error("cannot register guest memory at {base:#x} with KVM: {source}")]
-    KvmSlot { base: u64, source: kvm_ioctls::Error },
+    KvmSlot {
+        base: u64,
+        source: kvm_ioctls::Error,
+    },
 }
 
 /// e820 entry types the kernel understands.
@@ -62,9 +69,7 @@ impl GuestMemoryLayout {
 
     /// First address past all boot RAM: the hotplug region starts above this.
     pub fn end(&self) -> u64 {
-        self.ranges
-            .last()
-            .map_or(0, |(base, size)| base + size)
+        self.ranges.last().map_or(0, |(base, size)| base + size)
     }
 
     /// The map the guest kernel sees. Low memory from the EBDA to 1 MiB (where our ACPI tables
@@ -130,13 +135,13 @@ impl GuestRam {
         let map = self.memory.memory();
         for region in map.iter() {
             let base = region.start_addr().0;
-            let host = map
-                .get_host_address(region.start_addr())
-                .map_err(|e| MemoryError::Allocate {
-                    base,
-                    size: region.len(),
-                    reason: e.to_string(),
-                })?;
+            let host =
+                map.get_host_address(region.start_addr())
+                    .map_err(|e| MemoryError::Allocate {
+                        base,
+                        size: region.len(),
+                        reason: e.to_string(),
+                    })?;
             let slot = kvm_userspace_memory_region {
                 slot: self.next_slot,
                 flags: 0,
@@ -174,7 +179,10 @@ mod tests {
         let layout = GuestMemoryLayout::new(5 << 30);
         assert_eq!(
             layout.ranges(),
-            &[(0, MMIO_HOLE_START), (MMIO_HOLE_END, (5 << 30) - MMIO_HOLE_START)]
+            &[
+                (0, MMIO_HOLE_START),
+                (MMIO_HOLE_END, (5 << 30) - MMIO_HOLE_START)
+            ]
         );
         assert_eq!(layout.end(), MMIO_HOLE_END + (2 << 30));
         let ram: u64 = layout

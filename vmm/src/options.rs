@@ -20,7 +20,10 @@ pub enum OptionError {
     #[error("--{flag}: key '{key}' given twice")]
     Duplicate { flag: &'static str, key: String },
     #[error("--{flag}: missing required key '{key}'")]
-    Missing { flag: &'static str, key: &'static str },
+    Missing {
+        flag: &'static str,
+        key: &'static str,
+    },
     #[error("--{flag}: {key}: {source}")]
     BadSize {
         flag: &'static str,
@@ -93,7 +96,10 @@ impl KeyValues {
         })
     }
 
-    pub fn number<T: std::str::FromStr>(&self, key: &'static str) -> Result<Option<T>, OptionError> {
+    pub fn number<T: std::str::FromStr>(
+        &self,
+        key: &'static str,
+    ) -> Result<Option<T>, OptionError> {
         self.get(key)
             .map(|value| {
                 value.parse().map_err(|_| OptionError::BadNumber {

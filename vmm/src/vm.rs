@@ -173,10 +173,8 @@ impl Vm {
                 rsdp: GuestAddress(tables.rsdp_address),
             },
         )?;
-        cpu::write_boot_page_tables_and_gdt(&mem).map_err(|source| VmError::VcpuSetup {
-            index: 0,
-            source,
-        })?;
+        cpu::write_boot_page_tables_and_gdt(&mem)
+            .map_err(|source| VmError::VcpuSetup { index: 0, source })?;
 
         let exit = Arc::new(ExitSignal::new().map_err(|source| VmError::Resource {
             what: "the exit event",
@@ -287,7 +285,8 @@ fn register_pio(
     size: u16,
     device: Arc<dyn DevicePio + Send + Sync>,
 ) -> Result<(), VmError> {
-    let range = PioRange::new(PioAddress(port), size).map_err(|source| VmError::Bus { port, source })?;
+    let range =
+        PioRange::new(PioAddress(port), size).map_err(|source| VmError::Bus { port, source })?;
     io.register_pio(range, device)
         .map_err(|source| VmError::Bus { port, source })
 }

@@ -5,4 +5,6 @@ pub mod cpuid;
 pub mod regs;
 
 pub use cpuid::{build_cpuid, Topology};
-pub use regs::{setup_boot_registers, setup_fpu, setup_lapic, setup_msrs, write_boot_page_tables_and_gdt};
+pub use regs::{
+    setup_boot_registers, setup_fpu, setup_lapic, setup_msrs, write_boot_page_tables_and_gdt,
+};

@@ -85,8 +85,11 @@ fn segment(index: usize) -> kvm_segment {
 /// Writes the GDT, an empty IDT and identity page tables for the first GiB (2 MiB pages).
 pub fn write_boot_page_tables_and_gdt(mem: &GuestMemoryMmap) -> Result<(), RegsError> {
     for (i, entry) in GDT.iter().enumerate() {
-        mem.write_obj(gdt_entry(*entry), GuestAddress(BOOT_GDT_START + 8 * i as u64))
-            .map_err(RegsError::GuestMemory)?;
+        mem.write_obj(
+            gdt_entry(*entry),
+            GuestAddress(BOOT_GDT_START + 8 * i as u64),
+        )
+        .map_err(RegsError::GuestMemory)?;
     }
     mem.write_obj(0u64, GuestAddress(BOOT_IDT_START))
         .map_err(RegsError::GuestMemory)?;

@@ -1,0 +1,113 @@
+//! The DSDT: the AML namespace Linux walks at boot. It holds the `_S5_` package that lets
+//! Linux power off through the FADT's sleep control register, and under `\_SB` the devices
+//! that are not self-describing: COM1, the Generic Event Device with its power button, and the
+//! memory-hotplug controller with its DIMM slots.
+
+use acpi_tables::aml::{Device, EISAName, Interrupt, Name, Package, ResourceTemplate, Scope, IO};
+use acpi_tables::{aml, Aml, AmlSink};
+
+use crate::table::{self, bytes_of};
+use crate::{ged, memory_hotplug, AcpiConfig, AcpiError, LegacySerial, S5_SLEEP_TYPE};
+
+/// DSDT revision 2: AML integers are 64 bits wide.
+const DSDT_REVISION: u8 = 2;
+/// `_STA` of a device that is present, enabled, shown in the UI and functioning.
+pub(crate) const STA_PRESENT: u8 = 0x0f;
+/// Number of I/O ports of a 16550 UART.
+const UART_PORTS: u8 = 8;
+
+/// Already-serialized AML, so that parts built separately can sit side by side in a scope.
+pub(crate) struct AmlBytes(Vec<u8>);
+
+impl AmlBytes {
+    /// Serializes `aml` now; the result borrows nothing.
+    pub(crate) fn of(aml: &dyn Aml) -> Self {
+        AmlBytes(bytes_of(aml))
+    }
+}
+
+impl Aml for AmlBytes {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        sink.vec(&self.0);
+    }
+}
+
+/// The DSDT for `config`.
+pub(crate) fn dsdt(config: &AcpiConfig) -> Result<Vec<u8>, AcpiError> {
+    let mut system_bus = Vec::new();
+    if let Some(serial) = &config.serial {
+        system_bus.push(com1(serial));
+    }
+    if let Some(hotplug) = &config.memory_hotplug {
+        system_bus.extend(memory_hotplug::devices(hotplug)?);
+    }
+    if let Some(ged) = &config.ged {
+        system_bus.extend(ged::devices(ged, config.memory_hotplug.is_some()));
+    }
+
+    let mut body = Vec::new();
+    // Package (SLP_TYPa, SLP_TYPb): hardware-reduced sleep uses SLP_TYPa only.
+    Name::new(
+        "_S5_".into(),
+        &Package::new(vec![&S5_SLEEP_TYPE, &aml::ZERO]),
+    )
+    .to_aml_bytes(&mut body);
+    Scope::new(
+        "\\_SB_".into(),
+        system_bus.iter().map(|part| part as &dyn Aml).collect(),
+    )
+    .to_aml_bytes(&mut body);
+    Ok(table::with_header(*b"DSDT", DSDT_REVISION, &body))
+}
+
+/// COM1: a 16550 (`PNP0501`) at its 8 I/O ports with an edge-triggered, active-high interrupt.
+fn com1(serial: &LegacySerial) -> AmlBytes {
+    let ports = IO::new(serial.io_port, serial.io_port, 0, UART_PORTS);
+    let irq = Interrupt::new(true, true, false, false, serial.irq);
+    AmlBytes::of(&Device::new(
+        "COM1".into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new("PNP0501")),
+            &Name::new("_UID".into(), &aml::ZERO),
+            &Name::new("_STA".into(), &STA_PRESENT),
+            &Name::new("_CRS".into(), &ResourceTemplate::new(vec![&ports, &irq])),
+        ],
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::checks::{assert_valid_table, contains};
+    use crate::tests::config;
+
+    #[test]
+    fn dsdt_has_s5_and_com1() {
+        let dsdt = dsdt(&config(1)).unwrap();
+        assert_valid_table(&dsdt, b"DSDT");
+        assert_eq!(dsdt[8], DSDT_REVISION);
+        // Name (_S5_, Package (2) { 5, Zero })
+        assert!(contains(
+            &dsdt,
+            &[0x08, b'_', b'S', b'5', b'_', 0x12, 0x05, 0x02, 0x0a, 0x05, 0x00]
+        ));
+        assert!(contains(&dsdt, b"COM1"));
+        // IO (Decode16, 0x3F8, 0x3F8, 0, 8)
+        assert!(contains(
+            &dsdt,
+            &[0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x00, 0x08]
+        ));
+        // Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { 4 }
+        assert!(contains(
+            &dsdt,
+            &[0x89, 0x06, 0x00, 0x03, 0x01, 0x04, 0x00, 0x00, 0x00]
+        ));
+    }
+
+    #[test]
+    fn no_serial_no_com1() {
+        let mut config = config(1);
+        config.serial = None;
+        assert!(!contains(&dsdt(&config).unwrap(), b"COM1"));
+    }
+}
