@@ -2,8 +2,10 @@
 //! the VMM puts on a bus, plus the signals (interrupts, exit requests) it raises.
 
 pub mod exit;
+pub mod ged;
 pub mod i8042;
 pub mod interrupt;
+pub mod memory_hotplug;
 pub mod power;
 pub mod serial;
 

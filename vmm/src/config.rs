@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use thiserror::Error;
 
-use crate::layout::PAGE_SIZE;
+use crate::layout::{MAX_GUEST_PHYSICAL, MEMORY_BLOCK_SIZE, PAGE_SIZE};
+use crate::memory::GuestMemoryLayout;
 use crate::options::{KeyValues, OptionError};
 use crate::size::format_size;
 
@@ -18,6 +19,12 @@ pub const MAX_VCPUS: u8 = 254;
 pub const MIN_MEMORY: u64 = 64 << 20;
 /// Larger guests are not supported (yet): the boot page tables and tests stop here.
 pub const MAX_MEMORY: u64 = 1 << 40;
+/// DIMM slots when `--memory` gives hotplug_size but no slots.
+pub const DEFAULT_SLOTS: u32 = 32;
+/// The ACPI tables describe at most this many slots.
+pub const MAX_SLOTS: u32 = 256;
+/// Linux picks 128 MiB memory blocks only while boot memory ends below 64 GiB.
+const MAX_BOOT_END_FOR_HOTPLUG: u64 = 64 << 30;
 /// The kernel command line when the user gives none.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=acpi panic=1";
 
@@ -30,6 +37,8 @@ Kernel command line: without --cmdline the guest gets
 a panic, which ends Tidal). With --cmdline, your line is used as it is. Either way Tidal then
 appends what the machine needs, unless the line already sets that parameter:
   pci=off   Tidal has no PCI bus; without it the kernel spends seconds probing for one.
+  memhp_default_state=online_movable   (with hotplug_size) the guest onlines hot-added
+            memory by itself, into ZONE_MOVABLE, so it can be removed again.
 
 Exit: the process ends with code 0 when the guest powers off (`poweroff`) and also when it
 resets (`reboot`): Tidal does not restart guests. Errors end it with code 1 and one line on
@@ -50,8 +59,10 @@ pub struct Cli {
     /// Number of vCPUs (1 to 254).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub cpus: u32,
-    /// Guest memory: size=SIZE. Sizes take K, M, G or T suffixes (powers of 1024) or plain bytes.
-    #[arg(long, default_value = "size=512M", value_name = "size=SIZE")]
+    /// Guest memory: size=SIZE[,hotplug_size=SIZE][,slots=N]. Sizes take K, M, G or T suffixes
+    /// (powers of 1024) or plain bytes. hotplug_size reserves a region above boot RAM that DIMMs
+    /// of 128M multiples can be hot-added into, in at most `slots` DIMMs (default 32, at most 256).
+    #[arg(long, default_value = "size=512M", value_name = "size=SIZE[,hotplug_size=SIZE][,slots=N]")]
     pub memory: String,
     /// Guest console: stdio (guest output on stdout, stdin to the guest), file=PATH, or off.
     #[arg(long, default_value = "stdio", value_name = "stdio|file=PATH|off")]
@@ -76,6 +87,16 @@ pub enum ConfigError {
     MemoryTooLarge(u64),
     #[error("--memory: size {0} is not a multiple of 4 KiB")]
     MemoryUnaligned(u64),
+    #[error("--memory: slots needs hotplug_size")]
+    SlotsWithoutHotplug,
+    #[error("--memory: hotplug_size {} is not a multiple of the {} memory block size", format_size(*.0), format_size(MEMORY_BLOCK_SIZE))]
+    HotplugUnaligned(u64),
+    #[error("--memory: hotplug_size {} is too large: guest memory must end below {}", format_size(*.0), format_size(MAX_GUEST_PHYSICAL))]
+    HotplugTooLarge(u64),
+    #[error("--memory: hotplug needs boot memory below 63G (the guest's memory block size changes above that); size {} is too large", format_size(*.0))]
+    BootTooLargeForHotplug(u64),
+    #[error("--memory: slots must be between 1 and {MAX_SLOTS}, not {0}")]
+    Slots(u32),
     #[error("--serial: '{0}' is not stdio, off or file=PATH")]
     Serial(String),
     #[error("cannot read {what} {path}: {source}")]
@@ -99,6 +120,10 @@ pub enum SerialMode {
 pub struct MemoryConfig {
     /// Boot RAM in bytes.
     pub size: u64,
+    /// Size of the hotplug region above boot RAM; 0 when memory cannot be hot-added.
+    pub hotplug_size: u64,
+    /// DIMM slots in the hotplug region (0 without one).
+    pub slots: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -127,28 +152,32 @@ impl TryFrom<&Cli> for VmConfig {
                 source,
             })?;
         }
+        let memory = parse_memory(&cli.memory)?;
         Ok(Self {
             kernel: cli.kernel.clone(),
             initramfs: cli.initramfs.clone(),
-            cmdline: kernel_cmdline(cli.cmdline.as_deref()),
+            cmdline: kernel_cmdline(cli.cmdline.as_deref(), memory.hotplug_size > 0),
             cpus,
-            memory: parse_memory(&cli.memory)?,
+            memory,
             serial: parse_serial(&cli.serial)?,
         })
     }
 }
 
-/// Parameters the machine needs, appended unless the line already sets the key.
+/// Parameters every machine needs, appended unless the line already sets the key.
 const REQUIRED_PARAMS: [(&str, &str); 1] = [("pci", "off")];
+/// With a hotplug region the guest onlines new memory itself, as removable memory.
+const HOTPLUG_PARAMS: [(&str, &str); 1] = [("memhp_default_state", "online_movable")];
 
 /// The guest's command line: the user's or the default, plus what the machine needs. Added
 /// parameters go before a `--`, since what follows it is for init, not the kernel.
-pub fn kernel_cmdline(user: Option<&str>) -> String {
+pub fn kernel_cmdline(user: Option<&str>, hotplug: bool) -> String {
     let words: Vec<&str> = user.unwrap_or(DEFAULT_CMDLINE).split_whitespace().collect();
     let split = words.iter().position(|w| *w == "--").unwrap_or(words.len());
     let (kernel, init) = words.split_at(split);
     let mut kernel: Vec<String> = kernel.iter().map(|w| w.to_string()).collect();
-    for (key, value) in REQUIRED_PARAMS {
+    let extra = if hotplug { &HOTPLUG_PARAMS[..] } else { &[] };
+    for &(key, value) in REQUIRED_PARAMS.iter().chain(extra) {
         if !kernel.iter().any(|w| w.split('=').next() == Some(key)) {
             kernel.push(format!("{key}={value}"));
         }
@@ -158,7 +187,7 @@ pub fn kernel_cmdline(user: Option<&str>) -> String {
 }
 
 pub fn parse_memory(text: &str) -> Result<MemoryConfig, ConfigError> {
-    let kv = KeyValues::parse("memory", text, &["size"])?;
+    let kv = KeyValues::parse("memory", text, &["size", "hotplug_size", "slots"])?;
     let size = kv.required_size("size")?;
     if size < MIN_MEMORY {
         return Err(ConfigError::MemoryTooSmall(size));
@@ -166,10 +195,40 @@ pub fn parse_memory(text: &str) -> Result<MemoryConfig, ConfigError> {
     if size > MAX_MEMORY {
         return Err(ConfigError::MemoryTooLarge(size));
     }
-    if size % PAGE_SIZE != 0 {
+    if !size.is_multiple_of(PAGE_SIZE) {
         return Err(ConfigError::MemoryUnaligned(size));
     }
-    Ok(MemoryConfig { size })
+    let hotplug_size = kv.size("hotplug_size")?.unwrap_or(0);
+    let slots = kv.number::<u32>("slots")?;
+    if hotplug_size == 0 {
+        if slots.is_some() {
+            return Err(ConfigError::SlotsWithoutHotplug);
+        }
+        return Ok(MemoryConfig {
+            size,
+            hotplug_size: 0,
+            slots: 0,
+        });
+    }
+    if !hotplug_size.is_multiple_of(MEMORY_BLOCK_SIZE) {
+        return Err(ConfigError::HotplugUnaligned(hotplug_size));
+    }
+    let region_base = GuestMemoryLayout::new(size).hotplug_region_base();
+    if region_base.saturating_add(hotplug_size) > MAX_GUEST_PHYSICAL {
+        return Err(ConfigError::HotplugTooLarge(hotplug_size));
+    }
+    if region_base > MAX_BOOT_END_FOR_HOTPLUG {
+        return Err(ConfigError::BootTooLargeForHotplug(size));
+    }
+    let slots = slots.unwrap_or(DEFAULT_SLOTS);
+    if !(1..=MAX_SLOTS).contains(&slots) {
+        return Err(ConfigError::Slots(slots));
+    }
+    Ok(MemoryConfig {
+        size,
+        hotplug_size,
+        slots,
+    })
 }
 
 pub fn parse_serial(text: &str) -> Result<SerialMode, ConfigError> {
@@ -233,6 +292,39 @@ mod tests {
     }
 
     #[test]
+    fn hotplug_options() {
+        let memory = parse_memory("size=1G,hotplug_size=16G").unwrap();
+        assert_eq!((memory.hotplug_size, memory.slots), (16 << 30, DEFAULT_SLOTS));
+        let memory = parse_memory("size=1G,hotplug_size=8G,slots=4").unwrap();
+        assert_eq!(memory.slots, 4);
+        assert_eq!(parse_memory("size=1G").unwrap().slots, 0);
+        assert!(matches!(
+            parse_memory("size=1G,slots=4"),
+            Err(ConfigError::SlotsWithoutHotplug)
+        ));
+        assert!(matches!(
+            parse_memory("size=1G,hotplug_size=100M"),
+            Err(ConfigError::HotplugUnaligned(_))
+        ));
+        assert!(matches!(
+            parse_memory("size=1G,hotplug_size=8G,slots=0"),
+            Err(ConfigError::Slots(0))
+        ));
+        assert!(matches!(
+            parse_memory("size=1G,hotplug_size=8G,slots=257"),
+            Err(ConfigError::Slots(257))
+        ));
+        assert!(matches!(
+            parse_memory("size=1G,hotplug_size=2T"),
+            Err(ConfigError::HotplugTooLarge(_))
+        ));
+        assert!(matches!(
+            parse_memory("size=100G,hotplug_size=1G"),
+            Err(ConfigError::BootTooLargeForHotplug(_))
+        ));
+    }
+
+    #[test]
     fn serial_modes() {
         assert_eq!(parse_serial("stdio").unwrap(), SerialMode::Stdio);
         assert_eq!(parse_serial("off").unwrap(), SerialMode::Off);
@@ -246,20 +338,28 @@ mod tests {
 
     #[test]
     fn cmdline_default_and_user() {
-        assert_eq!(kernel_cmdline(None), format!("{DEFAULT_CMDLINE} pci=off"));
+        assert_eq!(kernel_cmdline(None, false), format!("{DEFAULT_CMDLINE} pci=off"));
         assert_eq!(
-            kernel_cmdline(Some(" console=ttyS0 quiet ")),
+            kernel_cmdline(Some(" console=ttyS0 quiet "), false),
             "console=ttyS0 quiet pci=off"
         );
-        assert_eq!(kernel_cmdline(Some("")), "pci=off");
+        assert_eq!(kernel_cmdline(Some(""), false), "pci=off");
+        assert_eq!(
+            kernel_cmdline(Some("quiet"), true),
+            "quiet pci=off memhp_default_state=online_movable"
+        );
+        assert_eq!(
+            kernel_cmdline(Some("memhp_default_state=online"), true),
+            "memhp_default_state=online pci=off"
+        );
     }
 
     #[test]
     fn cmdline_keeps_the_users_choice() {
-        assert_eq!(kernel_cmdline(Some("pci=noacpi quiet")), "pci=noacpi quiet");
+        assert_eq!(kernel_cmdline(Some("pci=noacpi quiet"), false), "pci=noacpi quiet");
         // After "--" words belong to init, not the kernel.
         assert_eq!(
-            kernel_cmdline(Some("quiet -- pci=1")),
+            kernel_cmdline(Some("quiet -- pci=1"), false),
             "quiet pci=off -- pci=1"
         );
     }

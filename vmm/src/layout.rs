@@ -30,3 +30,18 @@ pub const APIC_START: u32 = 0xfee0_0000;
 
 /// x86 page size; guest RAM sizes are whole pages.
 pub const PAGE_SIZE: u64 = 0x1000;
+
+/// Devices in the hole: the Generic Event Device's register and the memory-hotplug block.
+pub const GED_MMIO_START: u64 = 0xfeb0_0000;
+pub const MEMORY_HOTPLUG_MMIO_START: u64 = 0xfeb0_1000;
+/// The GED's interrupt: a free ISA line, so GSI == IRQ.
+pub const GED_IRQ: u32 = 5;
+
+/// Linux's memory block size on x86_64 while boot memory ends below 64 GiB: every DIMM's base
+/// and size are multiples of it, or the guest ignores part of the DIMM.
+pub const MEMORY_BLOCK_SIZE: u64 = 128 << 20;
+/// The hotplug region starts on a GiB boundary above boot RAM and never below 4 GiB.
+pub const HOTPLUG_ALIGNMENT: u64 = 1 << 30;
+/// Guest physical addresses stay below 1 TiB + 4 GiB: within every x86_64 CPU's physical
+/// address width that KVM guests get, and what Tidal is tested with.
+pub const MAX_GUEST_PHYSICAL: u64 = (1 << 40) + MMIO_HOLE_END;

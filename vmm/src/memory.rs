@@ -10,7 +10,7 @@ use vm_memory::{
     GuestMemoryRegion, GuestRegionMmap,
 };
 
-use crate::layout::{EBDA_START, HIMEM_START, MMIO_HOLE_END, MMIO_HOLE_START};
+use crate::layout::{EBDA_START, HIMEM_START, HOTPLUG_ALIGNMENT, MMIO_HOLE_END, MMIO_HOLE_START};
 
 #[derive(Debug, Error)]
 pub enum MemoryError {
@@ -70,6 +70,14 @@ impl GuestMemoryLayout {
     /// First address past all boot RAM: the hotplug region starts above this.
     pub fn end(&self) -> u64 {
         self.ranges.last().map_or(0, |(base, size)| base + size)
+    }
+
+    /// Where the hotplug region starts: the next GiB boundary above boot RAM, never below 4 GiB.
+    pub fn hotplug_region_base(&self) -> u64 {
+        self.end()
+            .div_ceil(HOTPLUG_ALIGNMENT)
+            .saturating_mul(HOTPLUG_ALIGNMENT)
+            .max(MMIO_HOLE_END)
     }
 
     /// The map the guest kernel sees. Low memory from the EBDA to 1 MiB (where our ACPI tables
@@ -196,6 +204,15 @@ mod tests {
             .e820()
             .iter()
             .all(|e| e.addr + e.size <= MMIO_HOLE_START || e.addr >= MMIO_HOLE_END));
+    }
+
+    #[test]
+    fn hotplug_region_is_above_the_hole_and_aligned() {
+        let base = |size| GuestMemoryLayout::new(size).hotplug_region_base();
+        assert_eq!(base(512 << 20), 4 << 30);
+        assert_eq!(base(3 << 30), 4 << 30);
+        assert_eq!(base(5 << 30), 6 << 30);
+        assert_eq!(base((5 << 30) + 4096), 7 << 30);
     }
 
     #[test]

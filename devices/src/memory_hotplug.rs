@@ -1,0 +1,562 @@
+//! The memory-hotplug controller: a register block the guest's AML drives (docs/design.md,
+//! "Memory-hotplug registers") and the state of every DIMM slot. The host plugs DIMMs and asks
+//! for their removal; the guest reports `_OST` results and ejects. Every register access is
+//! guest input: wrong widths, bad selectors and out-of-order commands are ignored, never trusted.
+
+use std::sync::{Arc, Condvar};
+
+use vm_device::bus::{MmioAddress, MmioAddressOffset};
+use vm_device::MutDeviceMmio;
+
+/// Size of the register block.
+pub const REGISTERS_LEN: u64 = 0x18;
+
+mod reg {
+    pub const BASE_LO: u64 = 0x00; // write: slot selector
+    pub const BASE_HI: u64 = 0x04; // write: _OST event
+    pub const LEN_LO: u64 = 0x08; // write: _OST status (completes the _OST)
+    pub const LEN_HI: u64 = 0x0c;
+    pub const NODE: u64 = 0x10;
+    pub const STATUS: u64 = 0x14; // write: control
+    pub const SELECTOR: u64 = BASE_LO;
+    pub const OST_EVENT: u64 = BASE_HI;
+    pub const OST_STATUS: u64 = LEN_LO;
+    pub const CONTROL: u64 = STATUS;
+}
+
+/// Status bits (read) and control bits (write) at offset 0x14.
+const STATUS_ENABLED: u32 = 1 << 0;
+const STATUS_INSERT_PENDING: u32 = 1 << 1;
+const STATUS_REMOVE_PENDING: u32 = 1 << 2;
+const CONTROL_CLEAR_INSERT: u32 = 1 << 1;
+const CONTROL_CLEAR_REMOVE: u32 = 1 << 2;
+const CONTROL_EJECT: u32 = 1 << 3;
+
+/// ACPI notification types `_OST` reports on.
+pub const OST_EVENT_DEVICE_CHECK: u32 = 1;
+pub const OST_EVENT_EJECT_REQUEST: u32 = 3;
+/// `_OST` status codes (ACPI spec 6.3.5).
+pub const OST_SUCCESS: u32 = 0;
+pub const OST_EJECT_IN_PROGRESS: u32 = 0x84;
+
+/// A DIMM as the guest sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dimm {
+    pub base: u64,
+    pub size: u64,
+    pub node: u32,
+}
+
+/// Where a slot is in a DIMM's life (docs/design.md, "A DIMM's life").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotState {
+    Empty,
+    /// Plugged and announced; waiting for the guest's `_OST`.
+    Inserting,
+    /// The guest accepted it.
+    Added,
+    /// The guest reported a failure for the insertion.
+    Failed,
+    /// The guest was asked to eject it.
+    Removing,
+}
+
+/// One `_OST` report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ost {
+    pub event: u32,
+    pub status: u32,
+}
+
+/// A slot as the host sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotView {
+    pub dimm: Option<Dimm>,
+    pub state: SlotState,
+    pub last_ost: Option<Ost>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    dimm: Option<Dimm>,
+    state: SlotState,
+    insert_pending: bool,
+    remove_pending: bool,
+    last_ost: Option<Ost>,
+}
+
+impl Slot {
+    const EMPTY: Slot = Slot {
+        dimm: None,
+        state: SlotState::Empty,
+        insert_pending: false,
+        remove_pending: false,
+        last_ost: None,
+    };
+}
+
+/// What the host must do when the guest ejects a DIMM: take the memory away. Called on the
+/// vCPU thread before the guest's `_EJ0` returns, so the slot reads empty afterwards.
+pub trait EjectHandler: Send {
+    /// Removes the DIMM's memory. An error keeps the DIMM plugged.
+    fn eject(&mut self, slot: u32, dimm: Dimm) -> Result<(), String>;
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HotplugError {
+    #[error("slot {0} does not exist")]
+    NoSuchSlot(u32),
+    #[error("slot {0} is not empty")]
+    SlotInUse(u32),
+    #[error("slot {slot} is {state:?}, not added")]
+    NotRemovable { slot: u32, state: SlotState },
+}
+
+pub struct MemoryHotplugController {
+    slots: Vec<Slot>,
+    selected: u32,
+    ost_event: u32,
+    eject_handler: Option<Box<dyn EjectHandler>>,
+    /// Woken on every change the host may be waiting for (`_OST`, eject).
+    changed: Arc<Condvar>,
+    warned_bad_access: bool,
+}
+
+impl MemoryHotplugController {
+    pub fn new(slots: u32, changed: Arc<Condvar>) -> Self {
+        Self {
+            slots: vec![Slot::EMPTY; usize::try_from(slots).unwrap_or(0)],
+            selected: 0,
+            ost_event: 0,
+            eject_handler: None,
+            changed,
+            warned_bad_access: false,
+        }
+    }
+
+    pub fn set_eject_handler(&mut self, handler: Box<dyn EjectHandler>) {
+        self.eject_handler = Some(handler);
+    }
+
+    pub fn slot_count(&self) -> u32 {
+        u32::try_from(self.slots.len()).unwrap_or(u32::MAX)
+    }
+
+    pub fn slot(&self, slot: u32) -> Option<SlotView> {
+        self.get(slot).map(|s| SlotView {
+            dimm: s.dimm,
+            state: s.state,
+            last_ost: s.last_ost,
+        })
+    }
+
+    /// The lowest empty slot.
+    pub fn free_slot(&self) -> Option<u32> {
+        (0..self.slot_count()).find(|&i| self.get(i).is_some_and(|s| s.state == SlotState::Empty))
+    }
+
+    /// Puts `dimm` in an empty slot and marks it for the guest's next scan.
+    pub fn plug(&mut self, slot: u32, dimm: Dimm) -> Result<(), HotplugError> {
+        let entry = self.get_mut(slot).ok_or(HotplugError::NoSuchSlot(slot))?;
+        if entry.state != SlotState::Empty {
+            return Err(HotplugError::SlotInUse(slot));
+        }
+        *entry = Slot {
+            dimm: Some(dimm),
+            state: SlotState::Inserting,
+            insert_pending: true,
+            ..Slot::EMPTY
+        };
+        log::info!(
+            "memory slot {slot}: empty -> inserting ({} MiB at {:#x}, node {})",
+            dimm.size >> 20,
+            dimm.base,
+            dimm.node
+        );
+        Ok(())
+    }
+
+    /// Marks an added DIMM for ejection at the guest's next scan.
+    pub fn request_removal(&mut self, slot: u32) -> Result<(), HotplugError> {
+        let entry = self.get_mut(slot).ok_or(HotplugError::NoSuchSlot(slot))?;
+        if !matches!(entry.state, SlotState::Added | SlotState::Failed) {
+            return Err(HotplugError::NotRemovable {
+                slot,
+                state: entry.state,
+            });
+        }
+        let old = entry.state;
+        entry.state = SlotState::Removing;
+        entry.remove_pending = true;
+        log::info!("memory slot {slot}: {old:?} -> removing");
+        Ok(())
+    }
+
+    /// Gives up on a removal the guest never answered: the DIMM is usable as before.
+    pub fn cancel_removal(&mut self, slot: u32) {
+        if let Some(entry) = self.get_mut(slot) {
+            if entry.state == SlotState::Removing {
+                entry.state = SlotState::Added;
+                entry.remove_pending = false;
+                log::info!("memory slot {slot}: removing -> added (removal cancelled)");
+            }
+        }
+    }
+
+    /// Empties a slot whose memory the host has already taken back (a failed insertion).
+    pub fn unplug(&mut self, slot: u32) {
+        if let Some(entry) = self.get_mut(slot) {
+            let old = entry.state;
+            *entry = Slot::EMPTY;
+            log::info!("memory slot {slot}: {old:?} -> empty");
+        }
+    }
+
+    fn get(&self, slot: u32) -> Option<&Slot> {
+        self.slots.get(usize::try_from(slot).ok()?)
+    }
+
+    fn get_mut(&mut self, slot: u32) -> Option<&mut Slot> {
+        self.slots.get_mut(usize::try_from(slot).ok()?)
+    }
+
+    fn read_register(&self, offset: u64) -> u32 {
+        let Some(slot) = self.get(self.selected) else {
+            return u32::MAX;
+        };
+        let dimm = slot.dimm.unwrap_or(Dimm {
+            base: 0,
+            size: 0,
+            node: 0,
+        });
+        let lo = |v: u64| u32::try_from(v & 0xffff_ffff).unwrap_or(0);
+        match offset {
+            reg::BASE_LO => lo(dimm.base),
+            reg::BASE_HI => lo(dimm.base >> 32),
+            reg::LEN_LO => lo(dimm.size),
+            reg::LEN_HI => lo(dimm.size >> 32),
+            reg::NODE => dimm.node,
+            reg::STATUS => {
+                let mut status = 0;
+                if slot.dimm.is_some() {
+                    status |= STATUS_ENABLED;
+                }
+                if slot.insert_pending {
+                    status |= STATUS_INSERT_PENDING;
+                }
+                if slot.remove_pending {
+                    status |= STATUS_REMOVE_PENDING;
+                }
+                status
+            }
+            _ => 0,
+        }
+    }
+
+    fn write_register(&mut self, offset: u64, value: u32) {
+        match offset {
+            reg::SELECTOR => self.selected = value,
+            reg::OST_EVENT => self.ost_event = value,
+            reg::OST_STATUS => self.record_ost(value),
+            reg::CONTROL => self.control(value),
+            _ => self.warn_bad_access(offset, 4),
+        }
+    }
+
+    fn record_ost(&mut self, status: u32) {
+        let (selected, event) = (self.selected, self.ost_event);
+        let Some(slot) = self.get_mut(selected) else {
+            return;
+        };
+        if slot.dimm.is_none() {
+            return;
+        }
+        slot.last_ost = Some(Ost { event, status });
+        let old = slot.state;
+        slot.state = match (slot.state, event, status) {
+            (SlotState::Inserting, OST_EVENT_DEVICE_CHECK, OST_SUCCESS) => SlotState::Added,
+            (SlotState::Inserting, OST_EVENT_DEVICE_CHECK, _) => SlotState::Failed,
+            (SlotState::Removing, OST_EVENT_EJECT_REQUEST, OST_EJECT_IN_PROGRESS) => {
+                SlotState::Removing
+            }
+            (SlotState::Removing, OST_EVENT_EJECT_REQUEST, s) if s != OST_SUCCESS => {
+                slot.remove_pending = false;
+                SlotState::Added
+            }
+            (state, _, _) => state,
+        };
+        log::info!(
+            "memory slot {selected}: _OST(event {event:#x}, status {status:#x}); {old:?} -> {:?}",
+            slot.state
+        );
+        self.changed.notify_all();
+    }
+
+    fn control(&mut self, value: u32) {
+        let selected = self.selected;
+        let Some(slot) = self.get_mut(selected) else {
+            return;
+        };
+        if value & CONTROL_CLEAR_INSERT != 0 {
+            slot.insert_pending = false;
+        }
+        if value & CONTROL_CLEAR_REMOVE != 0 {
+            slot.remove_pending = false;
+        }
+        if value & CONTROL_EJECT != 0 {
+            self.eject(selected);
+        }
+    }
+
+    /// The guest's `_EJ0`: honoured only for a DIMM the host asked to remove.
+    fn eject(&mut self, slot_index: u32) {
+        let Some(slot) = self.get(slot_index).copied() else {
+            return;
+        };
+        let (Some(dimm), SlotState::Removing) = (slot.dimm, slot.state) else {
+            log::warn!(
+                "memory slot {slot_index}: guest ejected a DIMM in state {:?}; ignored",
+                slot.state
+            );
+            return;
+        };
+        let result = match self.eject_handler.as_mut() {
+            Some(handler) => handler.eject(slot_index, dimm),
+            None => Err("no eject handler".to_string()),
+        };
+        match result {
+            Ok(()) => {
+                let last_ost = slot.last_ost;
+                if let Some(entry) = self.get_mut(slot_index) {
+                    *entry = Slot {
+                        last_ost,
+                        ..Slot::EMPTY
+                    };
+                }
+                log::info!("memory slot {slot_index}: removing -> empty (ejected)");
+            }
+            Err(e) => log::error!("memory slot {slot_index}: eject failed, DIMM kept: {e}"),
+        }
+        self.changed.notify_all();
+    }
+
+    fn warn_bad_access(&mut self, offset: u64, len: usize) {
+        if !self.warned_bad_access {
+            self.warned_bad_access = true;
+            log::warn!(
+                "memory-hotplug registers: ignored {len}-byte access at offset {offset:#x} \
+                 (only aligned 4-byte accesses are valid; further ones are not logged)"
+            );
+        }
+    }
+
+    fn decode(&mut self, offset: u64, len: usize) -> bool {
+        let valid = len == 4 && offset % 4 == 0 && offset < REGISTERS_LEN;
+        if !valid {
+            self.warn_bad_access(offset, len);
+        }
+        valid
+    }
+}
+
+impl MutDeviceMmio for MemoryHotplugController {
+    fn mmio_read(&mut self, _base: MmioAddress, offset: MmioAddressOffset, data: &mut [u8]) {
+        if self.decode(offset, data.len()) {
+            data.copy_from_slice(&self.read_register(offset).to_le_bytes());
+        } else {
+            data.fill(0xff);
+        }
+    }
+
+    fn mmio_write(&mut self, _base: MmioAddress, offset: MmioAddressOffset, data: &[u8]) {
+        if let (true, Ok(bytes)) = (self.decode(offset, data.len()), <[u8; 4]>::try_from(data)) {
+            self.write_register(offset, u32::from_le_bytes(bytes));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    const DIMM: Dimm = Dimm {
+        base: 0x1_0000_0000,
+        size: 0x4000_0000,
+        node: 1,
+    };
+
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<(u32, Dimm)>>>, bool);
+    impl EjectHandler for Recorder {
+        fn eject(&mut self, slot: u32, dimm: Dimm) -> Result<(), String> {
+            if self.1 {
+                return Err("refused".into());
+            }
+            self.0.lock().unwrap().push((slot, dimm));
+            Ok(())
+        }
+    }
+
+    fn controller(slots: u32) -> (MemoryHotplugController, Recorder) {
+        let mut c = MemoryHotplugController::new(slots, Arc::new(Condvar::new()));
+        let recorder = Recorder::default();
+        c.set_eject_handler(Box::new(recorder.clone()));
+        (c, recorder)
+    }
+
+    fn write(c: &mut MemoryHotplugController, offset: u64, value: u32) {
+        c.mmio_write(MmioAddress(0), offset, &value.to_le_bytes());
+    }
+
+    fn read(c: &mut MemoryHotplugController, offset: u64) -> u32 {
+        let mut data = [0u8; 4];
+        c.mmio_read(MmioAddress(0), offset, &mut data);
+        u32::from_le_bytes(data)
+    }
+
+    /// What the guest's scan and `_OST` do: clear the pending bit, then report.
+    fn ost(c: &mut MemoryHotplugController, slot: u32, event: u32, status: u32) {
+        write(c, reg::SELECTOR, slot);
+        let clear = if event == OST_EVENT_DEVICE_CHECK {
+            CONTROL_CLEAR_INSERT
+        } else {
+            CONTROL_CLEAR_REMOVE
+        };
+        write(c, reg::CONTROL, clear);
+        write(c, reg::OST_EVENT, event);
+        write(c, reg::OST_STATUS, status);
+    }
+
+    #[test]
+    fn guest_reads_a_plugged_dimm() {
+        let (mut c, _) = controller(4);
+        c.plug(2, DIMM).unwrap();
+        write(&mut c, reg::SELECTOR, 2);
+        assert_eq!(read(&mut c, reg::BASE_LO), 0);
+        assert_eq!(read(&mut c, reg::BASE_HI), 1);
+        assert_eq!(read(&mut c, reg::LEN_LO), 0x4000_0000);
+        assert_eq!(read(&mut c, reg::LEN_HI), 0);
+        assert_eq!(read(&mut c, reg::NODE), 1);
+        assert_eq!(
+            read(&mut c, reg::STATUS),
+            STATUS_ENABLED | STATUS_INSERT_PENDING
+        );
+        write(&mut c, reg::CONTROL, CONTROL_CLEAR_INSERT);
+        assert_eq!(read(&mut c, reg::STATUS), STATUS_ENABLED);
+        write(&mut c, reg::SELECTOR, 1);
+        assert_eq!(read(&mut c, reg::STATUS), 0);
+    }
+
+    #[test]
+    fn insert_ost_success_and_failure() {
+        let (mut c, _) = controller(2);
+        c.plug(0, DIMM).unwrap();
+        c.plug(1, DIMM).unwrap();
+        ost(&mut c, 0, OST_EVENT_DEVICE_CHECK, OST_SUCCESS);
+        ost(&mut c, 1, OST_EVENT_DEVICE_CHECK, 0x80);
+        assert_eq!(c.slot(0).unwrap().state, SlotState::Added);
+        assert_eq!(c.slot(1).unwrap().state, SlotState::Failed);
+        assert_eq!(
+            c.slot(1).unwrap().last_ost,
+            Some(Ost {
+                event: OST_EVENT_DEVICE_CHECK,
+                status: 0x80
+            })
+        );
+        assert_eq!(c.free_slot(), None);
+        assert_eq!(c.plug(0, DIMM), Err(HotplugError::SlotInUse(0)));
+    }
+
+    #[test]
+    fn removal_through_eject() {
+        let (mut c, recorder) = controller(1);
+        c.plug(0, DIMM).unwrap();
+        ost(&mut c, 0, OST_EVENT_DEVICE_CHECK, OST_SUCCESS);
+        c.request_removal(0).unwrap();
+        assert_eq!(read(&mut c, reg::STATUS) & STATUS_REMOVE_PENDING, STATUS_REMOVE_PENDING);
+        ost(&mut c, 0, OST_EVENT_EJECT_REQUEST, OST_EJECT_IN_PROGRESS);
+        assert_eq!(c.slot(0).unwrap().state, SlotState::Removing);
+        write(&mut c, reg::CONTROL, CONTROL_EJECT);
+        assert_eq!(recorder.0.lock().unwrap().as_slice(), &[(0, DIMM)]);
+        assert_eq!(c.slot(0).unwrap().state, SlotState::Empty);
+        assert_eq!(read(&mut c, reg::STATUS), 0);
+        assert_eq!(c.free_slot(), Some(0));
+    }
+
+    #[test]
+    fn refused_eject_keeps_the_dimm() {
+        let (mut c, _) = controller(1);
+        c.plug(0, DIMM).unwrap();
+        ost(&mut c, 0, OST_EVENT_DEVICE_CHECK, OST_SUCCESS);
+        c.request_removal(0).unwrap();
+        ost(&mut c, 0, OST_EVENT_EJECT_REQUEST, 0x82);
+        let view = c.slot(0).unwrap();
+        assert_eq!(view.state, SlotState::Added);
+        assert_eq!(view.last_ost.unwrap().status, 0x82);
+        assert_eq!(read(&mut c, reg::STATUS), STATUS_ENABLED);
+    }
+
+    #[test]
+    fn failing_eject_handler_keeps_the_dimm() {
+        let mut c = MemoryHotplugController::new(1, Arc::new(Condvar::new()));
+        c.set_eject_handler(Box::new(Recorder(Arc::default(), true)));
+        c.plug(0, DIMM).unwrap();
+        ost(&mut c, 0, OST_EVENT_DEVICE_CHECK, OST_SUCCESS);
+        c.request_removal(0).unwrap();
+        write(&mut c, reg::CONTROL, CONTROL_EJECT);
+        assert_eq!(c.slot(0).unwrap().state, SlotState::Removing);
+        assert_eq!(c.slot(0).unwrap().dimm, Some(DIMM));
+    }
+
+    #[test]
+    fn unrequested_eject_is_ignored() {
+        let (mut c, recorder) = controller(2);
+        c.plug(0, DIMM).unwrap();
+        write(&mut c, reg::SELECTOR, 0);
+        write(&mut c, reg::CONTROL, CONTROL_EJECT);
+        ost(&mut c, 0, OST_EVENT_DEVICE_CHECK, OST_SUCCESS);
+        write(&mut c, reg::CONTROL, CONTROL_EJECT);
+        write(&mut c, reg::SELECTOR, 1);
+        write(&mut c, reg::CONTROL, CONTROL_EJECT);
+        assert!(recorder.0.lock().unwrap().is_empty());
+        assert_eq!(c.slot(0).unwrap().state, SlotState::Added);
+    }
+
+    #[test]
+    fn hostile_accesses_are_ignored() {
+        let (mut c, _) = controller(2);
+        c.plug(0, DIMM).unwrap();
+        write(&mut c, reg::SELECTOR, 99);
+        assert_eq!(read(&mut c, reg::STATUS), u32::MAX);
+        write(&mut c, reg::CONTROL, u32::MAX);
+        ost(&mut c, 99, 1, 0);
+        ost(&mut c, 1, 1, 0);
+        write(&mut c, 0x18, 1);
+        write(&mut c, 0x2, 1);
+        c.mmio_write(MmioAddress(0), reg::SELECTOR, &[1]);
+        c.mmio_write(MmioAddress(0), reg::SELECTOR, &[1; 8]);
+        let mut wide = [0u8; 8];
+        c.mmio_read(MmioAddress(0), 0, &mut wide);
+        assert_eq!(wide, [0xff; 8]);
+        assert_eq!(c.slot(0).unwrap().state, SlotState::Inserting);
+        assert_eq!(c.slot(1).unwrap().state, SlotState::Empty);
+        assert_eq!(c.slot(99), None);
+    }
+
+    #[test]
+    fn removal_needs_an_added_dimm() {
+        let (mut c, _) = controller(1);
+        assert!(matches!(
+            c.request_removal(0),
+            Err(HotplugError::NotRemovable { .. })
+        ));
+        assert_eq!(c.request_removal(5), Err(HotplugError::NoSuchSlot(5)));
+        c.plug(0, DIMM).unwrap();
+        ost(&mut c, 0, OST_EVENT_DEVICE_CHECK, OST_SUCCESS);
+        c.request_removal(0).unwrap();
+        c.cancel_removal(0);
+        assert_eq!(c.slot(0).unwrap().state, SlotState::Added);
+        assert_eq!(read(&mut c, reg::STATUS), STATUS_ENABLED);
+    }
+}
