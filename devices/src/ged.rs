@@ -10,9 +10,6 @@ use vm_superio::Trigger;
 
 use crate::EventFdTrigger;
 
-/// Event bits, as the DSDT's `_EVT` decodes them.
-pub const GED_MEMORY_HOTPLUG: u32 = 1 << 0;
-pub const GED_POWER_BUTTON: u32 = 1 << 1;
 /// The register block is one 32-bit register.
 pub const GED_REGISTER_LEN: u64 = 4;
 
@@ -34,7 +31,8 @@ impl Ged {
         &self.interrupt
     }
 
-    /// Marks `events` pending and interrupts the guest.
+    /// Marks `events` pending and interrupts the guest. The bits' meaning is the DSDT's
+    /// business (`tidal_acpi::GED_*`), not this register's.
     pub fn notify(&self, events: u32) -> std::io::Result<()> {
         self.pending.fetch_or(events, Ordering::SeqCst);
         self.interrupt.trigger()
@@ -68,8 +66,8 @@ mod tests {
     #[test]
     fn events_are_read_once() {
         let ged = Ged::new(EventFdTrigger::new().unwrap());
-        ged.notify(GED_MEMORY_HOTPLUG).unwrap();
-        ged.notify(GED_POWER_BUTTON).unwrap();
+        ged.notify(1).unwrap();
+        ged.notify(2).unwrap();
         assert_eq!(ged.interrupt().event_fd().read().unwrap(), 2);
         assert_eq!(read(&ged, 0, 4), 3u32.to_le_bytes());
         assert_eq!(read(&ged, 0, 4), 0u32.to_le_bytes());
@@ -78,7 +76,7 @@ mod tests {
     #[test]
     fn odd_accesses_read_zero_and_keep_events() {
         let ged = Ged::new(EventFdTrigger::new().unwrap());
-        ged.notify(GED_MEMORY_HOTPLUG).unwrap();
+        ged.notify(1).unwrap();
         assert_eq!(read(&ged, 0, 1), vec![0]);
         assert_eq!(read(&ged, 2, 4), vec![0; 4]);
         ged.mmio_write(MmioAddress(0), 0, &[0; 4]);

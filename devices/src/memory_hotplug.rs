@@ -474,7 +474,10 @@ mod tests {
         c.plug(0, DIMM).unwrap();
         ost(&mut c, 0, OST_EVENT_DEVICE_CHECK, OST_SUCCESS);
         c.request_removal(0).unwrap();
-        assert_eq!(read(&mut c, reg::STATUS) & STATUS_REMOVE_PENDING, STATUS_REMOVE_PENDING);
+        assert_eq!(
+            read(&mut c, reg::STATUS) & STATUS_REMOVE_PENDING,
+            STATUS_REMOVE_PENDING
+        );
         ost(&mut c, 0, OST_EVENT_EJECT_REQUEST, OST_EJECT_IN_PROGRESS);
         assert_eq!(c.slot(0).unwrap().state, SlotState::Removing);
         write(&mut c, reg::CONTROL, CONTROL_EJECT);

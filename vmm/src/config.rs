@@ -62,11 +62,18 @@ pub struct Cli {
     /// Guest memory: size=SIZE[,hotplug_size=SIZE][,slots=N]. Sizes take K, M, G or T suffixes
     /// (powers of 1024) or plain bytes. hotplug_size reserves a region above boot RAM that DIMMs
     /// of 128M multiples can be hot-added into, in at most `slots` DIMMs (default 32, at most 256).
-    #[arg(long, default_value = "size=512M", value_name = "size=SIZE[,hotplug_size=SIZE][,slots=N]")]
+    #[arg(
+        long,
+        default_value = "size=512M",
+        value_name = "size=SIZE[,hotplug_size=SIZE][,slots=N]"
+    )]
     pub memory: String,
     /// Guest console: stdio (guest output on stdout, stdin to the guest), file=PATH, or off.
     #[arg(long, default_value = "stdio", value_name = "stdio|file=PATH|off")]
     pub serial: String,
+    /// Serve the REST API (and tidalctl) on this Unix socket, created owner-only (0600).
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
     /// Write the generated ACPI tables as DIR/<SIGNATURE>.dat and exit without booting.
     #[arg(long, value_name = "DIR")]
     pub dump_acpi: Option<PathBuf>,
@@ -134,6 +141,7 @@ pub struct VmConfig {
     pub cpus: u8,
     pub memory: MemoryConfig,
     pub serial: SerialMode,
+    pub api_socket: Option<PathBuf>,
 }
 
 impl TryFrom<&Cli> for VmConfig {
@@ -160,6 +168,7 @@ impl TryFrom<&Cli> for VmConfig {
             cpus,
             memory,
             serial: parse_serial(&cli.serial)?,
+            api_socket: cli.api_socket.clone(),
         })
     }
 }
@@ -294,7 +303,10 @@ mod tests {
     #[test]
     fn hotplug_options() {
         let memory = parse_memory("size=1G,hotplug_size=16G").unwrap();
-        assert_eq!((memory.hotplug_size, memory.slots), (16 << 30, DEFAULT_SLOTS));
+        assert_eq!(
+            (memory.hotplug_size, memory.slots),
+            (16 << 30, DEFAULT_SLOTS)
+        );
         let memory = parse_memory("size=1G,hotplug_size=8G,slots=4").unwrap();
         assert_eq!(memory.slots, 4);
         assert_eq!(parse_memory("size=1G").unwrap().slots, 0);
@@ -338,7 +350,10 @@ mod tests {
 
     #[test]
     fn cmdline_default_and_user() {
-        assert_eq!(kernel_cmdline(None, false), format!("{DEFAULT_CMDLINE} pci=off"));
+        assert_eq!(
+            kernel_cmdline(None, false),
+            format!("{DEFAULT_CMDLINE} pci=off")
+        );
         assert_eq!(
             kernel_cmdline(Some(" console=ttyS0 quiet "), false),
             "console=ttyS0 quiet pci=off"
@@ -356,7 +371,10 @@ mod tests {
 
     #[test]
     fn cmdline_keeps_the_users_choice() {
-        assert_eq!(kernel_cmdline(Some("pci=noacpi quiet"), false), "pci=noacpi quiet");
+        assert_eq!(
+            kernel_cmdline(Some("pci=noacpi quiet"), false),
+            "pci=noacpi quiet"
+        );
         // After "--" words belong to init, not the kernel.
         assert_eq!(
             kernel_cmdline(Some("quiet -- pci=1"), false),

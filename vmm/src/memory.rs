@@ -7,7 +7,7 @@ use kvm_ioctls::VmFd;
 use thiserror::Error;
 use vm_memory::{
     GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
-    GuestMemoryRegion, GuestRegionMmap,
+    GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress,
 };
 
 use crate::layout::{EBDA_START, HIMEM_START, HOTPLUG_ALIGNMENT, MMIO_HOLE_END, MMIO_HOLE_START};
@@ -102,10 +102,9 @@ impl GuestMemoryLayout {
     }
 }
 
-/// The guest's memory map and its KVM slots.
+/// The guest's boot memory map.
 pub struct GuestRam {
     memory: GuestMemoryAtomic<GuestMemoryMmap>,
-    next_slot: u32,
 }
 
 impl GuestRam {
@@ -129,7 +128,6 @@ impl GuestRam {
         })?;
         Ok(Self {
             memory: GuestMemoryAtomic::new(map),
-            next_slot: 0,
         })
     }
 
@@ -138,33 +136,54 @@ impl GuestRam {
         self.memory.clone()
     }
 
-    /// Registers every region of the map with KVM, one slot each.
-    pub fn register_with_kvm(&mut self, vm: &VmFd) -> Result<(), MemoryError> {
+    /// Registers every region of the map with KVM, one slot each; returns how many it used.
+    pub fn register_with_kvm(&self, vm: &VmFd) -> Result<u32, MemoryError> {
         let map = self.memory.memory();
+        let mut slot = 0;
         for region in map.iter() {
-            let base = region.start_addr().0;
-            let host =
-                map.get_host_address(region.start_addr())
-                    .map_err(|e| MemoryError::Allocate {
-                        base,
-                        size: region.len(),
-                        reason: e.to_string(),
-                    })?;
-            let slot = kvm_userspace_memory_region {
-                slot: self.next_slot,
-                flags: 0,
-                guest_phys_addr: base,
-                memory_size: region.len(),
-                userspace_addr: host as u64,
-            };
-            // SAFETY: the host range [host, host + len) is a live mapping owned by the guest
-            // memory map, which this struct keeps alive for as long as the VM exists.
-            unsafe { vm.set_user_memory_region(slot) }
-                .map_err(|source| MemoryError::KvmSlot { base, source })?;
-            self.next_slot += 1;
+            set_kvm_slot(vm, slot, region)?;
+            slot += 1;
         }
-        Ok(())
+        Ok(slot)
     }
+}
+
+/// Maps `region` into the guest through KVM memory slot `slot`.
+pub fn set_kvm_slot(vm: &VmFd, slot: u32, region: &GuestRegionMmap) -> Result<(), MemoryError> {
+    let base = region.start_addr().0;
+    let host = region
+        .get_host_address(MemoryRegionAddress(0))
+        .map_err(|e| MemoryError::Allocate {
+            base,
+            size: region.len(),
+            reason: e.to_string(),
+        })?;
+    let entry = kvm_userspace_memory_region {
+        slot,
+        flags: 0,
+        guest_phys_addr: base,
+        memory_size: region.len(),
+        userspace_addr: host as u64,
+    };
+    // SAFETY: the host range [host, host + len) is a live mapping owned by `region`, which the
+    // guest memory map keeps alive until the slot is deleted (`delete_kvm_slot`).
+    unsafe { vm.set_user_memory_region(entry) }
+        .map_err(|source| MemoryError::KvmSlot { base, source })
+}
+
+/// Takes KVM memory slot `slot` away from the guest. After this returns no vCPU can reach the
+/// memory it mapped, so the host may unmap it.
+pub fn delete_kvm_slot(vm: &VmFd, slot: u32, base: u64) -> Result<(), MemoryError> {
+    let entry = kvm_userspace_memory_region {
+        slot,
+        flags: 0,
+        guest_phys_addr: base,
+        memory_size: 0,
+        userspace_addr: 0,
+    };
+    // SAFETY: a zero-sized region deletes the slot; KVM touches no host memory for it.
+    unsafe { vm.set_user_memory_region(entry) }
+        .map_err(|source| MemoryError::KvmSlot { base, source })
 }
 
 #[cfg(test)]

@@ -2,25 +2,32 @@
 //! port bus, ACPI tables, the loaded kernel and the vCPU threads; and the loop that waits for
 //! the guest to power off.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use thiserror::Error;
-use tidal_acpi::{AcpiConfig, AcpiTables, IoApic, LegacySerial, PowerRegisters};
+use tidal_acpi::{
+    AcpiConfig, AcpiTables, IoApic, LegacySerial, MemoryRange, NumaConfig, PowerRegisters,
+};
+use tidal_devices::ged::{Ged, GED_REGISTER_LEN};
 use tidal_devices::i8042::{I8042, I8042_PORT, I8042_PORT_SIZE};
+use tidal_devices::memory_hotplug::{
+    MemoryHotplugController, REGISTERS_LEN as HOTPLUG_REGISTERS_LEN,
+};
 use tidal_devices::power::{
     AcpiPower, POWER_PORT, POWER_PORT_SIZE, RESET_PORT, RESET_VALUE, SLEEP_CONTROL_PORT,
     SLEEP_STATUS_PORT,
 };
 use tidal_devices::serial::{SerialConsole, COM1_IRQ, COM1_PORT, SERIAL_PORT_SIZE};
 use tidal_devices::{EventFdTrigger, ExitReason, ExitSignal};
-use vm_device::bus::{PioAddress, PioRange};
-use vm_device::device_manager::{IoManager, PioManager};
-use vm_device::DevicePio;
+use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
+use vm_device::device_manager::{IoManager, MmioManager, PioManager};
+use vm_device::{DeviceMmio, DevicePio};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
 use vmm_sys_util::signal::Killable;
 
@@ -28,7 +35,11 @@ use crate::boot::{self, BootError, BootSpec};
 use crate::config::VmConfig;
 use crate::console::{self, ConsoleError};
 use crate::cpu::{self, Topology};
-use crate::layout::{ACPI_END, ACPI_START, APIC_START, IOAPIC_START};
+use crate::hotplug::{HotplugParts, HotplugRegion, MemoryHotplug};
+use crate::layout::{
+    ACPI_END, ACPI_START, APIC_START, GED_IRQ, GED_MMIO_START, IOAPIC_START,
+    MEMORY_HOTPLUG_MMIO_START,
+};
 use crate::memory::{GuestMemoryLayout, GuestRam, MemoryError};
 use crate::vcpu::{self, VcpuContext, VcpuError};
 
@@ -71,6 +82,15 @@ pub enum VmError {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error("cannot place device at {base:#x}: {source}")]
+    MmioBus {
+        base: u64,
+        source: vm_device::bus::Error,
+    },
+    #[error(transparent)]
+    HotplugSetup(#[from] crate::hotplug::HotplugSetupError),
+    #[error(transparent)]
+    Api(#[from] tidal_api::server::ServerError),
     #[error("cannot place device at port {port:#x}: {source}")]
     Bus {
         port: u16,
@@ -89,8 +109,36 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 /// Where the TSS and identity map go: three pages just below the BIOS area, in the hole.
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
+/// The hotplug region `config` asks for, if any.
+pub fn hotplug_region(config: &VmConfig) -> Option<HotplugRegion> {
+    (config.memory.hotplug_size > 0).then(|| HotplugRegion {
+        base: GuestMemoryLayout::new(config.memory.size).hotplug_region_base(),
+        size: config.memory.hotplug_size,
+    })
+}
+
+/// The SRAT's view of memory: boot RAM, and the hotplug region as hotpluggable.
+fn numa_config(config: &VmConfig, region: HotplugRegion) -> NumaConfig {
+    let layout = GuestMemoryLayout::new(config.memory.size);
+    let boot = layout.ranges().iter().map(|&(base, size)| MemoryRange {
+        base,
+        size,
+        hotpluggable: false,
+    });
+    let hotplug = MemoryRange {
+        base: region.base,
+        size: region.size,
+        hotpluggable: true,
+    };
+    NumaConfig::single_node(
+        u32::from(config.cpus),
+        boot.chain(std::iter::once(hotplug)).collect(),
+    )
+}
+
 /// The ACPI tables for `config`: also what `--dump-acpi` writes.
 pub fn acpi_tables(config: &VmConfig) -> Result<AcpiTables, tidal_acpi::AcpiError> {
+    let region = hotplug_region(config);
     let acpi = AcpiConfig {
         cpus: u32::from(config.cpus),
         serial: Some(LegacySerial {
@@ -109,9 +157,15 @@ pub fn acpi_tables(config: &VmConfig) -> Result<AcpiTables, tidal_acpi::AcpiErro
             gsi_base: 0,
         },
         lapic_address: APIC_START,
-        ged: None,
-        memory_hotplug: None,
-        numa: None,
+        ged: Some(tidal_acpi::Ged {
+            mmio_base: GED_MMIO_START,
+            irq: GED_IRQ,
+        }),
+        memory_hotplug: region.map(|_| tidal_acpi::MemoryHotplug {
+            mmio_base: MEMORY_HOTPLUG_MMIO_START,
+            slots: config.memory.slots,
+        }),
+        numa: region.map(|region| numa_config(config, region)),
     };
     tidal_acpi::build_tables(&acpi, ACPI_START, ACPI_END)
 }
@@ -119,8 +173,10 @@ pub fn acpi_tables(config: &VmConfig) -> Result<AcpiTables, tidal_acpi::AcpiErro
 /// A VM ready to run: everything is set up, no vCPU has started.
 pub struct Vm {
     _kvm: Kvm,
-    vm: VmFd,
+    vm: Arc<VmFd>,
     _ram: GuestRam,
+    hotplug: Arc<MemoryHotplug>,
+    api_socket: Option<PathBuf>,
     io: Arc<IoManager>,
     exit: Arc<ExitSignal>,
     serial: Arc<Mutex<SerialConsole>>,
@@ -142,15 +198,15 @@ impl Vm {
                 max,
             });
         }
-        let vm = kvm.create_vm().map_err(kvm_err("create the VM"))?;
+        let vm = Arc::new(kvm.create_vm().map_err(kvm_err("create the VM"))?);
         vm.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(kvm_err("set the TSS address"))?;
         vm.create_irq_chip()
             .map_err(kvm_err("create the in-kernel interrupt controller"))?;
 
         let layout = GuestMemoryLayout::new(config.memory.size);
-        let mut ram = GuestRam::new(&layout)?;
-        ram.register_with_kvm(&vm)?;
+        let ram = GuestRam::new(&layout)?;
+        let boot_kvm_slots = ram.register_with_kvm(&vm)?;
         let memory = ram.atomic();
         let mem = memory.memory();
 
@@ -204,6 +260,39 @@ impl Vm {
             POWER_PORT_SIZE,
             Arc::new(Mutex::new(AcpiPower::new(exit.clone()))),
         )?;
+        let ged_interrupt = EventFdTrigger::new().map_err(|source| VmError::Resource {
+            what: "the GED interrupt",
+            source,
+        })?;
+        vm.register_irqfd(ged_interrupt.event_fd(), GED_IRQ)
+            .map_err(kvm_err("connect the GED interrupt"))?;
+        let ged = Arc::new(Ged::new(ged_interrupt));
+        register_mmio(&mut io, GED_MMIO_START, GED_REGISTER_LEN, ged.clone())?;
+        let changed = Arc::new(Condvar::new());
+        let controller = Arc::new(Mutex::new(MemoryHotplugController::new(
+            config.memory.slots,
+            changed.clone(),
+        )));
+        let region = hotplug_region(config);
+        if region.is_some() {
+            register_mmio(
+                &mut io,
+                MEMORY_HOTPLUG_MMIO_START,
+                HOTPLUG_REGISTERS_LEN,
+                controller.clone(),
+            )?;
+        }
+        let hotplug = Arc::new(MemoryHotplug::new(HotplugParts {
+            vm: vm.clone(),
+            memory: memory.clone(),
+            first_kvm_slot: boot_kvm_slots,
+            region,
+            boot_ram: config.memory.size,
+            cpus: u32::from(config.cpus),
+            controller,
+            changed,
+            ged,
+        })?);
 
         let supported = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -243,6 +332,8 @@ impl Vm {
             _kvm: kvm,
             vm,
             _ram: ram,
+            hotplug,
+            api_socket: config.api_socket.clone(),
             io: Arc::new(io),
             exit,
             serial,
@@ -254,6 +345,10 @@ impl Vm {
     /// Runs the guest until it powers off or resets; returns why it stopped.
     pub fn run(self) -> Result<ExitReason, VmError> {
         vcpu::install_kick_handler()?;
+        let _api = match &self.api_socket {
+            Some(path) => Some(tidal_api::server::start(path, self.hotplug.clone())?),
+            None => None,
+        };
         if self.read_stdin {
             console::spawn_stdin_reader(self.serial.clone())?;
         }
@@ -277,6 +372,17 @@ impl Vm {
             other => Ok(other),
         }
     }
+}
+
+fn register_mmio(
+    io: &mut IoManager,
+    base: u64,
+    size: u64,
+    device: Arc<dyn DeviceMmio + Send + Sync>,
+) -> Result<(), VmError> {
+    let bus_err = |source| VmError::MmioBus { base, source };
+    let range = MmioRange::new(MmioAddress(base), size).map_err(bus_err)?;
+    io.register_mmio(range, device).map_err(bus_err)
 }
 
 fn register_pio(
