@@ -102,6 +102,22 @@ pub trait EjectHandler: Send {
     fn eject(&mut self, slot: u32, dimm: Dimm) -> Result<(), String>;
 }
 
+/// A slot's state change, for whoever follows hotplug events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotEvent {
+    pub slot: u32,
+    pub dimm: Option<Dimm>,
+    pub old: SlotState,
+    pub new: SlotState,
+    /// The `_OST` report that caused the change, if one did.
+    pub ost: Option<Ost>,
+}
+
+/// Told of every state change (and every `_OST`), on the thread that made it.
+pub trait SlotListener: Send {
+    fn slot_changed(&self, event: SlotEvent);
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HotplugError {
     #[error("slot {0} does not exist")]
@@ -117,6 +133,7 @@ pub struct MemoryHotplugController {
     selected: u32,
     ost_event: u32,
     eject_handler: Option<Box<dyn EjectHandler>>,
+    listener: Option<Box<dyn SlotListener>>,
     /// Woken on every change the host may be waiting for (`_OST`, eject).
     changed: Arc<Condvar>,
     warned_bad_access: bool,
@@ -129,6 +146,7 @@ impl MemoryHotplugController {
             selected: 0,
             ost_event: 0,
             eject_handler: None,
+            listener: None,
             changed,
             warned_bad_access: false,
         }
@@ -136,6 +154,10 @@ impl MemoryHotplugController {
 
     pub fn set_eject_handler(&mut self, handler: Box<dyn EjectHandler>) {
         self.eject_handler = Some(handler);
+    }
+
+    pub fn set_listener(&mut self, listener: Box<dyn SlotListener>) {
+        self.listener = Some(listener);
     }
 
     pub fn slot_count(&self) -> u32 {
@@ -167,19 +189,18 @@ impl MemoryHotplugController {
             insert_pending: true,
             ..Slot::EMPTY
         };
-        log::info!(
-            "memory slot {slot}: empty -> inserting ({} MiB at {:#x}, node {})",
-            dimm.size >> 20,
-            dimm.base,
-            dimm.node
-        );
+        self.report(slot, SlotState::Empty, None);
         Ok(())
     }
 
-    /// Marks an added DIMM for ejection at the guest's next scan.
+    /// Marks a DIMM for ejection at the guest's next scan. Asking again for a DIMM already
+    /// being removed (one the guest never answered for) asks the guest again.
     pub fn request_removal(&mut self, slot: u32) -> Result<(), HotplugError> {
         let entry = self.get_mut(slot).ok_or(HotplugError::NoSuchSlot(slot))?;
-        if !matches!(entry.state, SlotState::Added | SlotState::Failed) {
+        if !matches!(
+            entry.state,
+            SlotState::Added | SlotState::Failed | SlotState::Removing
+        ) {
             return Err(HotplugError::NotRemovable {
                 slot,
                 state: entry.state,
@@ -188,28 +209,36 @@ impl MemoryHotplugController {
         let old = entry.state;
         entry.state = SlotState::Removing;
         entry.remove_pending = true;
-        log::info!("memory slot {slot}: {old:?} -> removing");
+        self.report(slot, old, None);
         Ok(())
     }
 
-    /// Gives up on a removal the guest never answered: the DIMM is usable as before.
-    pub fn cancel_removal(&mut self, slot: u32) {
-        if let Some(entry) = self.get_mut(slot) {
-            if entry.state == SlotState::Removing {
-                entry.state = SlotState::Added;
-                entry.remove_pending = false;
-                log::info!("memory slot {slot}: removing -> added (removal cancelled)");
-            }
+    /// Logs a state change (or an `_OST` that left the state as it was), tells the listener and
+    /// wakes whoever waits for the guest.
+    fn report(&self, slot: u32, old: SlotState, ost: Option<Ost>) {
+        let Some(entry) = self.get(slot) else {
+            return;
+        };
+        let event = SlotEvent {
+            slot,
+            dimm: entry.dimm,
+            old,
+            new: entry.state,
+            ost,
+        };
+        match ost {
+            Some(o) => log::info!(
+                "memory slot {slot}: _OST(event {:#x}, status {:#x}); {old:?} -> {:?}",
+                o.event,
+                o.status,
+                entry.state
+            ),
+            None => log::info!("memory slot {slot}: {old:?} -> {:?}", entry.state),
         }
-    }
-
-    /// Empties a slot whose memory the host has already taken back (a failed insertion).
-    pub fn unplug(&mut self, slot: u32) {
-        if let Some(entry) = self.get_mut(slot) {
-            let old = entry.state;
-            *entry = Slot::EMPTY;
-            log::info!("memory slot {slot}: {old:?} -> empty");
+        if let Some(listener) = &self.listener {
+            listener.slot_changed(event);
         }
+        self.changed.notify_all();
     }
 
     fn get(&self, slot: u32) -> Option<&Slot> {
@@ -271,7 +300,8 @@ impl MemoryHotplugController {
         if slot.dimm.is_none() {
             return;
         }
-        slot.last_ost = Some(Ost { event, status });
+        let ost = Ost { event, status };
+        slot.last_ost = Some(ost);
         let old = slot.state;
         slot.state = match (slot.state, event, status) {
             (SlotState::Inserting, OST_EVENT_DEVICE_CHECK, OST_SUCCESS) => SlotState::Added,
@@ -285,11 +315,7 @@ impl MemoryHotplugController {
             }
             (state, _, _) => state,
         };
-        log::info!(
-            "memory slot {selected}: _OST(event {event:#x}, status {status:#x}); {old:?} -> {:?}",
-            slot.state
-        );
-        self.changed.notify_all();
+        self.report(selected, old, Some(ost));
     }
 
     fn control(&mut self, value: u32) {
@@ -326,16 +352,32 @@ impl MemoryHotplugController {
         };
         match result {
             Ok(()) => {
-                let last_ost = slot.last_ost;
                 if let Some(entry) = self.get_mut(slot_index) {
                     *entry = Slot {
-                        last_ost,
+                        last_ost: slot.last_ost,
                         ..Slot::EMPTY
                     };
                 }
-                log::info!("memory slot {slot_index}: removing -> empty (ejected)");
+                self.report_eject(slot_index, dimm);
             }
-            Err(e) => log::error!("memory slot {slot_index}: eject failed, DIMM kept: {e}"),
+            Err(e) => {
+                log::error!("memory slot {slot_index}: eject failed, DIMM kept: {e}");
+                self.changed.notify_all();
+            }
+        }
+    }
+
+    /// The slot is empty now, but the event still names the DIMM that left.
+    fn report_eject(&self, slot: u32, dimm: Dimm) {
+        log::info!("memory slot {slot}: Removing -> Empty (ejected)");
+        if let Some(listener) = &self.listener {
+            listener.slot_changed(SlotEvent {
+                slot,
+                dimm: Some(dimm),
+                old: SlotState::Removing,
+                new: SlotState::Empty,
+                ost: None,
+            });
         }
         self.changed.notify_all();
     }
@@ -351,7 +393,7 @@ impl MemoryHotplugController {
     }
 
     fn decode(&mut self, offset: u64, len: usize) -> bool {
-        let valid = len == 4 && offset % 4 == 0 && offset < REGISTERS_LEN;
+        let valid = len == 4 && offset.is_multiple_of(4) && offset < REGISTERS_LEN;
         if !valid {
             self.warn_bad_access(offset, len);
         }
@@ -558,8 +600,51 @@ mod tests {
         c.plug(0, DIMM).unwrap();
         ost(&mut c, 0, OST_EVENT_DEVICE_CHECK, OST_SUCCESS);
         c.request_removal(0).unwrap();
-        c.cancel_removal(0);
-        assert_eq!(c.slot(0).unwrap().state, SlotState::Added);
-        assert_eq!(read(&mut c, reg::STATUS), STATUS_ENABLED);
+        // The guest saw the request (and cleared it) but never answered: ask again.
+        write(&mut c, reg::CONTROL, CONTROL_CLEAR_REMOVE);
+        c.request_removal(0).unwrap();
+        assert_eq!(c.slot(0).unwrap().state, SlotState::Removing);
+        assert_eq!(
+            read(&mut c, reg::STATUS),
+            STATUS_ENABLED | STATUS_REMOVE_PENDING
+        );
+    }
+
+    #[derive(Clone, Default)]
+    struct Events(Arc<Mutex<Vec<SlotEvent>>>);
+    impl SlotListener for Events {
+        fn slot_changed(&self, event: SlotEvent) {
+            self.0.lock().unwrap().push(event);
+        }
+    }
+
+    #[test]
+    fn listener_follows_a_dimms_life() {
+        let (mut c, _) = controller(1);
+        let events = Events::default();
+        c.set_listener(Box::new(events.clone()));
+        c.plug(0, DIMM).unwrap();
+        ost(&mut c, 0, OST_EVENT_DEVICE_CHECK, OST_SUCCESS);
+        c.request_removal(0).unwrap();
+        ost(&mut c, 0, OST_EVENT_EJECT_REQUEST, OST_EJECT_IN_PROGRESS);
+        write(&mut c, reg::CONTROL, CONTROL_EJECT);
+        let seen: Vec<_> = events
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| (e.old, e.new, e.ost.map(|o| o.status), e.dimm))
+            .collect();
+        use SlotState::*;
+        assert_eq!(
+            seen,
+            vec![
+                (Empty, Inserting, None, Some(DIMM)),
+                (Inserting, Added, Some(0), Some(DIMM)),
+                (Added, Removing, None, Some(DIMM)),
+                (Removing, Removing, Some(0x84), Some(DIMM)),
+                (Removing, Empty, None, Some(DIMM)),
+            ]
+        );
     }
 }

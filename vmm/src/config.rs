@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Parser;
 use thiserror::Error;
@@ -71,6 +72,9 @@ pub struct Cli {
     /// Guest console: stdio (guest output on stdout, stdin to the guest), file=PATH, or off.
     #[arg(long, default_value = "stdio", value_name = "stdio|file=PATH|off")]
     pub serial: String,
+    /// Seconds a memory hotplug operation waits for the guest's answer by default.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub hotplug_timeout: u64,
     /// Serve the REST API (and tidalctl) on this Unix socket, created owner-only (0600).
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
@@ -104,6 +108,8 @@ pub enum ConfigError {
     BootTooLargeForHotplug(u64),
     #[error("--memory: slots must be between 1 and {MAX_SLOTS}, not {0}")]
     Slots(u32),
+    #[error("--hotplug-timeout must be at least 1 second")]
+    HotplugTimeout,
     #[error("--serial: '{0}' is not stdio, off or file=PATH")]
     Serial(String),
     #[error("cannot read {what} {path}: {source}")]
@@ -142,6 +148,7 @@ pub struct VmConfig {
     pub memory: MemoryConfig,
     pub serial: SerialMode,
     pub api_socket: Option<PathBuf>,
+    pub hotplug_timeout: Duration,
 }
 
 impl TryFrom<&Cli> for VmConfig {
@@ -161,6 +168,9 @@ impl TryFrom<&Cli> for VmConfig {
             })?;
         }
         let memory = parse_memory(&cli.memory)?;
+        if cli.hotplug_timeout == 0 {
+            return Err(ConfigError::HotplugTimeout);
+        }
         Ok(Self {
             kernel: cli.kernel.clone(),
             initramfs: cli.initramfs.clone(),
@@ -169,6 +179,7 @@ impl TryFrom<&Cli> for VmConfig {
             memory,
             serial: parse_serial(&cli.serial)?,
             api_socket: cli.api_socket.clone(),
+            hotplug_timeout: Duration::from_secs(cli.hotplug_timeout),
         })
     }
 }

@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use kvm_ioctls::VmFd;
 use tidal_api::{
-    AddMemoryRequest, ApiError, DimmInfo, DimmState, ErrorKind, MemoryInfo, OstStatus,
-    ResizeRequest, VmApi, VmInfo,
+    AddMemoryRequest, ApiError, DimmInfo, DimmState, ErrorKind, EventSink, HotplugEvent,
+    MemoryInfo, OstStatus, RemoveMemoryRequest, ResizeRequest, VmApi, VmInfo,
 };
 use tidal_devices::ged::Ged;
 use tidal_devices::memory_hotplug::{
-    Dimm, EjectHandler, MemoryHotplugController, SlotState, SlotView,
+    Dimm, EjectHandler, MemoryHotplugController, Ost, SlotEvent, SlotListener, SlotState,
+    SlotView,
 };
 use vm_allocator::{AddressAllocator, AllocPolicy, RangeInclusive};
 use vm_memory::{
@@ -23,9 +24,6 @@ use vm_memory::{
 use crate::layout::MEMORY_BLOCK_SIZE;
 use crate::memory::{delete_kvm_slot, set_kvm_slot};
 use crate::size::format_size;
-
-/// How long a hot-add waits for the guest's `_OST`.
-pub const HOTPLUG_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The part of guest physical space DIMMs are carved from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +120,48 @@ impl EjectHandler for Ejector {
     }
 }
 
+/// Hands every slot change to the API's event subscribers, dropping those that went away.
+#[derive(Default)]
+struct EventHub {
+    sinks: Mutex<Vec<EventSink>>,
+}
+
+impl EventHub {
+    fn subscribe(&self, sink: EventSink) {
+        if let Ok(mut sinks) = self.sinks.lock() {
+            sinks.push(sink);
+        }
+    }
+}
+
+/// The controller's view of the hub (it is called with the controller locked, so sinks must
+/// not block: they only queue the event).
+struct HubListener(Arc<EventHub>);
+
+impl SlotListener for HubListener {
+    fn slot_changed(&self, event: SlotEvent) {
+        let Some(dimm) = event.dimm else {
+            return;
+        };
+        let event = HotplugEvent {
+            id: dimm_id(event.slot),
+            slot: event.slot,
+            node: dimm.node,
+            base: dimm.base,
+            size: dimm.size,
+            old_state: api_state(event.old),
+            new_state: api_state(event.new),
+            ost: event.ost.map(api_ost),
+            timestamp_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        };
+        if let Ok(mut sinks) = self.0.sinks.lock() {
+            sinks.retain(|sink| sink(&event));
+        }
+    }
+}
+
 /// Everything the VM exposes about its memory, and the hotplug operations.
 pub struct MemoryHotplug {
     region: Option<HotplugRegion>,
@@ -133,6 +173,10 @@ pub struct MemoryHotplug {
     ged: Arc<Ged>,
     /// Held for the whole of one hotplug operation: a second one gets 409 instead of waiting.
     operation: Mutex<()>,
+    /// Slots in the order their DIMMs were plugged, oldest first: shrinking removes the newest.
+    plug_order: Mutex<Vec<u32>>,
+    timeout: Duration,
+    events: Arc<EventHub>,
 }
 
 /// What `Vm::new` hands over to build the hotplug side.
@@ -146,6 +190,8 @@ pub struct HotplugParts {
     pub controller: Arc<Mutex<MemoryHotplugController>>,
     pub changed: Arc<Condvar>,
     pub ged: Arc<Ged>,
+    /// How long to wait for the guest's answer by default.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,8 +219,10 @@ impl MemoryHotplug {
             allocator,
             first_kvm_slot: parts.first_kvm_slot,
         }));
+        let events = Arc::new(EventHub::default());
         if let Ok(mut controller) = parts.controller.lock() {
             controller.set_eject_handler(Box::new(Ejector(dimms.clone())));
+            controller.set_listener(Box::new(HubListener(events.clone())));
         }
         Ok(Self {
             region: parts.region,
@@ -185,6 +233,9 @@ impl MemoryHotplug {
             changed: parts.changed,
             ged: parts.ged,
             operation: Mutex::new(()),
+            plug_order: Mutex::new(Vec::new()),
+            timeout: parts.timeout,
+            events,
         })
     }
 
@@ -224,6 +275,18 @@ impl MemoryHotplug {
         region.size.saturating_sub(used)
     }
 
+    /// A request's timeout, or the VM's default.
+    fn timeout_for(&self, secs: Option<u64>) -> Result<Duration, ApiError> {
+        match secs {
+            None => Ok(self.timeout),
+            Some(0) => Err(api_error(
+                ErrorKind::BadRequest,
+                "timeout_secs must be at least 1",
+            )),
+            Some(secs) => Ok(Duration::from_secs(secs)),
+        }
+    }
+
     fn begin_operation(&self) -> Result<MutexGuard<'_, ()>, ApiError> {
         match self.operation.try_lock() {
             Ok(guard) => Ok(guard),
@@ -258,7 +321,7 @@ impl MemoryHotplug {
     }
 
     /// Plugs one DIMM of `size` bytes into node `node` and waits for the guest's answer.
-    fn add(&self, size: u64, node: u32) -> Result<DimmInfo, ApiError> {
+    fn add(&self, size: u64, node: u32, timeout: Duration) -> Result<DimmInfo, ApiError> {
         let region = self.check_size(size)?;
         if node != 0 {
             return Err(api_error(
@@ -298,26 +361,38 @@ impl MemoryHotplug {
         self.controller()?
             .plug(slot, dimm)
             .map_err(|e| api_error(ErrorKind::Internal, e.to_string()))?;
+        if let Ok(mut order) = self.plug_order.lock() {
+            order.retain(|&s| s != slot);
+            order.push(slot);
+        }
         if let Err(e) = self.ged.notify(tidal_acpi::GED_MEMORY_HOTPLUG) {
             log::error!("cannot interrupt the guest for {}: {e}", dimm_id(slot));
         }
-        self.wait_for_insertion(slot)
+        self.wait_for_insertion(slot, timeout)
     }
 
-    /// Waits until the guest answers the insertion of `slot`, or the timeout passes.
-    fn wait_for_insertion(&self, slot: u32) -> Result<DimmInfo, ApiError> {
+    /// Waits while `slot` is in `state`, at most `timeout`; returns the slot as it is then.
+    fn wait_while(
+        &self,
+        slot: u32,
+        state: SlotState,
+        timeout: Duration,
+    ) -> Result<SlotView, ApiError> {
         let controller = self.controller()?;
         let (controller, _) = self
             .changed
-            .wait_timeout_while(controller, HOTPLUG_TIMEOUT, |c| {
-                c.slot(slot)
-                    .is_some_and(|v| v.state == SlotState::Inserting)
+            .wait_timeout_while(controller, timeout, |c| {
+                c.slot(slot).is_some_and(|v| v.state == state)
             })
             .map_err(|_| api_error(ErrorKind::Internal, "hotplug controller lock poisoned"))?;
-        let view = controller
+        controller
             .slot(slot)
-            .ok_or_else(|| api_error(ErrorKind::Internal, "slot vanished"))?;
-        drop(controller);
+            .ok_or_else(|| api_error(ErrorKind::Internal, format!("slot {slot} vanished")))
+    }
+
+    /// Waits until the guest answers the insertion of `slot`, or the timeout passes.
+    fn wait_for_insertion(&self, slot: u32, timeout: Duration) -> Result<DimmInfo, ApiError> {
+        let view = self.wait_while(slot, SlotState::Inserting, timeout)?;
         let info = dimm_info(slot, view)
             .ok_or_else(|| api_error(ErrorKind::Internal, format!("{} vanished", dimm_id(slot))))?;
         match view.state {
@@ -328,7 +403,7 @@ impl MemoryHotplug {
                     "the guest did not answer the insertion of {} within {} s; it stays plugged \
                      (state inserting): does the guest kernel support ACPI memory hotplug?",
                     info.id,
-                    HOTPLUG_TIMEOUT.as_secs()
+                    timeout.as_secs()
                 ),
             )),
             _ => Err(api_error(
@@ -341,6 +416,162 @@ impl MemoryHotplug {
             )),
         }
     }
+}
+
+impl MemoryHotplug {
+    /// The slot of DIMM `id` ("dimmN").
+    fn slot_of(&self, id: &str) -> Result<u32, ApiError> {
+        let not_found = || api_error(ErrorKind::NotFound, format!("no DIMM called '{id}'"));
+        let slot: u32 = id
+            .strip_prefix("dimm")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(not_found)?;
+        match self.controller()?.slot(slot) {
+            Some(view) if view.dimm.is_some() => Ok(slot),
+            _ => Err(not_found()),
+        }
+    }
+
+    /// Asks the guest to eject the DIMM in `slot` and waits for the outcome. Refusals and
+    /// timeouts leave the DIMM mapped and usable.
+    fn remove_slot(&self, slot: u32, timeout: Duration) -> Result<(), ApiError> {
+        let id = dimm_id(slot);
+        self.controller()?
+            .request_removal(slot)
+            .map_err(|e| api_error(ErrorKind::Conflict, format!("cannot remove {id}: {e}")))?;
+        if let Err(e) = self.ged.notify(tidal_acpi::GED_MEMORY_HOTPLUG) {
+            log::error!("cannot interrupt the guest for {id}: {e}");
+        }
+        let view = self.wait_while(slot, SlotState::Removing, timeout)?;
+        match view.state {
+            SlotState::Empty => Ok(()),
+            SlotState::Removing => Err(api_error(
+                ErrorKind::Timeout,
+                format!(
+                    "the guest did not eject {id} within {} s; it stays plugged and in use \
+                     (the guest may still finish; retry the removal to ask again)",
+                    timeout.as_secs()
+                ),
+            )),
+            _ => Err(api_error(
+                ErrorKind::GuestRefused,
+                format!(
+                    "the guest refused to eject {id}: {}; it stays plugged and usable",
+                    ost_meaning(view.last_ost.map_or(0x01, |o| o.status))
+                ),
+            )),
+        }
+    }
+
+    /// Slots to remove so that exactly `amount` bytes go, newest DIMMs first.
+    fn shrink_plan(&self, amount: u64) -> Result<Vec<u32>, ApiError> {
+        let order = self
+            .plug_order
+            .lock()
+            .map_err(|_| api_error(ErrorKind::Internal, "plug order lock poisoned"))?
+            .clone();
+        let removable: Vec<(u32, u64)> = {
+            let controller = self.controller()?;
+            order
+                .iter()
+                .rev()
+                .filter_map(|&slot| {
+                    let view = controller.slot(slot)?;
+                    match (view.state, view.dimm) {
+                        (SlotState::Added, Some(dimm)) => Some((slot, dimm.size)),
+                        _ => None,
+                    }
+                })
+                .collect()
+        };
+        let sizes: Vec<u64> = removable.iter().map(|&(_, size)| size).collect();
+        match pick_exact(&sizes, amount) {
+            Some(picked) => Ok(picked.into_iter().map(|i| removable[i].0).collect()),
+            None => {
+                let current = self.boot_ram + self.hotplugged();
+                let mut reachable: Vec<String> = subset_sums(&sizes)
+                    .into_iter()
+                    .map(|sum| format_size(current - sum))
+                    .collect();
+                reachable.truncate(16);
+                Err(api_error(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "no set of plugged DIMMs adds up to {}: reachable sizes are {}",
+                        format_size(amount),
+                        reachable.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Removes `slots` one after another; stops at the first failure and says what was done.
+    fn remove_slots(&self, slots: &[u32], timeout: Duration) -> Result<(), ApiError> {
+        let mut removed = Vec::new();
+        for &slot in slots {
+            if let Err(mut e) = self.remove_slot(slot, timeout) {
+                if !removed.is_empty() {
+                    e.message = format!("removed {}; then {}", removed.join(", "), e.message);
+                }
+                return Err(e);
+            }
+            removed.push(dimm_id(slot));
+        }
+        Ok(())
+    }
+}
+
+/// Indices into `sizes` (newest first) adding up to exactly `target`: greedily when that works,
+/// else the subset-sum search prefers the newest DIMMs it can.
+fn pick_exact(sizes: &[u64], target: u64) -> Option<Vec<usize>> {
+    let mut left = target;
+    let greedy: Vec<usize> = (0..sizes.len())
+        .filter(|&i| {
+            let take = sizes[i] <= left;
+            if take {
+                left -= sizes[i];
+            }
+            take
+        })
+        .collect();
+    if left == 0 {
+        return Some(greedy);
+    }
+    // reach[sum] = index of the DIMM that first reached `sum`, searching newest first.
+    let blocks = |bytes: u64| usize::try_from(bytes / MEMORY_BLOCK_SIZE).ok();
+    let goal = blocks(target)?;
+    let mut reach: Vec<Option<usize>> = vec![None; goal + 1];
+    let mut reached = vec![false; goal + 1];
+    reached[0] = true;
+    for (i, &size) in sizes.iter().enumerate() {
+        let step = blocks(size)?;
+        for sum in (step..=goal).rev() {
+            if !reached[sum] && reached[sum - step] {
+                reached[sum] = true;
+                reach[sum] = Some(i);
+            }
+        }
+    }
+    let mut picked = Vec::new();
+    let mut sum = goal;
+    while sum > 0 {
+        let i = reach[sum]?;
+        picked.push(i);
+        sum -= blocks(sizes[i])?;
+    }
+    picked.sort_unstable();
+    Some(picked)
+}
+
+/// Every non-zero total some set of `sizes` adds up to, smallest first.
+fn subset_sums(sizes: &[u64]) -> Vec<u64> {
+    let mut sums = std::collections::BTreeSet::from([0u64]);
+    for &size in sizes {
+        let more: Vec<u64> = sums.iter().map(|s| s + size).collect();
+        sums.extend(more);
+    }
+    sums.into_iter().filter(|&s| s > 0).collect()
 }
 
 /// What an `_OST` status code means (ACPI spec, `_OST` status codes).
@@ -359,26 +590,33 @@ pub fn ost_meaning(status: u32) -> String {
     format!("_OST status {status:#x} ({meaning})")
 }
 
-fn dimm_info(slot: u32, view: SlotView) -> Option<DimmInfo> {
-    let dimm = view.dimm?;
-    let state = match view.state {
-        SlotState::Empty => return None,
+fn api_state(state: SlotState) -> DimmState {
+    match state {
+        SlotState::Empty => DimmState::Empty,
         SlotState::Inserting => DimmState::Inserting,
         SlotState::Added => DimmState::Added,
         SlotState::Failed => DimmState::Failed,
         SlotState::Removing => DimmState::Removing,
-    };
+    }
+}
+
+fn api_ost(ost: Ost) -> OstStatus {
+    OstStatus {
+        event: ost.event,
+        status: ost.status,
+    }
+}
+
+fn dimm_info(slot: u32, view: SlotView) -> Option<DimmInfo> {
+    let dimm = view.dimm?;
     Some(DimmInfo {
         id: dimm_id(slot),
         slot,
         node: dimm.node,
         base: dimm.base,
         size: dimm.size,
-        state,
-        last_ost: view.last_ost.map(|o| OstStatus {
-            event: o.event,
-            status: o.status,
-        }),
+        state: api_state(view.state),
+        last_ost: view.last_ost.map(api_ost),
     })
 }
 
@@ -407,25 +645,77 @@ impl VmApi for MemoryHotplug {
     }
 
     fn resize(&self, request: ResizeRequest) -> Result<(), ApiError> {
+        let timeout = self.timeout_for(request.timeout_secs)?;
         let current = self.boot_ram + self.hotplugged();
         let desired = request.desired_ram;
         if desired == current {
             return Ok(());
         }
         if desired < current {
-            return Err(api_error(
-                ErrorKind::BadRequest,
-                format!(
-                    "desired_ram {} is below the current {}: shrinking is not supported yet",
-                    format_size(desired),
-                    format_size(current)
-                ),
-            ));
+            if desired < self.boot_ram {
+                return Err(api_error(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "desired_ram {} is below the boot memory ({}), which is never removed",
+                        format_size(desired),
+                        format_size(self.boot_ram)
+                    ),
+                ));
+            }
+            let _operation = self.begin_operation()?;
+            let slots = self.shrink_plan(current - desired)?;
+            return self.remove_slots(&slots, timeout);
         }
-        self.add(desired - current, 0).map(|_| ())
+        self.add(desired - current, 0, timeout).map(|_| ())
     }
 
     fn add_memory(&self, request: AddMemoryRequest) -> Result<DimmInfo, ApiError> {
-        self.add(request.size, request.node)
+        self.add(request.size, request.node, self.timeout)
+    }
+
+    fn remove_memory(&self, request: RemoveMemoryRequest) -> Result<(), ApiError> {
+        let timeout = self.timeout_for(request.timeout_secs)?;
+        let _operation = self.begin_operation()?;
+        let slot = self.slot_of(&request.id)?;
+        self.remove_slot(slot, timeout)
+    }
+
+    fn subscribe(&self, sink: EventSink) {
+        self.events.subscribe(sink);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const G: u64 = 1 << 30;
+
+    #[test]
+    fn shrink_takes_the_newest_that_fit() {
+        // Newest first: 1G, 2G, 1G.
+        assert_eq!(pick_exact(&[G, 2 * G, G], G), Some(vec![0]));
+        assert_eq!(pick_exact(&[G, 2 * G, G], 3 * G), Some(vec![0, 1]));
+        assert_eq!(pick_exact(&[G, 2 * G, G], 4 * G), Some(vec![0, 1, 2]));
+    }
+
+    #[test]
+    fn shrink_searches_when_greedy_fails() {
+        // Greedy takes 3G then cannot make 4G; 2G + 2G can.
+        assert_eq!(pick_exact(&[3 * G, 2 * G, 2 * G], 4 * G), Some(vec![1, 2]));
+        assert_eq!(pick_exact(&[2 * G, 2 * G], 3 * G), None);
+        assert_eq!(pick_exact(&[], G), None);
+    }
+
+    #[test]
+    fn reachable_totals() {
+        assert_eq!(subset_sums(&[G, 2 * G]), vec![G, 2 * G, 3 * G]);
+        assert!(subset_sums(&[]).is_empty());
+    }
+
+    #[test]
+    fn ost_codes_have_meanings() {
+        assert_eq!(ost_meaning(0x82), "_OST status 0x82 (device busy)");
+        assert_eq!(ost_meaning(0x99), "_OST status 0x99 (unknown status)");
     }
 }

@@ -292,6 +292,7 @@ impl Vm {
             controller,
             changed,
             ged,
+            timeout: config.hotplug_timeout,
         })?);
 
         let supported = kvm
