@@ -13,8 +13,7 @@ use tidal_api::{
 };
 use tidal_devices::ged::Ged;
 use tidal_devices::memory_hotplug::{
-    Dimm, EjectHandler, MemoryHotplugController, Ost, SlotEvent, SlotListener, SlotState,
-    SlotView,
+    Dimm, EjectHandler, MemoryHotplugController, Ost, SlotEvent, SlotListener, SlotState, SlotView,
 };
 use vm_allocator::{AddressAllocator, AllocPolicy, RangeInclusive};
 use vm_memory::{

@@ -1,0 +1,299 @@
+//! `tidalctl`: controls a running Tidal VM through its API socket. Prints a summary for people
+//! or, with `--json`, the server's JSON as is.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tidal_api::size::{format_size, parse_size};
+use tidal_api::timestamp::format_timestamp_ms;
+use tidal_api::{
+    AddMemoryRequest, ApiClient, ClientError, DimmInfo, DimmState, Endpoint, HotplugEvent,
+    OstStatus, PingResponse, RemoveMemoryRequest, ResizeRequest, VmInfo,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tidalctl",
+    version,
+    about = "Controls a running Tidal VM through its API socket"
+)]
+struct Cli {
+    /// The VMM's API socket (as given to tidal's --api-socket).
+    #[arg(long, value_name = "PATH")]
+    api_socket: PathBuf,
+    /// Print the server's JSON answer as is instead of a summary (for `events`, each event's
+    /// JSON line).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Call(Call),
+    /// Follow the hotplug events, one line each, until the VMM ends the stream (or Ctrl-C).
+    Events,
+}
+
+/// A command that is one request and its answer.
+#[derive(Debug, Subcommand)]
+enum Call {
+    /// Check that the VMM answers and show its version.
+    Ping,
+    /// Show the VM's state, vCPUs and memory totals.
+    Info,
+    /// List the DIMMs: id, slot, node, base, size, state and the guest's last _OST report.
+    Memory,
+    /// Grow or shrink the guest's memory to a total; waits for the guest.
+    Resize {
+        /// Total guest memory wanted: bytes, or a number with K, M, G or T (powers of 1024).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+        memory: u64,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Plug one DIMM; waits for the guest to accept it.
+    Add {
+        /// Size of the DIMM: bytes, or a number with K, M, G or T (powers of 1024).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+        size: u64,
+        /// NUMA node of the new memory.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        node: u32,
+    },
+    /// Eject one DIMM; waits until the guest has let it go.
+    Remove {
+        /// The DIMM's id, as `tidalctl memory` lists it.
+        id: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+}
+
+/// How long a command that waits for the guest gives it.
+#[derive(Debug, Args)]
+struct Wait {
+    /// Seconds to wait for the guest's answer (to each DIMM); the VMM's default when absent.
+    #[arg(long = "timeout", value_name = "SECS")]
+    timeout_secs: Option<u64>,
+}
+
+fn parse_size_arg(text: &str) -> Result<u64, String> {
+    parse_size(text).map_err(|error| error.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tidalctl: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), ClientError> {
+    let client = ApiClient::new(&cli.api_socket);
+    match &cli.command {
+        Command::Call(call) => run_call(&client, call, cli.json),
+        Command::Events => follow_events(&client, cli.json),
+    }
+}
+
+fn run_call(client: &ApiClient, call: &Call, json: bool) -> Result<(), ClientError> {
+    let (endpoint, body) = request(call)?;
+    let answer = client.call(endpoint, body)?;
+    if json {
+        if !answer.is_empty() {
+            println!("{}", String::from_utf8_lossy(&answer));
+        }
+    } else {
+        print!("{}", summary(call, &answer)?);
+    }
+    Ok(())
+}
+
+/// Prints each event as it arrives, until the server ends the stream. Stops quietly once
+/// stdout is closed (`tidalctl events | head -3`): nobody reads any more.
+fn follow_events(client: &ApiClient, json: bool) -> Result<(), ClientError> {
+    let mut events = client.events()?;
+    let mut stdout = io::stdout().lock();
+    while let Some(line) = events.next_line() {
+        let line = line?;
+        let text = if json {
+            String::from_utf8_lossy(&line).into_owned()
+        } else {
+            event_summary(&from_json(&line)?)
+        };
+        // Stdout is line-buffered: each event shows as soon as it is written.
+        if writeln!(stdout, "{text}").is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The endpoint and JSON body a command sends.
+fn request(call: &Call) -> Result<(Endpoint, Option<Vec<u8>>), ClientError> {
+    Ok(match call {
+        Call::Ping => (Endpoint::Ping, None),
+        Call::Info => (Endpoint::VmInfo, None),
+        Call::Memory => (Endpoint::VmMemory, None),
+        Call::Resize { memory, wait } => (
+            Endpoint::VmResize,
+            Some(to_json(&ResizeRequest {
+                desired_ram: *memory,
+                timeout_secs: wait.timeout_secs,
+            })?),
+        ),
+        Call::Add { size, node } => (
+            Endpoint::VmAddMemory,
+            Some(to_json(&AddMemoryRequest {
+                size: *size,
+                node: *node,
+            })?),
+        ),
+        Call::Remove { id, wait } => (
+            Endpoint::VmRemoveMemory,
+            Some(to_json(&RemoveMemoryRequest {
+                id: id.clone(),
+                timeout_secs: wait.timeout_secs,
+            })?),
+        ),
+    })
+}
+
+/// What a command prints for people, from the server's answer.
+fn summary(call: &Call, answer: &[u8]) -> Result<String, ClientError> {
+    Ok(match call {
+        Call::Ping => {
+            let ping: PingResponse = from_json(answer)?;
+            format!("tidal {} is up\n", ping.version)
+        }
+        Call::Info => info_summary(&from_json(answer)?),
+        Call::Memory => dimm_table(&from_json::<Vec<DimmInfo>>(answer)?),
+        Call::Resize { memory, .. } => {
+            format!("guest memory resized to {}\n", format_size(*memory))
+        }
+        Call::Remove { id, .. } => format!("removed {id}\n"),
+        Call::Add { .. } => {
+            let dimm: DimmInfo = from_json(answer)?;
+            format!(
+                "plugged {}: {} on node {} at {:#x} ({})\n",
+                dimm.id,
+                format_size(dimm.size),
+                dimm.node,
+                dimm.base,
+                state_name(dimm.state)
+            )
+        }
+    })
+}
+
+fn info_summary(info: &VmInfo) -> String {
+    let memory = &info.memory;
+    let maximum = memory.boot.saturating_add(memory.hotplug_size);
+    format!(
+        "state:      {}\n\
+         cpus:       {}\n\
+         memory:     {} (boot {}, hotplugged {}, max {})\n\
+         dimm slots: {} (block size {})\n",
+        info.state,
+        info.cpus,
+        format_size(info.memory_actual_size),
+        format_size(memory.boot),
+        format_size(memory.hotplugged),
+        format_size(maximum),
+        memory.slots,
+        format_size(memory.block_size),
+    )
+}
+
+/// One line per DIMM under a header, columns as wide as their widest cell.
+fn dimm_table(dimms: &[DimmInfo]) -> String {
+    let header = ["ID", "SLOT", "NODE", "BASE", "SIZE", "STATE", "LAST_OST"].map(String::from);
+    let rows: Vec<[String; 7]> = std::iter::once(header)
+        .chain(dimms.iter().map(|dimm| {
+            [
+                dimm.id.clone(),
+                dimm.slot.to_string(),
+                dimm.node.to_string(),
+                format!("{:#x}", dimm.base),
+                format_size(dimm.size),
+                state_name(dimm.state).to_owned(),
+                dimm.last_ost.map_or_else(|| "-".to_owned(), ost_text),
+            ]
+        }))
+        .collect();
+    let mut widths = [0; 7];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    rows.iter()
+        .map(|row| {
+            let line: Vec<String> = row
+                .iter()
+                .zip(widths)
+                .map(|(cell, width)| format!("{cell:<width$}"))
+                .collect();
+            format!("{}\n", line.join("  ").trim_end())
+        })
+        .collect()
+}
+
+/// `2026-11-29T21:30:03.202Z dimm1 slot 1: added -> removing`, then the guest's `_OST` report
+/// if it caused the change.
+fn event_summary(event: &HotplugEvent) -> String {
+    let mut line = format!(
+        "{} {} slot {}: {} -> {}",
+        format_timestamp_ms(event.timestamp_ms),
+        event.id,
+        event.slot,
+        state_name(event.old_state),
+        state_name(event.new_state)
+    );
+    if let Some(OstStatus { event, status }) = event.ost {
+        line.push_str(&format!(" _OST(event {event:#x}, status {status:#x})"));
+    }
+    line
+}
+
+fn state_name(state: DimmState) -> &'static str {
+    match state {
+        DimmState::Empty => "empty",
+        DimmState::Inserting => "inserting",
+        DimmState::Added => "added",
+        DimmState::Failed => "failed",
+        DimmState::Removing => "removing",
+    }
+}
+
+/// `insert ok`, `eject 0x84`: the notification the guest answered and its status.
+fn ost_text(ost: OstStatus) -> String {
+    let event = match ost.event {
+        1 => "insert".to_owned(),
+        3 => "eject".to_owned(),
+        other => format!("event {other}"),
+    };
+    match ost.status {
+        0 => format!("{event} ok"),
+        status => format!("{event} {status:#x}"),
+    }
+}
+
+fn to_json(body: &impl Serialize) -> Result<Vec<u8>, ClientError> {
+    serde_json::to_vec(body).map_err(ClientError::Encode)
+}
+
+fn from_json<T: DeserializeOwned>(answer: &[u8]) -> Result<T, ClientError> {
+    serde_json::from_slice(answer).map_err(ClientError::Decode)
+}

@@ -1,0 +1,41 @@
+//! Tidal's REST API. This crate knows nothing of KVM: the VMM implements [`VmApi`] and the
+//! server ([`start`]) turns HTTP requests on a Unix socket into calls on it; [`ApiClient`] and
+//! the `tidalctl` binary are the other end. `openapi.yaml` beside this crate describes it all.
+
+pub mod client;
+pub mod endpoints;
+mod routes;
+pub mod server;
+pub mod size;
+mod socket;
+pub mod timestamp;
+pub mod types;
+
+pub use client::{ApiClient, ClientError, EventStream};
+pub use endpoints::Endpoint;
+pub use server::{start, ApiServer, ServerError};
+pub use socket::SocketError;
+pub use types::*;
+
+/// What the VMM offers the API. Calls may block (a resize waits for the guest), so the server
+/// runs them off its I/O threads.
+pub trait VmApi: Send + Sync + 'static {
+    /// The VM's state and memory totals.
+    fn info(&self) -> VmInfo;
+    /// Every DIMM, plugged or on its way.
+    fn memory(&self) -> Vec<DimmInfo>;
+    /// Grows or shrinks the guest's memory to `desired_ram` bytes and waits for the guest to
+    /// accept every change, each for up to `timeout_secs` (or the VMM's default).
+    fn resize(&self, request: ResizeRequest) -> Result<(), ApiError>;
+    /// Plugs one DIMM and waits for the guest to accept it.
+    fn add_memory(&self, request: AddMemoryRequest) -> Result<DimmInfo, ApiError>;
+    /// Asks the guest to eject one DIMM and waits, up to `timeout_secs` (or the VMM's default),
+    /// until the memory is back with the host.
+    fn remove_memory(&self, request: RemoveMemoryRequest) -> Result<(), ApiError>;
+    /// Calls `sink` with every hotplug event from now on, until it returns false (its reader
+    /// went away). Called on whichever VMM thread made the change: `sink` must not block.
+    fn subscribe(&self, sink: EventSink);
+}
+
+/// Where a subscriber's hotplug events go; returns false once nobody reads them any more.
+pub type EventSink = Box<dyn Fn(&HotplugEvent) -> bool + Send>;

@@ -1,0 +1,301 @@
+//! HTTP to [`VmApi`]: the router, one handler per [`Endpoint`], strict JSON bodies, and JSON
+//! error answers, with every request logged.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRef, FromRequest, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream};
+use log::{debug, info};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use crate::endpoints::Endpoint;
+use crate::server::Stopping;
+use crate::types::{
+    AddMemoryRequest, ApiError, DimmInfo, ErrorBody, HotplugEvent, PingResponse,
+    RemoveMemoryRequest, ResizeRequest, VmInfo,
+};
+use crate::VmApi;
+
+/// Requests carry a few numbers; anything bigger is a mistake.
+pub(crate) const BODY_LIMIT: usize = 64 * 1024;
+
+/// The media type of the events stream: one JSON object per line.
+const NDJSON: &str = "application/x-ndjson";
+
+type Vm = Arc<dyn VmApi>;
+
+/// What the handlers share; each takes the part it needs.
+#[derive(Clone)]
+struct ApiState {
+    vm: Vm,
+    stopping: Stopping,
+}
+
+impl FromRef<ApiState> for Vm {
+    fn from_ref(state: &ApiState) -> Self {
+        state.vm.clone()
+    }
+}
+
+impl FromRef<ApiState> for Stopping {
+    fn from_ref(state: &ApiState) -> Self {
+        state.stopping.clone()
+    }
+}
+
+/// The whole API: every [`Endpoint`], JSON 404 and 405 answers, the body limit and logging.
+/// `stopping` ends the answers that would otherwise never end when the server stops.
+pub(crate) fn router(vm: Vm, stopping: Stopping) -> Router {
+    Endpoint::ALL
+        .into_iter()
+        .fold(Router::new(), |router, endpoint| {
+            router.route(endpoint.path(), method_router(endpoint))
+        })
+        .fallback(no_such_endpoint)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(log_request))
+        .with_state(ApiState { vm, stopping })
+}
+
+fn method_router(endpoint: Endpoint) -> MethodRouter<ApiState> {
+    let filter = MethodFilter::try_from(endpoint.method())
+        .expect("endpoints use only standard HTTP methods");
+    match endpoint {
+        Endpoint::Ping => on(filter, ping),
+        Endpoint::VmInfo => on(filter, info),
+        Endpoint::VmMemory => on(filter, memory),
+        Endpoint::VmResize => on(filter, resize),
+        Endpoint::VmAddMemory => on(filter, add_memory),
+        Endpoint::VmRemoveMemory => on(filter, remove_memory),
+        Endpoint::Events => on(filter, events),
+    }
+}
+
+async fn ping() -> Json<PingResponse> {
+    Json(PingResponse {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    })
+}
+
+async fn info(State(vm): State<Vm>) -> Result<Json<VmInfo>, ErrorResponse> {
+    call_vm(vm, |vm| vm.info()).await.map(Json)
+}
+
+async fn memory(State(vm): State<Vm>) -> Result<Json<Vec<DimmInfo>>, ErrorResponse> {
+    call_vm(vm, |vm| vm.memory()).await.map(Json)
+}
+
+async fn resize(
+    State(vm): State<Vm>,
+    JsonBody(request): JsonBody<ResizeRequest>,
+) -> Result<StatusCode, ErrorResponse> {
+    call_vm(vm, move |vm| vm.resize(request)).await??;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn add_memory(
+    State(vm): State<Vm>,
+    JsonBody(request): JsonBody<AddMemoryRequest>,
+) -> Result<Json<DimmInfo>, ErrorResponse> {
+    Ok(Json(call_vm(vm, move |vm| vm.add_memory(request)).await??))
+}
+
+async fn remove_memory(
+    State(vm): State<Vm>,
+    JsonBody(request): JsonBody<RemoveMemoryRequest>,
+) -> Result<StatusCode, ErrorResponse> {
+    call_vm(vm, move |vm| vm.remove_memory(request)).await??;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Subscribes to the VMM's events and streams them, one JSON line each, until the client goes
+/// away or the server stops. The sink only queues: the VMM calls it on its own threads, which
+/// must not wait for a slow client; the queue is unbounded because events are rare (a few per
+/// DIMM) and a client that stopped reading is noticed at its disconnect.
+async fn events(
+    State(vm): State<Vm>,
+    State(stopping): State<Stopping>,
+) -> Result<Response, ErrorResponse> {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    // A send fails once the stream below is dropped: then the VMM drops the sink.
+    let sink = Box::new(move |event: &HotplugEvent| sender.send(event.clone()).is_ok());
+    call_vm(vm, move |vm| vm.subscribe(sink)).await?;
+    let body = Body::from_stream(event_lines(receiver, stopping));
+    Ok(([(CONTENT_TYPE, NDJSON)], body).into_response())
+}
+
+/// The lines of the events stream. Dropped when the client disconnects (hyper notices the
+/// closed socket and drops the response), which drops `events`. When the server stops, the
+/// stream takes no more events, sends those already queued and ends, so the client sees a
+/// complete answer and the graceful shutdown need not wait for its grace period.
+fn event_lines(
+    events: mpsc::UnboundedReceiver<HotplugEvent>,
+    stopping: Stopping,
+) -> impl Stream<Item = Result<Vec<u8>, serde_json::Error>> {
+    stream::unfold(events, move |mut events| {
+        let stopping = stopping.clone();
+        async move {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                () = stopping.requested() => {
+                    events.close();
+                    events.recv().await
+                }
+            }?;
+            let line = serde_json::to_vec(&event).map(|mut line| {
+                line.push(b'\n');
+                line
+            });
+            Some((line, events))
+        }
+    })
+}
+
+async fn no_such_endpoint(method: Method, uri: Uri) -> ErrorResponse {
+    ErrorResponse::new(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {method} {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ErrorResponse {
+    let path = uri.path();
+    let allowed: Vec<String> = Endpoint::ALL
+        .iter()
+        .filter(|endpoint| endpoint.path() == path)
+        .map(|endpoint| endpoint.method().to_string())
+        .collect();
+    ErrorResponse::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "method {method} is not allowed on {path}; use {}",
+            allowed.join(" or ")
+        ),
+    )
+}
+
+/// Runs a call into the VMM on tokio's blocking pool: it may wait many seconds for the guest,
+/// and meanwhile the server's one I/O thread keeps answering other requests.
+async fn call_vm<R, F>(vm: Vm, call: F) -> Result<R, ErrorResponse>
+where
+    R: Send + 'static,
+    F: FnOnce(&dyn VmApi) -> R + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || call(vm.as_ref()))
+        .await
+        .map_err(|error| {
+            ErrorResponse::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the VMM failed to handle the request: {error}"),
+            )
+        })
+}
+
+/// A strictly parsed JSON request body. Unlike axum's `Json` it does not insist on a
+/// `Content-Type` header (so `curl -d` works) and its failures say what is wrong in a
+/// `400` (or `413`) JSON error.
+struct JsonBody<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ErrorResponse;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let body =
+            Bytes::from_request(request, state)
+                .await
+                .map_err(|rejection| match rejection.status() {
+                    StatusCode::PAYLOAD_TOO_LARGE => ErrorResponse::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("request body too large: the limit is {BODY_LIMIT} bytes"),
+                    ),
+                    status => ErrorResponse::new(
+                        status,
+                        format!("cannot read request body: {}", rejection.body_text()),
+                    ),
+                })?;
+        if body.trim_ascii().is_empty() {
+            return Err(ErrorResponse::new(
+                StatusCode::BAD_REQUEST,
+                "missing request body: expected a JSON object",
+            ));
+        }
+        let invalid = |error: serde_json::Error| {
+            ErrorResponse::new(
+                StatusCode::BAD_REQUEST,
+                format!("invalid request body: {error}"),
+            )
+        };
+        // Through a `Value` first: serde would also read a struct from a JSON array.
+        let value: serde_json::Value = serde_json::from_slice(&body).map_err(invalid)?;
+        if !value.is_object() {
+            return Err(ErrorResponse::new(
+                StatusCode::BAD_REQUEST,
+                "invalid request body: expected a JSON object",
+            ));
+        }
+        T::deserialize(value).map(JsonBody).map_err(invalid)
+    }
+}
+
+/// An error answer: a status and `{"error": message}`.
+#[derive(Debug)]
+pub(crate) struct ErrorResponse {
+    status: StatusCode,
+    message: String,
+}
+
+impl ErrorResponse {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ApiError> for ErrorResponse {
+    fn from(error: ApiError) -> Self {
+        let status = StatusCode::from_u16(error.kind.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Self::new(status, error.message)
+    }
+}
+
+/// Rides along an error response so that [`log_request`] can log the message with the request.
+#[derive(Clone)]
+struct LoggedError(String);
+
+impl IntoResponse for ErrorResponse {
+    fn into_response(self) -> Response {
+        let body = Json(ErrorBody {
+            error: self.message.clone(),
+        });
+        let mut response = (self.status, body).into_response();
+        response.extensions_mut().insert(LoggedError(self.message));
+        response
+    }
+}
+
+/// Logs every request at debug level and every error answer at info level.
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    debug!("API request: {method} {uri}");
+    let response = next.run(request).await;
+    if let Some(LoggedError(message)) = response.extensions().get::<LoggedError>() {
+        info!(
+            "API request {method} {uri} failed with {}: {message}",
+            response.status()
+        );
+    }
+    response
+}

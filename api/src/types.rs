@@ -1,0 +1,171 @@
+//! The JSON bodies of requests and responses. Field names follow Cloud Hypervisor's API where
+//! it has the same thing, so tools written for it fit.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingResponse {
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
+    /// "Running" while the guest runs.
+    pub state: String,
+    /// Bytes the guest has now: boot RAM plus plugged DIMMs.
+    pub memory_actual_size: u64,
+    pub memory: MemoryInfo,
+    pub cpus: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryInfo {
+    /// Boot RAM in bytes.
+    pub boot: u64,
+    /// Bytes in plugged DIMMs.
+    pub hotplugged: u64,
+    /// The hotplug region's size: the most that can ever be plugged (0: no hotplug).
+    pub hotplug_size: u64,
+    /// DIMM slots in the machine.
+    pub slots: u32,
+    /// Block size that every DIMM's size is a multiple of.
+    pub block_size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DimmState {
+    /// No DIMM (only in events: before a plug, after an eject).
+    Empty,
+    /// Plugged; the guest has been told and has not answered yet.
+    Inserting,
+    /// The guest accepted it (`_OST` success).
+    Added,
+    /// The guest reported a failure for the insertion.
+    Failed,
+    /// The guest has been asked to eject it.
+    Removing,
+}
+
+/// One `_OST` report from the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OstStatus {
+    /// ACPI notification the report answers: 1 device check (insert), 3 eject request.
+    pub event: u32,
+    /// 0 success; 0x80.. failures, 0x84 eject in progress (ACPI spec, `_OST`).
+    pub status: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DimmInfo {
+    /// Stable name, e.g. "dimm0".
+    pub id: String,
+    pub slot: u32,
+    /// NUMA node (proximity domain).
+    pub node: u32,
+    /// Guest physical base address.
+    pub base: u64,
+    pub size: u64,
+    pub state: DimmState,
+    pub last_ost: Option<OstStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeRequest {
+    /// Total guest memory wanted, in bytes.
+    pub desired_ram: u64,
+    /// Seconds to wait for the guest's answer to each DIMM; the VMM's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveMemoryRequest {
+    /// The DIMM's id, as `vm.memory` lists it.
+    pub id: String,
+    /// Seconds to wait for the guest to eject it; the VMM's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+/// One line of the `events` stream: a DIMM changed state, or the guest reported `_OST`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HotplugEvent {
+    /// The DIMM's id.
+    pub id: String,
+    pub slot: u32,
+    pub node: u32,
+    pub base: u64,
+    pub size: u64,
+    pub old_state: DimmState,
+    pub new_state: DimmState,
+    /// The `_OST` report that caused this event, if one did.
+    pub ost: Option<OstStatus>,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMemoryRequest {
+    /// DIMM size in bytes: a multiple of the block size.
+    pub size: u64,
+    /// NUMA node; 0 when absent.
+    #[serde(default)]
+    pub node: u32,
+}
+
+/// What kind of failure, which decides the HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request itself is wrong (400).
+    BadRequest,
+    /// Nothing with that name (404).
+    NotFound,
+    /// Another hotplug operation is in flight (409).
+    Conflict,
+    /// The guest said no (422).
+    GuestRefused,
+    /// The guest did not answer in time (504).
+    Timeout,
+    /// Tidal failed (500).
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorKind::BadRequest => 400,
+            ErrorKind::NotFound => 404,
+            ErrorKind::Conflict => 409,
+            ErrorKind::GuestRefused => 422,
+            ErrorKind::Timeout => 504,
+            ErrorKind::Internal => 500,
+        }
+    }
+}
+
+/// An error for the client: its kind and one clear sentence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// The body of every error response: `{"error": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
