@@ -18,7 +18,8 @@ pub const CMDLINE_START: u64 = 0x2_0000;
 pub const EBDA_START: u64 = 0x9_fc00;
 /// ACPI tables; the RSDP at the start is also where legacy scanning looks.
 pub const ACPI_START: u64 = 0xe_0000;
-pub const ACPI_END: u64 = 0x10_0000;
+/// The last 64 KiB below 1 MiB are the "BIOS" area, which holds the reset-vector stub.
+pub const ACPI_END: u64 = 0xf_0000;
 /// Where the protected-mode kernel is loaded.
 pub const HIMEM_START: u64 = 0x10_0000;
 

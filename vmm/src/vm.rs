@@ -41,6 +41,7 @@ use crate::layout::{
     MEMORY_HOTPLUG_MMIO_START,
 };
 use crate::memory::{GuestMemoryLayout, GuestRam, MemoryError};
+use crate::reset_vector;
 use crate::vcpu::{self, VcpuContext, VcpuError};
 
 #[derive(Debug, Error)]
@@ -231,6 +232,8 @@ impl Vm {
         )?;
         cpu::write_boot_page_tables_and_gdt(&mem)
             .map_err(|source| VmError::VcpuSetup { index: 0, source })?;
+        reset_vector::write_reset_stub(&mem, RESET_PORT, RESET_VALUE)
+            .map_err(|e| VmError::Boot(BootError::Write(e.to_string())))?;
 
         let exit = Arc::new(ExitSignal::new().map_err(|source| VmError::Resource {
             what: "the exit event",
