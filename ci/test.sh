@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# THE test command of Tidal: `./ci/test.sh` (and `.ci/run` calls it). On a fresh Debian 12
+# machine with a Rust toolchain it installs what else it needs, then runs, in order:
+#   set-up      apt packages (qemu-system-x86, acpica-tools) and the guest images
+#               (resources/build-guest.sh)
+#   fmt         cargo fmt --all -- --check
+#   clippy      cargo clippy --workspace --all-targets -- -D warnings
+#   build       cargo build --release --workspace
+#   unit        cargo test --workspace --exclude tidal-tests
+#   host        integration tests that need no guest: bad command lines, --dump-acpi + iasl
+#   guest       integration tests that boot Linux guests: directly on hardware KVM, else inside
+#               one boot of the test host (ci/testhost.sh), with the release build of tidal
+# and prints a summary; the exit status is non-zero if any step failed.
+#
+# Environment: TIDAL_CACHE (guest images, default ~/.cache/tidal), TIDAL_TESTHOST_TIMEOUT
+# (seconds for the whole guest step in the test host, default 2700), and anything ci/testhost.sh
+# passes on (RUST_LOG, RUST_BACKTRACE, TIDAL_*).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+repo=$(pwd)
+
+# Integration test targets (tests/tests/*.rs) that run on the host: they fail before any KVM is
+# used. Every other target boots guests.
+host_tests=(cli acpi_tables)
+
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
+
+results=()
+failures=0
+step_start=0
+banner() { printf '\n==== %s ====\n' "$*"; }
+# Runs one step: NAME COMMAND...; records its result and time, and carries on either way.
+step() {
+    local name=$1
+    shift
+    banner "$name: $*"
+    step_start=$SECONDS
+    if "$@"; then
+        results+=("PASS  $name ($((SECONDS - step_start)) s)")
+        return 0
+    else
+        results+=("FAIL  $name ($((SECONDS - step_start)) s)")
+        failures=$((failures + 1))
+        return 1
+    fi
+}
+summary() {
+    banner "summary"
+    printf '%s\n' "${results[@]}"
+    local passed=$((${#results[@]} - failures))
+    echo "ci/test.sh: $passed steps passed, $failures failed"
+}
+finish() {
+    summary
+    if [ "$failures" -eq 0 ]; then exit 0; else exit 1; fi
+}
+
+# --- set-up -----------------------------------------------------------------------------------
+apt_install() {
+    # Install only what is missing; refresh the package lists only if the first try fails.
+    local missing=() pkg
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' ||
+            missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "installing ${missing[*]}"
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" ||
+        { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"; }
+}
+
+setup() {
+    command -v cargo >/dev/null || { echo "cargo is missing: install a Rust toolchain" >&2; return 1; }
+    cargo fmt --version >/dev/null 2>&1 || { echo "rustfmt is missing (rustup component add rustfmt)" >&2; return 1; }
+    cargo clippy --version >/dev/null 2>&1 || { echo "clippy is missing (rustup component add clippy)" >&2; return 1; }
+    apt_install qemu-system-x86 acpica-tools || return 1
+    resources/build-guest.sh
+}
+
+step "set-up" setup || finish
+step "fmt" cargo fmt --all -- --check || true
+step "clippy" cargo clippy --workspace --all-targets -- -D warnings || true
+step "build" cargo build --release --workspace || finish
+step "unit" cargo test --workspace --exclude tidal-tests || true
+
+host_test_args=()
+for t in "${host_tests[@]}"; do host_test_args+=(--test "$t"); done
+step "host" cargo test --release -p tidal-tests --lib "${host_test_args[@]}" || true
+
+# --- guest-booting tests ------------------------------------------------------------------------
+# Builds the guest test executables (release) and prints their paths, one a line.
+guest_test_executables() {
+    local targets=() file name skip h
+    for file in tests/tests/*.rs; do
+        name=$(basename "$file" .rs)
+        skip=
+        for h in "${host_tests[@]}"; do [ "$name" = "$h" ] && skip=1; done
+        [ -n "$skip" ] || targets+=(--test "$name")
+    done
+    [ ${#targets[@]} -gt 0 ] || return 0
+    # The JSON messages on stdout name each test executable; diagnostics still go to stderr.
+    cargo test --release -p tidal-tests "${targets[@]}" --no-run \
+        --message-format=json-render-diagnostics |
+        grep '"reason":"compiler-artifact"' |
+        grep '"target":{"kind":\["test"\]' |
+        grep -o '"executable":"[^"]*"' |
+        sed 's/^"executable":"//; s/"$//'
+}
+
+run_guest_tests() {
+    local exes kind
+    exes=$(guest_test_executables) || { echo "building the guest tests failed" >&2; return 1; }
+    [ -n "$exes" ] || { echo "no guest test executables found" >&2; return 1; }
+    mapfile -t exes <<<"$exes"
+    kind=$(ci/kvm-kind.sh)
+    echo "KVM here: $kind; guest tests: ${exes[*]##*/}"
+    export TIDAL_BIN="$repo/target/release/tidal"
+    if [ "$kind" = hardware ]; then
+        ci/run-test-binaries.sh "${exes[@]}"
+    else
+        # One test host boot runs all of them, one at a time.
+        ci/testhost.sh --timeout "${TIDAL_TESTHOST_TIMEOUT:-2700}" -- \
+            env TIDAL_IN_TESTHOST=1 ci/run-test-binaries.sh "${exes[@]}"
+    fi
+}
+step "guest" run_guest_tests || true
+
+finish

@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# Runs one command inside the *test host*: a QEMU TCG virtual machine whose Debian kernel loads
+# kvm_amd (nested SVM under `-cpu max`) and so offers a real, hardware-style /dev/kvm, on machines
+# whose own /dev/kvm is the far too slow KVM-PVM (see /work/shared/TESTHOST.md, variant A).
+#
+# Usage: ci/testhost.sh [--memory SIZE] [--cpus N] [--timeout SECONDS] [--boot-timeout SECONDS]
+#                       [--verbose] [--keep] -- COMMAND [ARGS...]
+#
+# Inside, COMMAND runs in `chroot /host`, where /host is this machine's root filesystem shared
+# read-only over 9p, with fresh /proc, /sys, /dev (with /dev/kvm), a tmpfs /tmp, and the same
+# working directory as here. Its output (stdout and stderr) streams to this script's stdout and
+# this script exits with COMMAND's exit status. Passed into the command's environment: PATH,
+# HOME, USER, LANG, TERM, CI, RUST_LOG, RUST_BACKTRACE, CARGO_*/RUSTUP_HOME, every TIDAL_*
+# variable, and TIDAL_IN_TESTHOST=1. The command reads no standard input, and it cannot write to
+# the shared root (use /tmp, or the scratch directory named by $TIDAL_TESTHOST_SCRATCH).
+#
+# Failures of the test host itself (it does not boot, never reaches the command, or the timeout
+# passes) end with a clear message, the last console lines, and exit status 125.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+
+memory=8G # enough for a 5 GiB nested guest; untouched guest memory costs the host nothing
+cpus=2
+timeout=3600
+boot_timeout=180
+verbose=
+keep=
+
+usage() {
+    sed -n '6,7p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+die() {
+    echo "testhost: error: $*" >&2
+    exit 125
+}
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --memory) memory=${2:?--memory needs a size}; shift 2 ;;
+        --cpus) cpus=${2:?--cpus needs a number}; shift 2 ;;
+        --timeout) timeout=${2:?--timeout needs seconds}; shift 2 ;;
+        --boot-timeout) boot_timeout=${2:?--boot-timeout needs seconds}; shift 2 ;;
+        --verbose) verbose=1; shift ;;
+        --keep) keep=1; shift ;;
+        --) shift; break ;;
+        -h | --help) usage ;;
+        *) echo "testhost: unknown option '$1'" >&2; usage ;;
+    esac
+done
+[ $# -gt 0 ] || usage
+[[ "$timeout" =~ ^[0-9]+$ ]] || die "--timeout must be a whole number of seconds"
+[[ "$boot_timeout" =~ ^[0-9]+$ ]] || die "--boot-timeout must be a whole number of seconds"
+
+# --- what the test host needs on this machine ---------------------------------------------------
+if ! command -v qemu-system-x86_64 >/dev/null; then
+    echo "testhost: installing qemu-system-x86" >&2
+    [ "$(id -u)" -eq 0 ] || die "qemu-system-x86_64 is missing; install the Debian package qemu-system-x86"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 >&2; then
+        apt-get update -qq >&2 || die "apt-get update failed"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 >&2 ||
+            die "apt-get install qemu-system-x86 failed"
+    fi
+fi
+
+"$repo/resources/build-guest.sh" --quiet || die "resources/build-guest.sh failed"
+cache=${TIDAL_CACHE:-$HOME/.cache/tidal}
+KERNEL='' TESTHOST_INITRAMFS=''
+# shellcheck source=/dev/null
+. "$cache/guest.env"
+if [ ! -f "$KERNEL" ] || [ ! -f "$TESTHOST_INITRAMFS" ]; then
+    die "build-guest.sh produced no kernel or test host initramfs"
+fi
+
+# --- the scratch directory: shared read-write, mounted at the same path inside ------------------
+work=$(mktemp -d "${TMPDIR:-/tmp}/tidal-testhost.XXXXXX")
+scratch="$work/scratch"
+mkdir "$scratch"
+# The path travels on the kernel command line and in QEMU's comma-separated options.
+case "$scratch" in
+    *[[:space:],]*) rm -rf "$work"; die "the scratch path '$scratch' must not contain spaces or commas (set TMPDIR)" ;;
+esac
+qemu_pid=
+watchers=()
+cleanup() {
+    local pid
+    for pid in "${watchers[@]}" $qemu_pid; do
+        kill "$pid" 2>/dev/null || true
+    done
+    if [ -n "$keep" ]; then
+        echo "testhost: kept $work" >&2
+    else
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Single-quotes a word for /bin/sh.
+shquote() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
+
+{
+    echo '#!/bin/sh'
+    echo '# Written by ci/testhost.sh: runs inside the test host, in chroot /host.'
+    for name in $(compgen -e); do
+        case "$name" in
+            PATH | HOME | USER | LOGNAME | LANG | LC_ALL | TERM | CI | RUST_LOG | RUST_BACKTRACE | \
+                RUST_LIB_BACKTRACE | RUST_MIN_STACK | RUSTUP_HOME | RUSTUP_TOOLCHAIN | CARGO_* | TIDAL_*)
+                echo "export $name=$(shquote "${!name}")"
+                ;;
+        esac
+    done
+    echo 'export TIDAL_IN_TESTHOST=1'
+    echo "export TIDAL_TESTHOST_SCRATCH=$(shquote "$scratch")"
+    echo "cd $(shquote "$PWD") || { echo 'testhost: cannot enter the working directory inside the test host' >&2; exit 125; }"
+    printf 'exec'
+    for arg in "$@"; do
+        printf ' %s' "$(shquote "$arg")"
+    done
+    echo
+} >"$scratch/run.sh"
+
+# --- boot -----------------------------------------------------------------------------------------
+console_log="$work/console.log"
+fifo="$work/console.fifo"
+mkfifo "$fifo"
+: >"$console_log"
+
+# `quiet` and printk level 1 inside: every console byte costs an emulated exit, and the console
+# carries the command's output. panic=-1 with -no-reboot: a panicking test host ends QEMU at once.
+# shellcheck disable=SC2054 # the commas belong to QEMU's option syntax
+qemu_args=(
+    -accel tcg,thread=multi -cpu max -smp "$cpus" -m "$memory"
+    -nographic -no-reboot -nic none
+    -kernel "$KERNEL" -initrd "$TESTHOST_INITRAMFS"
+    -append "console=ttyS0 quiet panic=-1 tidal_scratch=$scratch${verbose:+ tidal_debug=1}"
+    -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap
+    -virtfs "local,path=$scratch,mount_tag=scratch,security_model=none,multidevs=remap"
+)
+start=$(date +%s.%N)
+# timeout(1) ends QEMU when the whole run takes too long (exit status 124). --foreground keeps
+# QEMU in our process group, so whatever stops this script (Ctrl-C, a CI job's end) stops it too.
+timeout --foreground -k 10 "$timeout" qemu-system-x86_64 "${qemu_args[@]}" </dev/null >"$fifo" 2>&1 &
+qemu_pid=$!
+
+# Watchdog: the test host must reach the command within boot_timeout. It polls each second (so
+# nothing of it outlives this script for long) and keeps its hands off our stdout.
+(
+    for _ in $(seq "$boot_timeout"); do
+        sleep 1
+        grep -q 'TIDAL-TESTHOST-START' "$console_log" && exit 0
+        kill -0 "$qemu_pid" 2>/dev/null || exit 0
+    done
+    : >"$work/boot-timed-out"
+    kill "$qemu_pid"
+) </dev/null >/dev/null 2>&1 &
+watchers+=($!)
+
+# Every console line goes to the log; the command's lines (between the START and EXIT markers)
+# also go to stdout, as they come. Before START only --verbose shows the boot.
+# mawk (Debian's default awk) reads a pipe in large blocks unless told -W interactive.
+awk_cmd=(awk)
+if awk -W version 2>&1 | grep -qi mawk; then
+    awk_cmd=(awk -W interactive)
+fi
+"${awk_cmd[@]}" -v logfile="$console_log" -v verbose="$verbose" -v start="$start" '
+    { print > logfile; fflush(logfile) }
+    state == 0 && /TIDAL-TESTHOST-START\r?$/ {
+        state = 1
+        "date +%s.%N" | getline now; close("date +%s.%N")
+        printf "testhost: command started %.1f s after QEMU\n", now - start > "/dev/stderr"
+        next
+    }
+    state == 1 && match($0, /TIDAL-TESTHOST-EXIT [0-9]+\r?$/) {
+        if (RSTART > 1) { printf "%s\n", substr($0, 1, RSTART - 1) }
+        state = 2; fflush(); next
+    }
+    state == 1 || verbose { print; fflush() }
+' <"$fifo" &
+watchers+=($!)
+# In the background and waited for: bash runs the INT/TERM trap (and so stops QEMU) during a
+# `wait`, but not until a foreground command has finished.
+wait "${watchers[-1]}" || true
+
+qemu_rc=0
+wait "$qemu_pid" || qemu_rc=$?
+qemu_pid=
+end=$(date +%s.%N)
+elapsed=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
+
+console_tail() {
+    echo "---- last 40 lines of the test host console ($console_log) ----" >&2
+    tail -n 40 "$console_log" | tr -d '\r' >&2
+    echo "---- end of console ----" >&2
+}
+
+if [ -e "$work/boot-timed-out" ]; then
+    console_tail
+    keep=1
+    die "the test host did not reach the command within ${boot_timeout} s (QEMU killed); --verbose shows its boot"
+fi
+if [ "$qemu_rc" -eq 124 ]; then
+    console_tail
+    keep=1
+    die "timed out after ${timeout} s: the command did not finish (QEMU killed)"
+fi
+if [ ! -s "$scratch/exit-status" ]; then
+    console_tail
+    keep=1
+    if grep -q 'TIDAL-TESTHOST-START' "$console_log"; then
+        die "the test host stopped before the command finished (QEMU exit status $qemu_rc)"
+    fi
+    die "the test host never reached the command (QEMU exit status $qemu_rc); --verbose shows its boot"
+fi
+
+rc=$(cat "$scratch/exit-status")
+echo "testhost: command exited with status $rc; whole run ${elapsed} s" >&2
+if [ "$rc" != 0 ] && [ -s "$scratch/testhost-kernel.log" ]; then
+    # Priority <N>: facility * 8 + level; levels 0 to 4 are emergencies down to warnings.
+    warnings=$(awk 'match($0, /^<[0-9]+>/) && substr($0, 2, RLENGTH - 2) % 8 <= 4' \
+        "$scratch/testhost-kernel.log" | tail -n 20)
+    if [ -n "$warnings" ]; then
+        echo "---- test host kernel warnings and errors while the command ran (last 20) ----" >&2
+        echo "$warnings" >&2
+        echo "----" >&2
+    fi
+fi
+exit "$rc"

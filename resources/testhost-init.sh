@@ -1,0 +1,82 @@
+#!/bin/sh
+# /init of the test host (busybox sh; packed by resources/build-guest.sh, booted by
+# ci/testhost.sh under QEMU TCG). See /work/shared/TESTHOST.md, "Variant A".
+#
+# It loads the virtio/9p and KVM modules (the Debian kernel has them as modules), mounts the
+# machine's own root filesystem read-only from the 9p export `hostroot` at /host, gives it fresh
+# /proc, /sys, /dev and a tmpfs /tmp, mounts the writable scratch export `scratch` at the same
+# path as outside, and runs "$scratch/run.sh" in `chroot /host`. The exit status goes to
+# "$scratch/exit-status" and, as a marker line, to the console; then the VM powers off.
+#
+# Kernel command line parameters read here: tidal_scratch=PATH (required), tidal_debug=1.
+
+PATH=/bin
+export PATH
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+
+scratch=
+debug=
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        tidal_scratch=*) scratch="${arg#tidal_scratch=}" ;;
+        tidal_debug=1) debug=1 ;;
+    esac
+done
+
+fail() {
+    echo "TIDAL-TESTHOST-ERROR: $*"
+    [ -n "$debug" ] && dmesg | tail -n 30
+    poweroff -f
+    sleep 5
+}
+
+# Load modules in dependency order; a module missing from the initramfs is built in.
+while read -r mod; do
+    [ -z "$mod" ] && continue
+    if [ -f "/modules/$mod.ko" ]; then
+        insmod "/modules/$mod.ko" || fail "insmod $mod failed"
+    fi
+done </modules/order
+
+[ -c /dev/kvm ] || fail "/dev/kvm did not appear after loading the KVM modules"
+[ -n "$scratch" ] || fail "no tidal_scratch= on the kernel command line"
+
+mkdir -p /host
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000 hostroot /host \
+    || fail "mounting the 9p export hostroot failed"
+mount -t proc proc /host/proc || fail "mount /host/proc"
+mount -t sysfs sysfs /host/sys || fail "mount /host/sys"
+mount -t devtmpfs devtmpfs /host/dev || fail "mount /host/dev"
+mkdir -p /host/dev/pts /host/dev/shm
+mount -t devpts devpts /host/dev/pts
+mount -t tmpfs tmpfs /host/dev/shm
+mount -t tmpfs -o mode=1777 tmpfs /host/tmp || fail "mount /host/tmp"
+mount -t tmpfs -o mode=755 tmpfs /host/run 2>/dev/null
+# The scratch directory may itself live under /tmp: create its mount point inside the tmpfs.
+mkdir -p "/host$scratch"
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 scratch "/host$scratch" \
+    || fail "mounting the 9p export scratch at $scratch failed"
+
+# Only the most urgent kernel messages on the console: it carries the command's output.
+echo 1 >/proc/sys/kernel/printk
+# Keep the boot messages, then start the log afresh: what follows is the command's doing.
+dmesg -c >"/host$scratch/testhost-boot.log" 2>/dev/null
+# Raw output: no \n -> \r\n translation, so the command's bytes arrive unchanged.
+stty -onlcr 2>/dev/null </dev/console
+
+# On a line of its own: the console may hold an unfinished line of the boot firmware.
+echo
+echo "TIDAL-TESTHOST-START"
+chroot /host /bin/sh "$scratch/run.sh" </dev/null
+rc=$?
+echo "$rc" >"/host$scratch/exit-status"
+# The kernel's messages during the command (raw, with <priority>), for the caller to show
+# the warnings and errors among them when the command failed.
+dmesg -r >"/host$scratch/testhost-kernel.log" 2>/dev/null
+sync
+echo "TIDAL-TESTHOST-EXIT $rc"
+poweroff -f
+sleep 5

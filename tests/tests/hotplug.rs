@@ -1,0 +1,448 @@
+//! Elastic memory end to end: a Linux guest under Tidal gets DIMMs plugged and ejected through
+//! the REST API (and tidalctl), and the tests check what the guest itself sees, what the API
+//! reports, and what the host gets back. Like boot.rs, these need hardware-backed KVM and run in
+//! the test host through `ci/test.sh` elsewhere.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use tidal_api::{
+    AddMemoryRequest, ApiClient, ClientError, DimmState, Endpoint, RemoveMemoryRequest,
+    ResizeRequest,
+};
+use tidal_tests::{tidal_binary, Guest, RunningGuest};
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+const BLOCK: u64 = 128 * MIB;
+
+/// A booted guest with a hotplug region and the API client for it.
+struct ElasticVm {
+    guest: RunningGuest,
+    api: ApiClient,
+    socket: PathBuf,
+    _dir: TempDir,
+}
+
+/// A private directory for the API socket, removed afterwards.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl ElasticVm {
+    /// Boots `guest` with `memory` (a `--memory` option) and an API socket.
+    fn boot(guest: Guest, memory: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "tidal-hotplug-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).expect("create the socket directory");
+        let socket = dir.join("api.sock");
+        let guest = guest
+            .memory(memory)
+            .arg("--api-socket")
+            .arg(&socket)
+            .arg("--log-level")
+            .arg("info")
+            .boot();
+        Self {
+            api: ApiClient::new(&socket),
+            socket,
+            guest,
+            _dir: TempDir(dir),
+        }
+    }
+
+    /// The default elastic VM: 1 GiB of boot RAM and an 8 GiB hotplug region.
+    fn default_boot(guest: Guest) -> Self {
+        Self::boot(guest, "size=1G,hotplug_size=8G")
+    }
+
+    fn resize(&mut self, bytes: u64) {
+        if let Err(e) = self.api.resize(&ResizeRequest {
+            desired_ram: bytes,
+            timeout_secs: None,
+        }) {
+            self.guest.fail(&format!("resize to {bytes} failed: {e}"));
+        }
+    }
+
+    /// Runs tidalctl against this VM; returns its stdout, or fails with its stderr.
+    fn tidalctl(&mut self, args: &[&str]) -> String {
+        let output = Command::new(tidal_binary().with_file_name("tidalctl"))
+            .arg("--api-socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run tidalctl");
+        if !output.status.success() {
+            self.guest.fail(&format!(
+                "tidalctl {args:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn memtotal_kib(&mut self) -> u64 {
+        self.guest.meminfo_kib("MemTotal")
+    }
+
+    /// The guest's memory block indices in [base, base + size) that exist in sysfs.
+    fn blocks_present(&mut self, base: u64, size: u64) -> Vec<u64> {
+        (base / BLOCK..(base + size) / BLOCK)
+            .filter(|index| {
+                self.guest
+                    .path_exists(&format!("/sys/devices/system/memory/memory{index}"))
+            })
+            .collect()
+    }
+
+    /// Fills `mib` MiB of tmpfs with a non-zero pattern and returns its checksum.
+    fn fill(&mut self, mib: u64) -> String {
+        let checksum = self.guest.run_with_timeout(
+            &format!(
+                "head -c 4096 /dev/urandom | od -A n -t x1 | tr -d ' \\n' > /tmp/seed && \
+                 yes \"$(cat /tmp/seed)\" | head -c {} > /tmp/fill && md5sum /tmp/fill",
+                mib * MIB
+            ),
+            Duration::from_secs(600),
+        );
+        if !checksum.success() {
+            self.guest
+                .fail(&format!("filling memory failed: {}", checksum.output));
+        }
+        checksum.output
+    }
+
+    fn checksum(&mut self) -> String {
+        let output = self
+            .guest
+            .run_with_timeout("md5sum /tmp/fill", Duration::from_secs(600));
+        output.output
+    }
+
+    /// tidal's resident set size, in KiB.
+    fn host_rss_kib(&mut self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.guest.pid()))
+            .expect("read tidal's /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
+    fn expect_api_error(
+        &mut self,
+        result: Result<impl std::fmt::Debug, ClientError>,
+        status: u16,
+    ) -> String {
+        match result {
+            Err(ClientError::Api {
+                status: got,
+                message,
+            }) if got.as_u16() == status => message,
+            other => self.guest.fail(&format!(
+                "expected an API error with status {status}, got {other:?}"
+            )),
+        }
+    }
+}
+
+#[test]
+fn hot_add_grows_the_guest_through_api_and_tidalctl() {
+    let mut vm = ElasticVm::default_boot(Guest::new().cpus(4));
+    assert_eq!(vm.guest.nproc(), 4);
+    let devices = vm.guest.run_ok("ls /sys/bus/acpi/devices");
+    assert!(devices.contains("PNP0C80"), "no memory devices: {devices}");
+    assert!(vm
+        .guest
+        .run_ok("cat /proc/cmdline")
+        .contains("memhp_default_state=online_movable"));
+    let before = vm.memtotal_kib();
+
+    vm.resize(2 * GIB);
+    assert_eq!(vm.memtotal_kib() - before, GIB / 1024);
+    let dimms = vm.api.memory().expect("vm.memory");
+    assert_eq!(dimms.len(), 1);
+    let dimm = &dimms[0];
+    assert_eq!(
+        (dimm.size, dimm.state, dimm.node),
+        (GIB, DimmState::Added, 0)
+    );
+    let ost = dimm.last_ost.expect("the guest answered _OST");
+    assert_eq!((ost.event, ost.status), (1, 0));
+    // Every block of the DIMM is online, in ZONE_MOVABLE.
+    for index in dimm.base / BLOCK..(dimm.base + dimm.size) / BLOCK {
+        let block = format!("/sys/devices/system/memory/memory{index}");
+        assert_eq!(vm.guest.run_ok(&format!("cat {block}/online")), "1");
+        assert_eq!(
+            vm.guest.run_ok(&format!("cat {block}/valid_zones")),
+            "Movable"
+        );
+    }
+    assert!(vm
+        .guest
+        .run_ok("grep -A3 'zone  Movable' /proc/zoneinfo")
+        .contains("present"));
+
+    vm.tidalctl(&["resize", "--memory", "4G"]);
+    assert_eq!(vm.memtotal_kib() - before, 3 * GIB / 1024);
+    let info = vm.api.info().expect("vm.info");
+    assert_eq!(info.memory_actual_size, 4 * GIB);
+    assert_eq!((info.memory.boot, info.memory.hotplugged), (GIB, 3 * GIB));
+    assert_eq!(info.memory.hotplug_size, 8 * GIB);
+    let listed = vm.tidalctl(&["memory"]);
+    assert!(
+        listed.contains("dimm0") && listed.contains("dimm1"),
+        "{listed}"
+    );
+
+    // The guest can use the new memory: fill most of it and read it back.
+    let written = vm.fill(2500);
+    assert_eq!(vm.checksum(), written);
+    assert_eq!(vm.guest.poweroff().code(), Some(0));
+}
+
+#[test]
+fn bad_hotplug_requests_get_clear_errors_from_the_real_vmm() {
+    let mut vm = ElasticVm::boot(Guest::new(), "size=1G,hotplug_size=2G,slots=2");
+    let add = |vm: &mut ElasticVm, size| vm.api.add_memory(&AddMemoryRequest { size, node: 0 });
+    let r = add(&mut vm, 100 * MIB);
+    let message = vm.expect_api_error(r, 400);
+    assert!(message.contains("multiple of the 128M"), "{message}");
+    let r = add(&mut vm, 4 * GIB);
+    let message = vm.expect_api_error(r, 400);
+    assert!(message.contains("free"), "{message}");
+    let r = vm.api.add_memory(&AddMemoryRequest { size: GIB, node: 3 });
+    vm.expect_api_error(r, 400);
+    let r = vm.api.send(
+        Endpoint::VmResize.method(),
+        Endpoint::VmResize.path(),
+        Some(br#"{"desired_ram": 1, "colour": "red"}"#.to_vec()),
+    );
+    let status = r.expect("the server answers").status;
+    assert_eq!(status.as_u16(), 400);
+    let r = vm.api.remove_memory(&RemoveMemoryRequest {
+        id: "dimm7".into(),
+        timeout_secs: None,
+    });
+    vm.expect_api_error(r, 404);
+
+    // Two slots: the third DIMM has nowhere to go.
+    add(&mut vm, 512 * MIB).expect("first DIMM");
+    add(&mut vm, 512 * MIB).expect("second DIMM");
+    let r = add(&mut vm, 512 * MIB);
+    let message = vm.expect_api_error(r, 400);
+    assert!(message.contains("slot"), "{message}");
+
+    // A request while another is in flight gets 409.
+    let api = ApiClient::new(&vm.socket);
+    let slow = std::thread::spawn(move || {
+        api.resize(&ResizeRequest {
+            desired_ram: GIB,
+            timeout_secs: None,
+        })
+    });
+    let mut conflict = None;
+    for _ in 0..200 {
+        match vm.api.resize(&ResizeRequest {
+            desired_ram: GIB,
+            timeout_secs: None,
+        }) {
+            Err(ClientError::Api { status, message }) if status.as_u16() == 409 => {
+                conflict = Some(message);
+                break;
+            }
+            _ => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    slow.join()
+        .expect("resize thread")
+        .expect("shrink to boot memory");
+    let conflict = conflict.unwrap_or_else(|| vm.guest.fail("never saw 409 during a resize"));
+    assert!(conflict.contains("in progress"), "{conflict}");
+    // Below boot memory is refused.
+    let r = vm.api.resize(&ResizeRequest {
+        desired_ram: 512 * MIB,
+        timeout_secs: None,
+    });
+    vm.expect_api_error(r, 400);
+    assert_eq!(vm.guest.poweroff().code(), Some(0));
+}
+
+#[test]
+fn a_vm_without_a_hotplug_region_refuses_resize() {
+    let mut vm = ElasticVm::boot(Guest::new(), "size=512M");
+    let r = vm.api.resize(&ResizeRequest {
+        desired_ram: GIB,
+        timeout_secs: None,
+    });
+    let message = vm.expect_api_error(r, 400);
+    assert!(message.contains("no hotplug region"), "{message}");
+    assert_eq!(vm.api.info().expect("info").memory.hotplug_size, 0);
+}
+
+#[test]
+fn hot_remove_migrates_data_and_returns_memory_to_the_host() {
+    let mut vm = ElasticVm::default_boot(Guest::new().cpus(2));
+    // Two DIMMs of 1 GiB: dimm0, then dimm1.
+    vm.resize(2 * GIB);
+    vm.resize(3 * GIB);
+    let full = vm.memtotal_kib();
+    let dimms = vm.api.memory().expect("vm.memory");
+    assert_eq!(dimms.len(), 2);
+    let newest = dimms
+        .iter()
+        .find(|d| d.id == "dimm1")
+        .expect("dimm1")
+        .clone();
+    let oldest = dimms
+        .iter()
+        .find(|d| d.id == "dimm0")
+        .expect("dimm0")
+        .clone();
+    // Data across most of the guest's memory: after removing a GiB it must still fit.
+    let written = vm.fill(1700);
+    let rss_full = vm.host_rss_kib();
+
+    let mut events = vm.api.events().expect("subscribe to events");
+    vm.resize(2 * GIB);
+    assert_eq!(full - vm.memtotal_kib(), GIB / 1024);
+    assert_eq!(vm.checksum(), written, "data changed while its pages moved");
+    let remaining = vm.api.memory().expect("vm.memory");
+    assert_eq!(
+        remaining.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        ["dimm0"],
+        "shrinking removes the newest DIMM"
+    );
+    assert_eq!(vm.api.info().expect("info").memory_actual_size, 2 * GIB);
+    assert!(vm.blocks_present(newest.base, newest.size).is_empty());
+    assert_eq!(
+        vm.blocks_present(oldest.base, oldest.size).len() as u64,
+        oldest.size / BLOCK
+    );
+    let rss_after = vm.host_rss_kib();
+    assert!(
+        rss_full.saturating_sub(rss_after) > GIB / 1024 * 8 / 10,
+        "tidal's RSS went from {rss_full} KiB to {rss_after} KiB: not ~1 GiB less"
+    );
+    // The events stream saw the removal through to the eject.
+    let saw_eject = events
+        .by_ref()
+        .take(8)
+        .filter_map(Result::ok)
+        .any(|event| event.id == "dimm1" && event.new_state == DimmState::Empty);
+    assert!(saw_eject, "no event for the ejected DIMM");
+
+    // Down to boot memory, then grow again: the freed slot is reused.
+    vm.tidalctl(&["resize", "--memory", "1G"]);
+    assert!(vm.api.memory().expect("vm.memory").is_empty());
+    assert_eq!(vm.checksum(), written);
+    vm.resize(2 * GIB);
+    let again = vm.api.memory().expect("vm.memory");
+    assert_eq!(again[0].slot, 0);
+    assert_eq!(vm.guest.poweroff().code(), Some(0));
+}
+
+#[test]
+fn a_refused_eject_keeps_the_memory_and_a_retry_succeeds() {
+    let mut vm = ElasticVm::default_boot(Guest::new());
+    vm.resize(2 * GIB);
+    let grown = vm.memtotal_kib();
+    vm.guest
+        .run_ok("echo 0 > /sys/firmware/acpi/hotplug/memory/enabled");
+    let r = vm.api.resize(&ResizeRequest {
+        desired_ram: GIB,
+        timeout_secs: None,
+    });
+    let message = vm.expect_api_error(r, 422);
+    assert!(
+        message.contains("dimm0") && message.contains("_OST status"),
+        "{message}"
+    );
+    assert_eq!(vm.memtotal_kib(), grown);
+    let dimm = &vm.api.memory().expect("vm.memory")[0];
+    assert_eq!(dimm.state, DimmState::Added);
+    assert_ne!(dimm.last_ost.expect("_OST recorded").status, 0);
+    // Still usable: fill more than boot memory holds.
+    let written = vm.fill(1200);
+    assert_eq!(vm.checksum(), written);
+    vm.guest.run_ok("rm /tmp/fill");
+
+    vm.guest
+        .run_ok("echo 1 > /sys/firmware/acpi/hotplug/memory/enabled");
+    vm.tidalctl(&["remove", "dimm0"]);
+    assert_eq!(grown - vm.memtotal_kib(), GIB / 1024);
+    assert!(vm.api.memory().expect("vm.memory").is_empty());
+    assert_eq!(vm.guest.poweroff().code(), Some(0));
+}
+
+#[test]
+fn an_unanswered_eject_times_out_and_can_be_retried() {
+    let mut vm = ElasticVm::default_boot(Guest::new());
+    vm.resize(2 * GIB);
+    // Without its driver the GED's interrupt goes unhandled: the guest never hears of requests.
+    vm.guest
+        .run_ok("echo ACPI0013:00 > /sys/bus/platform/drivers/GED/unbind");
+    let r = vm.api.remove_memory(&RemoveMemoryRequest {
+        id: "dimm0".into(),
+        timeout_secs: Some(3),
+    });
+    let message = vm.expect_api_error(r, 504);
+    assert!(message.contains("dimm0"), "{message}");
+    let dimm = &vm.api.memory().expect("vm.memory")[0];
+    assert_eq!(dimm.state, DimmState::Removing);
+    let total = vm.memtotal_kib();
+    assert!(
+        total > GIB / 1024,
+        "the guest lost the DIMM: MemTotal {total} KiB"
+    );
+
+    vm.guest
+        .run_ok("echo ACPI0013:00 > /sys/bus/platform/drivers/GED/bind");
+    vm.api
+        .remove_memory(&RemoveMemoryRequest {
+            id: "dimm0".into(),
+            timeout_secs: None,
+        })
+        .unwrap_or_else(|e| vm.guest.fail(&format!("retried removal failed: {e}")));
+    assert!(vm.api.memory().expect("vm.memory").is_empty());
+    assert_eq!(vm.guest.poweroff().code(), Some(0));
+}
+
+#[test]
+fn zone_normal_memory_removal_is_answered_either_way() {
+    // Onlined into ZONE_NORMAL, kernel allocations may pin the DIMM: the guest may refuse.
+    let mut vm = ElasticVm::default_boot(Guest::new().cmdline_extra("memhp_default_state=online"));
+    vm.resize(2 * GIB);
+    // Kernel allocations: page cache and dentries across the new memory.
+    vm.guest
+        .run_ok("for i in $(seq 2000); do mkdir -p /tmp/d/$i; done; cat /proc/meminfo > /dev/null");
+    let result = vm.api.resize(&ResizeRequest {
+        desired_ram: GIB,
+        timeout_secs: Some(120),
+    });
+    let dimms = vm.api.memory().expect("vm.memory");
+    let total = vm.memtotal_kib();
+    match result {
+        Ok(()) => {
+            assert!(dimms.is_empty());
+            assert!(total < GIB / 1024);
+        }
+        Err(ClientError::Api { status, message }) if status.as_u16() == 422 => {
+            assert!(message.contains("_OST status"), "{message}");
+            assert_eq!(dimms[0].state, DimmState::Added);
+            assert!(total > GIB / 1024);
+        }
+        Err(other) => vm.guest.fail(&format!("unexpected answer: {other}")),
+    }
+    assert_eq!(vm.guest.poweroff().code(), Some(0));
+}
