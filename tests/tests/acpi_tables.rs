@@ -8,26 +8,18 @@ use std::time::Duration;
 
 use tidal_tests::{run_tidal, GuestImages};
 
-/// A fresh, empty directory under the system temporary directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("tidal-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create a temporary directory");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A fresh, empty directory, removed when dropped.
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("create a temporary directory")
 }
 
 /// Dumps the tables of a VM with `cpus` vCPUs and 1 GiB into `dir`; returns the .dat files.
 fn dump_tables(dir: &Path, cpus: u32) -> Vec<PathBuf> {
+    dump_tables_with_memory(dir, cpus, "size=1G")
+}
+
+/// Dumps the tables of a VM with `cpus` vCPUs and this `--memory` into `dir`.
+fn dump_tables_with_memory(dir: &Path, cpus: u32, memory: &str) -> Vec<PathBuf> {
     let kernel = GuestImages::find().kernel;
     let out = run_tidal(
         [
@@ -36,7 +28,7 @@ fn dump_tables(dir: &Path, cpus: u32) -> Vec<PathBuf> {
             "--cpus".as_ref(),
             cpus.to_string().as_ref(),
             "--memory".as_ref(),
-            "size=1G".as_ref(),
+            memory.as_ref(),
             "--dump-acpi".as_ref(),
             dir.as_os_str(),
         ],
@@ -98,8 +90,8 @@ fn name_of(path: &Path) -> String {
 
 #[test]
 fn dump_acpi_writes_valid_tables() {
-    let dir = TempDir::new("dump-acpi");
-    let files = dump_tables(&dir.0, 2);
+    let dir = temp_dir();
+    let files = dump_tables(dir.path(), 2);
     let names: Vec<String> = files.iter().map(|f| name_of(f)).collect();
     for required in ["DSDT", "FACP", "APIC"] {
         assert!(
@@ -141,10 +133,40 @@ fn dump_acpi_writes_valid_tables() {
 
 #[test]
 fn iasl_disassembles_every_dumped_table() {
-    let dir = TempDir::new("iasl");
-    let files = dump_tables(&dir.0, 2);
+    let dir = temp_dir();
+    let files = dump_tables(dir.path(), 2);
+    assert_every_table_disassembles(dir.path(), &files);
+}
+
+/// With a hotplug region: 32 memory devices in the DSDT, the GED, and an SRAT whose hotplug
+/// range is enabled and hot-pluggable.
+#[test]
+fn hotplug_tables_disassemble_and_the_srat_marks_the_region() {
+    let dir = temp_dir();
+    let files = dump_tables_with_memory(dir.path(), 4, "size=1G,hotplug_size=8G,slots=32");
+    assert_every_table_disassembles(dir.path(), &files);
+    let dsdt = std::fs::read_to_string(dir.path().join("DSDT.dsl")).expect("read DSDT.dsl");
+    assert_eq!(
+        dsdt.matches("PNP0C80").count(),
+        32,
+        "one memory device per slot"
+    );
+    assert!(dsdt.contains("ACPI0013"), "no GED in the DSDT");
+    let srat = std::fs::read_to_string(dir.path().join("SRAT.dsl")).expect("read SRAT.dsl");
+    assert_eq!(
+        srat.matches("Processor Local APIC/SAPIC Affinity").count(),
+        4
+    );
+    assert!(
+        srat.contains("Base Address : 0000000100000000") && srat.contains("Hot Pluggable : 1"),
+        "the SRAT does not describe the hotplug region at 4 GiB:\n{srat}"
+    );
+}
+
+/// `iasl -d` reads every table but the RSDP without an error and writes its .dsl.
+fn assert_every_table_disassembles(dir: &Path, files: &[PathBuf]) {
     assert!(!files.is_empty(), "tidal --dump-acpi wrote no tables");
-    for file in &files {
+    for file in files {
         let name = name_of(file);
         // iasl takes no RSDP on its own ("does not contain a valid ACPI table"); the test above
         // checks it.
@@ -154,7 +176,7 @@ fn iasl_disassembles_every_dumped_table() {
         let out = Command::new("iasl")
             .arg("-d")
             .arg(file)
-            .current_dir(&dir.0)
+            .current_dir(dir)
             .output()
             .expect("cannot run iasl: install the Debian package acpica-tools");
         let text = format!(
@@ -176,16 +198,16 @@ fn iasl_disassembles_every_dumped_table() {
 
 #[test]
 fn madt_has_one_local_apic_per_vcpu() {
-    let dir = TempDir::new("madt");
-    dump_tables(&dir.0, 4);
+    let dir = temp_dir();
+    dump_tables(dir.path(), 4);
     let out = Command::new("iasl")
         .arg("-d")
         .arg("APIC.dat")
-        .current_dir(&dir.0)
+        .current_dir(dir.path())
         .output()
         .expect("cannot run iasl: install the Debian package acpica-tools");
     assert!(out.status.success(), "iasl -d APIC.dat failed");
-    let dsl = std::fs::read_to_string(dir.0.join("APIC.dsl")).expect("read APIC.dsl");
+    let dsl = std::fs::read_to_string(dir.path().join("APIC.dsl")).expect("read APIC.dsl");
     let local_apics = dsl
         .lines()
         .filter(|l| l.contains("[Processor Local APIC]") || l.contains("[Processor Local x2APIC]"))

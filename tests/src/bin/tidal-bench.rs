@@ -105,23 +105,14 @@ struct Bench {
     guest: RunningGuest,
     api: ApiClient,
     events: Arc<Mutex<Vec<(Instant, HotplugEvent)>>>,
-    _dir: TempDir,
-}
-
-/// A private directory for the socket, removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    /// Holds the API socket; removed with the guest.
+    _dir: tempfile::TempDir,
 }
 
 impl Bench {
     fn boot(hotplug: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("tidal-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create the socket directory");
-        let socket = dir.join("api.sock");
+        let dir = tempfile::tempdir().expect("create the socket directory");
+        let socket = dir.path().join("api.sock");
         let guest = Guest::new()
             .cpus(2)
             .memory(format!("size=1G,hotplug_size={hotplug}"))
@@ -143,7 +134,7 @@ impl Bench {
             api,
             guest,
             events,
-            _dir: TempDir(dir),
+            _dir: dir,
         }
     }
 
@@ -185,7 +176,8 @@ impl Bench {
     /// Writes `mib` MiB of non-zero data into the guest's tmpfs.
     fn fill(&mut self, mib: u64) {
         self.guest.run_ok(&format!(
-            "rm -f /tmp/fill; yes 0123456789abcdef | head -c {} > /tmp/fill",
+            "rm -f /tmp/fill; mount -o remount,size=95% /tmp; \
+             yes 0123456789abcdef | head -c {} > /tmp/fill",
             mib * MIB
         ));
     }
