@@ -122,6 +122,13 @@ shquote() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
     echo
 } >"$scratch/run.sh"
 
+# The test host mounts its own tmpfs on /tmp, which would hide a checkout under the host's /tmp
+# (a CI clone, say): share such a checkout in as well, read-only, at the same path.
+workdir=
+case "$repo" in
+    /tmp/*) workdir=$repo ;;
+esac
+
 # --- boot -----------------------------------------------------------------------------------------
 console_log="$work/console.log"
 fifo="$work/console.fifo"
@@ -135,9 +142,10 @@ qemu_args=(
     -accel tcg,thread=multi -cpu max -smp "$cpus" -m "$memory"
     -nographic -no-reboot -nic none
     -kernel "$KERNEL" -initrd "$TESTHOST_INITRAMFS"
-    -append "console=ttyS0 quiet panic=-1 tidal_scratch=$scratch${verbose:+ tidal_debug=1}"
+    -append "console=ttyS0 quiet panic=-1 tidal_scratch=$scratch${workdir:+ tidal_workdir=$workdir}${verbose:+ tidal_debug=1}"
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap
     -virtfs "local,path=$scratch,mount_tag=scratch,security_model=none,multidevs=remap"
+    ${workdir:+-virtfs "local,path=$workdir,mount_tag=workdir,security_model=none,readonly=on,multidevs=remap"}
 )
 start=$(date +%s.%N)
 # timeout(1) ends QEMU when the whole run takes too long (exit status 124). --foreground keeps

@@ -18,10 +18,12 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 
 scratch=
+workdir=
 debug=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         tidal_scratch=*) scratch="${arg#tidal_scratch=}" ;;
+        tidal_workdir=*) workdir="${arg#tidal_workdir=}" ;;
         tidal_debug=1) debug=1 ;;
     esac
 done
@@ -55,6 +57,12 @@ mount -t devpts devpts /host/dev/pts
 mount -t tmpfs tmpfs /host/dev/shm
 mount -t tmpfs -o mode=1777 tmpfs /host/tmp || fail "mount /host/tmp"
 mount -t tmpfs -o mode=755 tmpfs /host/run 2>/dev/null
+# A checkout under the host's /tmp, hidden by the tmpfs above, comes in as its own export.
+if [ -n "$workdir" ]; then
+    mkdir -p "/host$workdir"
+    mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000 workdir "/host$workdir" \
+        || fail "mounting the 9p export workdir at $workdir failed"
+fi
 # The scratch directory may itself live under /tmp: create its mount point inside the tmpfs.
 mkdir -p "/host$scratch"
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 scratch "/host$scratch" \
