@@ -445,3 +445,46 @@ fn stop_vcpus(threads: Vec<JoinHandle<()>>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse_memory, SerialMode, VmConfig};
+
+    /// The AML and the devices must agree on the registers they share.
+    #[test]
+    fn acpi_and_devices_agree() {
+        assert_eq!(
+            tidal_acpi::S5_SLEEP_TYPE,
+            tidal_devices::power::S5_SLEEP_TYPE
+        );
+        assert_eq!(
+            tidal_acpi::MEMORY_HOTPLUG_REGISTERS_LEN,
+            HOTPLUG_REGISTERS_LEN
+        );
+        assert!(ACPI_END <= crate::reset_vector::RESET_VECTOR);
+    }
+
+    /// The largest machine's tables still fit below the reset-vector area.
+    #[test]
+    fn largest_tables_fit() {
+        let config = VmConfig {
+            kernel: PathBuf::from("/nonexistent"),
+            initramfs: None,
+            cmdline: String::new(),
+            cpus: 254,
+            memory: parse_memory("size=60G,hotplug_size=512G,slots=256").unwrap(),
+            serial: SerialMode::Off,
+            api_socket: None,
+            hotplug_timeout: std::time::Duration::from_secs(1),
+        };
+        let tables = acpi_tables(&config).unwrap();
+        let end = tables
+            .tables
+            .iter()
+            .map(|t| t.address + t.bytes.len() as u64)
+            .max()
+            .unwrap();
+        assert!(end <= ACPI_END, "tables end at {end:#x}");
+    }
+}
