@@ -107,6 +107,14 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
+// The AML and the devices agree on the registers they share, and the ACPI tables stay clear of
+// the reset-vector stub: checked when Tidal is compiled.
+const _: () = {
+    assert!(tidal_acpi::S5_SLEEP_TYPE == tidal_devices::power::S5_SLEEP_TYPE);
+    assert!(tidal_acpi::MEMORY_HOTPLUG_REGISTERS_LEN == HOTPLUG_REGISTERS_LEN);
+    assert!(ACPI_END <= crate::reset_vector::RESET_VECTOR);
+};
+
 /// Where the TSS and identity map go: three pages just below the BIOS area, in the hole.
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
@@ -450,20 +458,6 @@ fn stop_vcpus(threads: Vec<JoinHandle<()>>) {
 mod tests {
     use super::*;
     use crate::config::{parse_memory, SerialMode, VmConfig};
-
-    /// The AML and the devices must agree on the registers they share.
-    #[test]
-    fn acpi_and_devices_agree() {
-        assert_eq!(
-            tidal_acpi::S5_SLEEP_TYPE,
-            tidal_devices::power::S5_SLEEP_TYPE
-        );
-        assert_eq!(
-            tidal_acpi::MEMORY_HOTPLUG_REGISTERS_LEN,
-            HOTPLUG_REGISTERS_LEN
-        );
-        assert!(ACPI_END <= crate::reset_vector::RESET_VECTOR);
-    }
 
     /// The largest machine's tables still fit below the reset-vector area.
     #[test]
