@@ -51,10 +51,12 @@ impl ElasticVm {
         Self::boot(guest, "size=1G,hotplug_size=8G")
     }
 
+    /// Resizes through the API, giving the guest up to 10 minutes: under emulation (the test
+    /// host) migrating a GiB of data out of a DIMM takes close to a minute.
     fn resize(&mut self, bytes: u64) {
         if let Err(e) = self.api.resize(&ResizeRequest {
             desired_ram: bytes,
-            timeout_secs: None,
+            timeout_secs: Some(600),
         }) {
             self.guest.fail(&format!("resize to {bytes} failed: {e}"));
         }
@@ -182,7 +184,7 @@ fn hot_add_grows_the_guest_through_api_and_tidalctl() {
         .run_ok("grep -A8 'zone  Movable' /proc/zoneinfo")
         .contains("present"));
 
-    vm.tidalctl(&["resize", "--memory", "4G"]);
+    vm.tidalctl(&["resize", "--memory", "4G", "--timeout", "600"]);
     assert_eq!(vm.memtotal_kib() - before, 3 * GIB / 1024);
     let info = vm.api.info().expect("vm.info");
     assert_eq!(info.memory_actual_size, 4 * GIB);
@@ -341,7 +343,7 @@ fn hot_remove_migrates_data_and_returns_memory_to_the_host() {
     // Down to boot memory (the data would not fit there), then grow again: the freed slot is
     // reused.
     vm.guest.run_ok("rm /tmp/fill");
-    vm.tidalctl(&["resize", "--memory", "1G"]);
+    vm.tidalctl(&["resize", "--memory", "1G", "--timeout", "600"]);
     assert!(vm.api.memory().expect("vm.memory").is_empty());
     vm.resize(2 * GIB);
     let again = vm.api.memory().expect("vm.memory");
@@ -376,7 +378,7 @@ fn a_refused_eject_keeps_the_memory_and_a_retry_succeeds() {
 
     vm.guest
         .run_ok("echo 1 > /sys/firmware/acpi/hotplug/memory/enabled");
-    vm.tidalctl(&["remove", "dimm0"]);
+    vm.tidalctl(&["remove", "dimm0", "--timeout", "600"]);
     assert_eq!(grown - vm.memtotal_kib(), 512 * MIB / 1024);
     assert!(vm.api.memory().expect("vm.memory").is_empty());
     assert_eq!(vm.guest.poweroff().code(), Some(0));

@@ -197,10 +197,6 @@ pub struct HotplugParts {
 #[error("cannot set up the hotplug region allocator: {0}")]
 pub struct HotplugSetupError(vm_allocator::Error);
 
-fn api_error(kind: ErrorKind, message: impl Into<String>) -> ApiError {
-    ApiError::new(kind, message)
-}
-
 fn dimm_id(slot: u32) -> String {
     format!("dimm{slot}")
 }
@@ -241,7 +237,7 @@ impl MemoryHotplug {
     fn controller(&self) -> Result<MutexGuard<'_, MemoryHotplugController>, ApiError> {
         self.controller
             .lock()
-            .map_err(|_| api_error(ErrorKind::Internal, "hotplug controller lock poisoned"))
+            .map_err(|_| ApiError::new(ErrorKind::Internal, "hotplug controller lock poisoned"))
     }
 
     /// Every occupied slot.
@@ -278,7 +274,7 @@ impl MemoryHotplug {
     fn timeout_for(&self, secs: Option<u64>) -> Result<Duration, ApiError> {
         match secs {
             None => Ok(self.timeout),
-            Some(0) => Err(api_error(
+            Some(0) => Err(ApiError::new(
                 ErrorKind::BadRequest,
                 "timeout_secs must be at least 1",
             )),
@@ -289,11 +285,11 @@ impl MemoryHotplug {
     fn begin_operation(&self) -> Result<MutexGuard<'_, ()>, ApiError> {
         match self.operation.try_lock() {
             Ok(guard) => Ok(guard),
-            Err(TryLockError::WouldBlock) => Err(api_error(
+            Err(TryLockError::WouldBlock) => Err(ApiError::new(
                 ErrorKind::Conflict,
                 "another memory hotplug operation is in progress; try again when it is done",
             )),
-            Err(TryLockError::Poisoned(_)) => Err(api_error(
+            Err(TryLockError::Poisoned(_)) => Err(ApiError::new(
                 ErrorKind::Internal,
                 "hotplug operation lock poisoned",
             )),
@@ -302,13 +298,13 @@ impl MemoryHotplug {
 
     fn check_size(&self, size: u64) -> Result<HotplugRegion, ApiError> {
         let region = self.region.ok_or_else(|| {
-            api_error(
+            ApiError::new(
                 ErrorKind::BadRequest,
                 "this VM has no hotplug region: start it with --memory size=...,hotplug_size=SIZE",
             )
         })?;
         if size == 0 || !size.is_multiple_of(MEMORY_BLOCK_SIZE) {
-            return Err(api_error(
+            return Err(ApiError::new(
                 ErrorKind::BadRequest,
                 format!(
                     "size {size} is not a positive multiple of the {} memory block size",
@@ -323,14 +319,14 @@ impl MemoryHotplug {
     fn add(&self, size: u64, node: u32, timeout: Duration) -> Result<DimmInfo, ApiError> {
         let region = self.check_size(size)?;
         if node != 0 {
-            return Err(api_error(
+            return Err(ApiError::new(
                 ErrorKind::BadRequest,
                 format!("node {node} does not exist: this VM has one NUMA node, 0"),
             ));
         }
         let _operation = self.begin_operation()?;
         let slot = self.controller()?.free_slot().ok_or_else(|| {
-            api_error(
+            ApiError::new(
                 ErrorKind::BadRequest,
                 "every DIMM slot is in use: remove a DIMM or start the VM with more slots",
             )
@@ -339,9 +335,9 @@ impl MemoryHotplug {
             let mut dimms = self
                 .dimms
                 .lock()
-                .map_err(|_| api_error(ErrorKind::Internal, "DIMM memory lock poisoned"))?;
+                .map_err(|_| ApiError::new(ErrorKind::Internal, "DIMM memory lock poisoned"))?;
             let base = dimms.allocate(size).ok_or_else(|| {
-                api_error(
+                ApiError::new(
                     ErrorKind::BadRequest,
                     format!(
                         "{} requested but the hotplug region has {} free (in one piece: maybe less)",
@@ -352,14 +348,14 @@ impl MemoryHotplug {
             })?;
             if let Err(e) = dimms.map(slot, base, size) {
                 dimms.free(base, size);
-                return Err(api_error(ErrorKind::Internal, e));
+                return Err(ApiError::new(ErrorKind::Internal, e));
             }
             base
         };
         let dimm = Dimm { base, size, node };
         self.controller()?
             .plug(slot, dimm)
-            .map_err(|e| api_error(ErrorKind::Internal, e.to_string()))?;
+            .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
         if let Ok(mut order) = self.plug_order.lock() {
             order.retain(|&s| s != slot);
             order.push(slot);
@@ -383,20 +379,21 @@ impl MemoryHotplug {
             .wait_timeout_while(controller, timeout, |c| {
                 c.slot(slot).is_some_and(|v| v.state == state)
             })
-            .map_err(|_| api_error(ErrorKind::Internal, "hotplug controller lock poisoned"))?;
+            .map_err(|_| ApiError::new(ErrorKind::Internal, "hotplug controller lock poisoned"))?;
         controller
             .slot(slot)
-            .ok_or_else(|| api_error(ErrorKind::Internal, format!("slot {slot} vanished")))
+            .ok_or_else(|| ApiError::new(ErrorKind::Internal, format!("slot {slot} vanished")))
     }
 
     /// Waits until the guest answers the insertion of `slot`, or the timeout passes.
     fn wait_for_insertion(&self, slot: u32, timeout: Duration) -> Result<DimmInfo, ApiError> {
         let view = self.wait_while(slot, SlotState::Inserting, timeout)?;
-        let info = dimm_info(slot, view)
-            .ok_or_else(|| api_error(ErrorKind::Internal, format!("{} vanished", dimm_id(slot))))?;
+        let info = dimm_info(slot, view).ok_or_else(|| {
+            ApiError::new(ErrorKind::Internal, format!("{} vanished", dimm_id(slot)))
+        })?;
         match view.state {
             SlotState::Added => Ok(info),
-            SlotState::Inserting => Err(api_error(
+            SlotState::Inserting => Err(ApiError::new(
                 ErrorKind::Timeout,
                 format!(
                     "the guest did not answer the insertion of {} within {} s; it stays plugged \
@@ -405,7 +402,7 @@ impl MemoryHotplug {
                     timeout.as_secs()
                 ),
             )),
-            _ => Err(api_error(
+            _ => Err(ApiError::new(
                 ErrorKind::GuestRefused,
                 format!(
                     "the guest refused {}: {}",
@@ -420,7 +417,7 @@ impl MemoryHotplug {
 impl MemoryHotplug {
     /// The slot of DIMM `id` ("dimmN").
     fn slot_of(&self, id: &str) -> Result<u32, ApiError> {
-        let not_found = || api_error(ErrorKind::NotFound, format!("no DIMM called '{id}'"));
+        let not_found = || ApiError::new(ErrorKind::NotFound, format!("no DIMM called '{id}'"));
         let slot: u32 = id
             .strip_prefix("dimm")
             .and_then(|n| n.parse().ok())
@@ -437,14 +434,14 @@ impl MemoryHotplug {
         let id = dimm_id(slot);
         self.controller()?
             .request_removal(slot)
-            .map_err(|e| api_error(ErrorKind::Conflict, format!("cannot remove {id}: {e}")))?;
+            .map_err(|e| ApiError::new(ErrorKind::Conflict, format!("cannot remove {id}: {e}")))?;
         if let Err(e) = self.ged.notify(tidal_acpi::GED_MEMORY_HOTPLUG) {
             log::error!("cannot interrupt the guest for {id}: {e}");
         }
         let view = self.wait_while(slot, SlotState::Removing, timeout)?;
         match view.state {
             SlotState::Empty => Ok(()),
-            SlotState::Removing => Err(api_error(
+            SlotState::Removing => Err(ApiError::new(
                 ErrorKind::Timeout,
                 format!(
                     "the guest did not eject {id} within {} s; it stays plugged and in use \
@@ -452,7 +449,7 @@ impl MemoryHotplug {
                     timeout.as_secs()
                 ),
             )),
-            _ => Err(api_error(
+            _ => Err(ApiError::new(
                 ErrorKind::GuestRefused,
                 format!(
                     "the guest refused to eject {id}: {}; it stays plugged and usable",
@@ -467,7 +464,7 @@ impl MemoryHotplug {
         let order = self
             .plug_order
             .lock()
-            .map_err(|_| api_error(ErrorKind::Internal, "plug order lock poisoned"))?
+            .map_err(|_| ApiError::new(ErrorKind::Internal, "plug order lock poisoned"))?
             .clone();
         let removable: Vec<(u32, u64)> = {
             let controller = self.controller()?;
@@ -493,7 +490,7 @@ impl MemoryHotplug {
                     .map(|sum| format_size(current - sum))
                     .collect();
                 reachable.truncate(16);
-                Err(api_error(
+                Err(ApiError::new(
                     ErrorKind::BadRequest,
                     format!(
                         "no set of plugged DIMMs adds up to {}: reachable sizes are {}",
@@ -652,7 +649,7 @@ impl VmApi for MemoryHotplug {
         }
         if desired < current {
             if desired < self.boot_ram {
-                return Err(api_error(
+                return Err(ApiError::new(
                     ErrorKind::BadRequest,
                     format!(
                         "desired_ram {} is below the boot memory ({}), which is never removed",
