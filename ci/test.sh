@@ -13,7 +13,7 @@
 # and prints a summary; the exit status is non-zero if any step failed.
 #
 # Environment: TIDAL_CACHE (guest images, default ~/.cache/tidal), TIDAL_TESTHOST_TIMEOUT
-# (seconds for the whole guest step in the test host, default 2700), and anything ci/testhost.sh
+# (seconds for the whole guest step in the test host, default 4200), and anything ci/testhost.sh
 # passes on (RUST_LOG, RUST_BACKTRACE, TIDAL_*).
 set -euo pipefail
 
@@ -124,7 +124,7 @@ run_guest_tests() {
         ci/run-test-binaries.sh "${exes[@]}"
     else
         # One test host boot runs all of them, one at a time.
-        ci/testhost.sh --timeout "${TIDAL_TESTHOST_TIMEOUT:-2700}" -- \
+        ci/testhost.sh --timeout "${TIDAL_TESTHOST_TIMEOUT:-4200}" -- \
             env TIDAL_IN_TESTHOST=1 ci/run-test-binaries.sh "${exes[@]}"
     fi
 }
