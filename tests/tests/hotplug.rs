@@ -196,10 +196,10 @@ fn hot_add_grows_the_guest_through_api_and_tidalctl() {
         "{listed}"
     );
 
-    // The guest can use the new memory: fill it and read it back. (Under emulation, first
-    // touches of hot-added memory run at a few MB/s: a fill of most of the 3 GiB would take
-    // far too long in the test host.)
-    let written = vm.fill(700);
+    // The guest can use the new memory: fill more than boot memory holds and read it back.
+    // (Under emulation first touches of hot-added memory run at a few MB/s: a fill of most of
+    // the 3 GiB would take far too long in the test host.)
+    let written = vm.fill(1200);
     assert_eq!(vm.checksum(), written);
     assert_eq!(vm.guest.poweroff().code(), Some(0));
 }
