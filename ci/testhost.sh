@@ -135,14 +135,16 @@ fifo="$work/console.fifo"
 mkfifo "$fifo"
 : >"$console_log"
 
+# `nokaslr`: the same kernel addresses in every boot, for reading hang reports.
 # `quiet` and printk level 1 inside: every console byte costs an emulated exit, and the console
 # carries the command's output. panic=-1 with -no-reboot: a panicking test host ends QEMU at once.
 # shellcheck disable=SC2054 # the commas belong to QEMU's option syntax
 qemu_args=(
     -accel tcg,thread=multi -cpu max -smp "$cpus" -m "$memory"
     -nographic -no-reboot -nic none
+    -chardev "socket,id=monitor,path=$work/monitor.sock,server=on,wait=off" -mon chardev=monitor
     -kernel "$KERNEL" -initrd "$TESTHOST_INITRAMFS"
-    -append "console=ttyS0 quiet panic=-1 tidal_scratch=$scratch${workdir:+ tidal_workdir=$workdir}${verbose:+ tidal_debug=1}"
+    -append "console=ttyS0 quiet panic=-1 nokaslr tidal_scratch=$scratch${workdir:+ tidal_workdir=$workdir}${verbose:+ tidal_debug=1}"
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap
     -virtfs "local,path=$scratch,mount_tag=scratch,security_model=none,multidevs=remap"
     ${workdir:+-virtfs "local,path=$workdir,mount_tag=workdir,security_model=none,readonly=on,multidevs=remap"}
@@ -153,16 +155,54 @@ start=$(date +%s.%N)
 timeout --foreground -k 10 "$timeout" qemu-system-x86_64 "${qemu_args[@]}" </dev/null >"$fifo" 2>&1 &
 qemu_pid=$!
 
-# Watchdog: the test host must reach the command within boot_timeout. It polls each second (so
-# nothing of it outlives this script for long) and keeps its hands off our stdout.
+# Sends one command to QEMU's human monitor and prints its answer (a second of it).
+monitor_command() {
+    python3 - "$work/monitor.sock" "$1" <<'PYTHON'
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.settimeout(0.5)
+s.sendall(sys.argv[2].encode() + b"\n")
+out, end = b"", time.time() + 1.0
+while time.time() < end:
+    try:
+        out += s.recv(65536)
+    except socket.timeout:
+        pass
+sys.stdout.write(out.decode(errors="replace").replace("\r", ""))
+PYTHON
+}
+
+# Watchdog: the test host must reach the command within boot_timeout, and then its heartbeat
+# (a file its /init touches every 10 s) must never go stale for hang_timeout: a test host that
+# stops running its own processes is hung, and waiting for the whole timeout would only waste
+# the time. It polls each second (so nothing of it outlives this script for long) and keeps its
+# hands off our stdout.
+hang_timeout=300
 (
     for _ in $(seq "$boot_timeout"); do
         sleep 1
-        grep -q 'TIDAL-TESTHOST-START' "$console_log" && exit 0
         kill -0 "$qemu_pid" 2>/dev/null || exit 0
+        grep -q 'TIDAL-TESTHOST-START' "$console_log" && break
     done
-    : >"$work/boot-timed-out"
-    kill "$qemu_pid"
+    if ! grep -q 'TIDAL-TESTHOST-START' "$console_log"; then
+        : >"$work/boot-timed-out"
+        kill "$qemu_pid"
+        exit 0
+    fi
+    while sleep 1; do
+        kill -0 "$qemu_pid" 2>/dev/null || exit 0
+        beat=$(stat -c %Y "$scratch/heartbeat" 2>/dev/null) || continue
+        if [ $(($(date +%s) - beat)) -gt "$hang_timeout" ]; then
+            # Three samples a second apart: a vCPU that stays put is stuck there.
+            for _ in 1 2 3; do
+                monitor_command "info registers -a"
+                sleep 1
+            done >"$work/hung" 2>&1
+            kill "$qemu_pid"
+            exit 0
+        fi
+    done
 ) </dev/null >/dev/null 2>&1 &
 watchers+=($!)
 
@@ -198,16 +238,65 @@ qemu_pid=
 end=$(date +%s.%N)
 elapsed=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
 
+# Where each test host vCPU was when it hung: each sample's RIPs with their kernel symbols (from
+# the /proc/kallsyms its /init saved), and the whole register dumps in the kept directory.
+hang_report() {
+    echo "---- test host vCPUs when it hung, 3 samples (registers: $work/hung) ----" >&2
+    python3 - "$work/hung" "$scratch/kallsyms" <<'PYTHON' >&2
+import bisect, re, sys
+dump = open(sys.argv[1]).read()
+symbols = []
+try:
+    for line in open(sys.argv[2]):
+        parts = line.split()
+        if len(parts) >= 3 and int(parts[0], 16):
+            symbols.append((int(parts[0], 16), parts[2]))
+except OSError:
+    pass
+symbols.sort()
+addresses = [a for a, _ in symbols]
+for cpu, rip in re.findall(r"CPU#(\d+).*?RIP=([0-9a-f]+)", dump, re.S):
+    r, name = int(rip, 16), "?"
+    i = bisect.bisect_right(addresses, r) - 1
+    if i >= 0:
+        name = f"{symbols[i][1]}+{r - symbols[i][0]:#x}"
+    print(f"CPU {cpu}: RIP {rip} {name}")
+PYTHON
+}
+
 console_tail() {
     echo "---- last 40 lines of the test host console ($console_log) ----" >&2
     tail -n 40 "$console_log" | tr -d '\r' >&2
     echo "---- end of console ----" >&2
+    kernel_warnings
+}
+
+# The test host kernel's warnings and errors since the command started (the last 30), from the
+# records its /init streams out of /dev/kmsg ("priority,sequence,microseconds,flags;text").
+kernel_warnings() {
+    local log="$scratch/testhost-kernel.log" warnings
+    [ -s "$log" ] || return 0
+    warnings=$(awk -F';' '
+        /;tidal-testhost: the command starts$/ { started = 1; next }
+        started && split($1, f, ",") >= 3 && f[1] % 8 <= 4 {
+            printf "[%10.3f] %s\n", f[3] / 1e6, substr($0, length($1) + 2)
+        }' "$log" | tail -n 30)
+    [ -n "$warnings" ] || return 0
+    echo "---- test host kernel warnings and errors while the command ran (last 30) ----" >&2
+    echo "$warnings" >&2
+    echo "----" >&2
 }
 
 if [ -e "$work/boot-timed-out" ]; then
     console_tail
     keep=1
     die "the test host did not reach the command within ${boot_timeout} s (QEMU killed); --verbose shows its boot"
+fi
+if [ -e "$work/hung" ]; then
+    console_tail
+    hang_report
+    keep=1
+    die "the test host hung: no heartbeat for ${hang_timeout} s (QEMU killed after ${elapsed} s)"
 fi
 if [ "$qemu_rc" -eq 124 ]; then
     console_tail
@@ -225,14 +314,5 @@ fi
 
 rc=$(cat "$scratch/exit-status")
 echo "testhost: command exited with status $rc; whole run ${elapsed} s" >&2
-if [ "$rc" != 0 ] && [ -s "$scratch/testhost-kernel.log" ]; then
-    # Priority <N>: facility * 8 + level; levels 0 to 4 are emergencies down to warnings.
-    warnings=$(awk 'match($0, /^<[0-9]+>/) && substr($0, 2, RLENGTH - 2) % 8 <= 4' \
-        "$scratch/testhost-kernel.log" | tail -n 20)
-    if [ -n "$warnings" ]; then
-        echo "---- test host kernel warnings and errors while the command ran (last 20) ----" >&2
-        echo "$warnings" >&2
-        echo "----" >&2
-    fi
-fi
+[ "$rc" = 0 ] || kernel_warnings
 exit "$rc"

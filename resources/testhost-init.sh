@@ -70,8 +70,16 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 scratch "/host$scratch
 
 # Only the most urgent kernel messages on the console: it carries the command's output.
 echo 1 >/proc/sys/kernel/printk
-# Keep the boot messages, then start the log afresh: what follows is the command's doing.
-dmesg -c >"/host$scratch/testhost-boot.log" 2>/dev/null
+dmesg >"/host$scratch/testhost-boot.log" 2>/dev/null
+# The kernel's messages from here on stream into the scratch directory as they come (records
+# "priority,sequence,microseconds,flags;text"), so that the caller can show them even when the
+# test host hangs; the marker record tells them apart from the boot's.
+echo "tidal-testhost: the command starts" >/dev/kmsg
+cat /dev/kmsg >"/host$scratch/testhost-kernel.log" 2>/dev/null &
+# The kernel's symbols, to name where a hung test host's vCPUs are (see ci/testhost.sh).
+cat /proc/kallsyms >"/host$scratch/kallsyms" 2>/dev/null &
+# A heartbeat for the caller's watchdog: its age tells a slow command from a hung test host.
+while :; do : >"/host$scratch/heartbeat"; sleep 10; done &
 # Raw output: no \n -> \r\n translation, so the command's bytes arrive unchanged.
 stty -onlcr 2>/dev/null </dev/console
 
@@ -81,9 +89,6 @@ echo "TIDAL-TESTHOST-START"
 chroot /host /bin/sh "$scratch/run.sh" </dev/null
 rc=$?
 echo "$rc" >"/host$scratch/exit-status"
-# The kernel's messages during the command (raw, with <priority>), for the caller to show
-# the warnings and errors among them when the command failed.
-dmesg -r >"/host$scratch/testhost-kernel.log" 2>/dev/null
 sync
 echo "TIDAL-TESTHOST-EXIT $rc"
 poweroff -f

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use http::header::{CONTENT_TYPE, HOST};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -44,6 +45,8 @@ pub enum ClientError {
     Decode(#[source] serde_json::Error),
     #[error("cannot start the client's runtime: {0}")]
     Runtime(#[source] io::Error),
+    #[error("no answer on API socket {} within {timeout:?}", socket.display())]
+    Timeout { socket: PathBuf, timeout: Duration },
 }
 
 /// A response of any status, as received.
@@ -58,13 +61,25 @@ pub struct RawResponse {
 #[derive(Debug, Clone)]
 pub struct ApiClient {
     socket: PathBuf,
+    /// The longest a call may take, connection to last byte; `None` waits as long as it takes.
+    timeout: Option<Duration>,
 }
 
 impl ApiClient {
+    /// A client that waits as long as each call takes (the server bounds its own operations).
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Self {
             socket: socket.into(),
+            timeout: None,
         }
+    }
+
+    /// The same client, giving up on any call (except the events stream) after `timeout`: for
+    /// callers that must not hang on a server that has stopped answering.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
     }
 
     /// The socket this client connects to.
@@ -146,7 +161,7 @@ impl ApiClient {
         body: Option<Vec<u8>>,
     ) -> Result<RawResponse, ClientError> {
         let request = build_request(method, path, body)?;
-        runtime()?.block_on(async {
+        let exchange = async {
             let response = self.open(request).await?;
             let (parts, body) = response.into_parts();
             Ok(RawResponse {
@@ -154,6 +169,19 @@ impl ApiClient {
                 headers: parts.headers,
                 body: self.collect(body).await?,
             })
+        };
+        runtime()?.block_on(async {
+            match self.timeout {
+                None => exchange.await,
+                Some(timeout) => tokio::time::timeout(timeout, exchange)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ClientError::Timeout {
+                            socket: self.socket.clone(),
+                            timeout,
+                        })
+                    }),
+            }
         })
     }
 
@@ -266,6 +294,7 @@ fn build_request(
 fn runtime() -> Result<Runtime, ClientError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build()
         .map_err(ClientError::Runtime)
 }

@@ -481,18 +481,7 @@ impl Guest {
         if let Some(err) = child.stderr.take() {
             stderr.collect_from(err, echo.then_some("[tidal stderr] "));
         }
-        RunningGuest {
-            stdin: child.stdin.take(),
-            child,
-            console,
-            stderr,
-            cursor: 0,
-            started: Instant::now(),
-            boot_time: None,
-            description,
-            boot_timeout: self.boot_timeout,
-            exit_status: None,
-        }
+        RunningGuest::new(child, console, stderr, description, self.boot_timeout)
     }
 
     /// Starts tidal and waits until the guest prints [`READY_LINE`]; panics (with the console
@@ -544,6 +533,28 @@ pub struct RunningGuest {
 }
 
 impl RunningGuest {
+    /// Wraps a spawned child whose stdout and stderr are already being collected.
+    fn new(
+        mut child: Child,
+        console: Stream,
+        stderr: Stream,
+        description: String,
+        boot_timeout: Duration,
+    ) -> Self {
+        RunningGuest {
+            stdin: child.stdin.take(),
+            child,
+            console,
+            stderr,
+            cursor: 0,
+            started: Instant::now(),
+            boot_time: None,
+            description,
+            boot_timeout,
+            exit_status: None,
+        }
+    }
+
     /// Time from spawning tidal to [`READY_LINE`] (set by [`Guest::boot`]).
     pub fn boot_time(&self) -> Option<Duration> {
         self.boot_time
@@ -777,13 +788,63 @@ impl RunningGuest {
         }
     }
 
-    /// Kills tidal (SIGKILL) if it is still running, and reaps it.
+    /// Kills tidal (SIGKILL) if it is still running, and reaps it. A process that SIGKILL does
+    /// not end within [`KILL_TIMEOUT`] is stuck in the kernel (in KVM, say): rather than hang the
+    /// test run, this reports where its threads are stuck on stderr and leaves it behind.
     pub fn kill(&mut self) {
-        if self.exit_status.is_none() {
-            let _ = self.child.kill();
-            self.exit_status = self.child.wait().ok();
+        if self.exit_status.is_some() {
+            return;
         }
+        let _ = self.child.kill();
+        let deadline = Instant::now() + KILL_TIMEOUT;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    self.exit_status = Some(status);
+                    return;
+                }
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        eprintln!(
+            "tidal-tests: tidal (pid {}) did not die within {KILL_TIMEOUT:?} of SIGKILL; \
+             left behind. Its threads in the kernel:\n{}",
+            self.child.id(),
+            kernel_stacks(self.child.id())
+        );
     }
+}
+
+/// How long [`RunningGuest::kill`] waits for a killed tidal to go.
+pub const KILL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// State, wait channel and kernel stack of each thread of process `pid`, from /proc (stacks need
+/// root), for reports about a process that does not die.
+fn kernel_stacks(pid: u32) -> String {
+    let task_dir = format!("/proc/{pid}/task");
+    let Ok(tasks) = std::fs::read_dir(&task_dir) else {
+        return format!("  (cannot read {task_dir})");
+    };
+    let mut report = String::new();
+    for task in tasks.flatten() {
+        let path = task.path();
+        let read = |name: &str| std::fs::read_to_string(path.join(name)).unwrap_or_default();
+        let state = read("status")
+            .lines()
+            .find(|l| l.starts_with("State:"))
+            .unwrap_or("State: ?")
+            .to_owned();
+        let _ = writeln!(
+            report,
+            "  thread {} ({}): {state}, wchan {}\n{}",
+            task.file_name().to_string_lossy(),
+            read("comm").trim(),
+            read("wchan"),
+            read("stack")
+        );
+    }
+    report
 }
 
 impl Drop for RunningGuest {
@@ -924,18 +985,8 @@ mod tests {
         let stderr = Stream::default();
         console.collect_from(child.stdout.take().expect("stdout"), None);
         stderr.collect_from(child.stderr.take().expect("stderr"), None);
-        let mut guest = RunningGuest {
-            stdin: child.stdin.take(),
-            child,
-            console,
-            stderr,
-            cursor: 0,
-            started: Instant::now(),
-            boot_time: None,
-            description: "sh".into(),
-            boot_timeout: DEFAULT_BOOT_TIMEOUT,
-            exit_status: None,
-        };
+        let mut guest =
+            RunningGuest::new(child, console, stderr, "sh".into(), DEFAULT_BOOT_TIMEOUT);
         guest.wait_for(READY_LINE, Duration::from_secs(10));
         assert_eq!(guest.run_ok("echo hello; echo world"), "hello\nworld");
         assert_eq!(guest.run_ok("printf 'no newline'"), "no newline");

@@ -16,6 +16,9 @@ use tidal_tests::{tidal_binary, Guest, RunningGuest};
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 const BLOCK: u64 = 128 * MIB;
+/// The longest any API call may take: longer than every operation timeout the tests ask for, so
+/// only a server that stopped answering hits it (and fails the test rather than hanging it).
+const API_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// A booted guest with a hotplug region and the API client for it.
 struct ElasticVm {
@@ -39,7 +42,7 @@ impl ElasticVm {
             .arg("info")
             .boot();
         Self {
-            api: ApiClient::new(&socket),
+            api: ApiClient::new(&socket).with_timeout(API_TIMEOUT),
             socket,
             guest,
             _dir: dir,
@@ -96,20 +99,24 @@ impl ElasticVm {
     /// Fills `mib` MiB of tmpfs with a non-zero pattern and returns its checksum. The tmpfs is
     /// first resized to 95 % of the guest's memory now (it was sized at boot).
     fn fill(&mut self, mib: u64) -> String {
-        let checksum = self.guest.run_with_timeout(
-            &format!(
-                "mount -o remount,size=95% /tmp && \
-                 head -c 4096 /dev/urandom | od -A n -t x1 | tr -d ' \\n' > /tmp/seed && \
-                 yes \"$(cat /tmp/seed)\" | head -c {} > /tmp/fill && md5sum /tmp/fill",
-                mib * MIB
-            ),
-            Duration::from_secs(1200),
+        self.guest.run_ok("mount -o remount,size=95% /tmp");
+        self.write_file("/tmp/fill", mib, Duration::from_secs(1200))
+    }
+
+    /// Writes `mib` MiB of a fresh non-zero pattern to the guest file `path` and returns its
+    /// checksum (`md5sum` output).
+    fn write_file(&mut self, path: &str, mib: u64, timeout: Duration) -> String {
+        let command = format!(
+            "head -c 4096 /dev/urandom | od -A n -t x1 | tr -d ' \\n' > /tmp/seed && \
+             yes \"$(cat /tmp/seed)\" | head -c {} > {path} && md5sum {path}",
+            mib * MIB
         );
-        if !checksum.success() {
+        let output = self.guest.run_with_timeout(&command, timeout);
+        if !output.success() {
             self.guest
-                .fail(&format!("filling memory failed: {}", checksum.output));
+                .fail(&format!("writing {path} failed: {}", output.output));
         }
-        checksum.output
+        output.output
     }
 
     fn checksum(&mut self) -> String {
@@ -128,6 +135,13 @@ impl ElasticVm {
             .find_map(|line| line.strip_prefix("VmRSS:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .expect("VmRSS in /proc/PID/status")
+    }
+
+    /// How many file descriptors tidal has open.
+    fn host_fd_count(&mut self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.guest.pid()))
+            .expect("list tidal's /proc fd directory")
+            .count()
     }
 
     fn expect_api_error(
@@ -239,7 +253,7 @@ fn bad_hotplug_requests_get_clear_errors_from_the_real_vmm() {
 
     // A request while another is in flight gets 409: start a shrink, wait until the guest has
     // been asked to eject, then ask for something else.
-    let api = ApiClient::new(&vm.socket);
+    let api = ApiClient::new(&vm.socket).with_timeout(API_TIMEOUT);
     let shrink = std::thread::spawn(move || {
         api.resize(&ResizeRequest {
             desired_ram: GIB,
@@ -445,5 +459,50 @@ fn zone_normal_memory_removal_is_answered_either_way() {
         }
         Err(other) => vm.guest.fail(&format!("unexpected answer: {other}")),
     }
+    assert_eq!(vm.guest.poweroff().code(), Some(0));
+}
+
+#[test]
+fn twenty_add_remove_cycles_keep_data_and_give_back_all_memory() {
+    const CYCLES: usize = 20;
+    const DIMM: u64 = 512 * MIB;
+    let mut vm = ElasticVm::boot(Guest::new().cpus(2), "size=1G,hotplug_size=2G");
+    // A warm-up cycle, which also writes the data that must outlive every cycle: written while
+    // the DIMM is there, it lands mostly in it (ZONE_MOVABLE comes first for tmpfs pages) and
+    // moves to boot memory when the DIMM goes.
+    vm.resize(GIB + DIMM);
+    let kept = vm.write_file("/tmp/kept", 192, Duration::from_secs(600));
+    vm.resize(GIB);
+    let rss_start = vm.host_rss_kib();
+    let fds_start = vm.host_fd_count();
+
+    for cycle in 1..=CYCLES {
+        vm.resize(GIB + DIMM);
+        // Fresh data in the new DIMM: the eject below must migrate it, not lose it.
+        let fresh = vm.write_file("/tmp/cycle", 64, Duration::from_secs(300));
+        vm.resize(GIB);
+        let after = vm.guest.run_ok("md5sum /tmp/cycle");
+        if after != fresh {
+            vm.guest.fail(&format!(
+                "cycle {cycle}: data changed while leaving the DIMM: {fresh} then {after}"
+            ));
+        }
+        vm.guest.run_ok("rm /tmp/cycle");
+    }
+
+    assert_eq!(vm.guest.run_ok("md5sum /tmp/kept"), kept);
+    assert!(vm.api.memory().expect("vm.memory").is_empty());
+    assert_eq!(vm.api.info().expect("vm.info").memory_actual_size, GIB);
+    let total = vm.memtotal_kib();
+    assert!(
+        total < GIB / 1024,
+        "MemTotal {total} KiB: more than boot memory"
+    );
+    let rss_end = vm.host_rss_kib();
+    assert!(
+        rss_end < rss_start + 64 * 1024,
+        "tidal's RSS grew from {rss_start} KiB to {rss_end} KiB over {CYCLES} cycles"
+    );
+    assert_eq!(vm.host_fd_count(), fds_start, "file descriptors leaked");
     assert_eq!(vm.guest.poweroff().code(), Some(0));
 }
