@@ -1,19 +1,73 @@
 #!/usr/bin/env bash
-# The benchmark: `ci/bench.sh [--runs N] [--quick] [--json PATH]`. Builds Tidal and the guest,
-# then runs tidal-bench (tests/src/bin/tidal-bench.rs) directly on hardware KVM, or inside the
-# QEMU test host where /dev/kvm is KVM-PVM, and prints a table of medians. Figures measured in
-# the test host are emulated: compare them with each other, not with hardware.
+# The benchmark: `ci/bench.sh [--runs N] [--quick] [--json PATH] [--plot PATH]`. Builds Tidal,
+# tidal-bench (tests/src/bench/) and the guest, installs QEMU if it is missing, then runs
+# tidal-bench, which boots the same guest under Tidal and under QEMU alternately (through
+# ci/qemu-as-tidal.sh) and prints a table of medians, Tidal beside QEMU. It writes every run as
+# JSON (default target/bench/bench.json) and the hot-plug latencies as an SVG plot (default
+# target/bench/latency.svg).
+#
+# On hardware KVM it runs directly. Where /dev/kvm is KVM-PVM it runs inside the QEMU TCG test
+# host (ci/testhost.sh), both VMMs in the same test host boot, so their figures are emulated
+# alike: compare them with each other, not with hardware. TIDAL_BENCH_TIMEOUT (seconds, default
+# 14400) bounds that test host run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+json=target/bench/bench.json
+plot=target/bench/latency.svg
+args=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --json) json=${2:?--json needs a path}; shift 2 ;;
+        --plot) plot=${2:?--plot needs a path}; shift 2 ;;
+        *) args+=("$1"); shift ;;
+    esac
+done
+
+if ! command -v qemu-system-x86_64 >/dev/null; then
+    echo "bench: installing qemu-system-x86" >&2
+    sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get install -y -qq --no-install-recommends qemu-system-x86 >&2 ||
+        { "${sudo[@]}" apt-get update -qq >&2 &&
+            "${sudo[@]}" apt-get install -y -qq --no-install-recommends qemu-system-x86 >&2; }
+fi
 resources/build-guest.sh >/dev/null
 cargo build --release --quiet -p tidal-vmm -p tidal-tests --bin tidal --bin tidal-bench
-bench=(target/release/tidal-bench "$@")
+export TIDAL_BIN=$PWD/target/release/tidal
+bench=target/release/tidal-bench
+mkdir -p "$(dirname "$json")" "$(dirname "$plot")"
+echo "bench: this machine: $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) CPUs, Linux $(uname -r)" >&2
+
 case "$(ci/kvm-kind.sh)" in
-    hardware) echo "bench: hardware KVM on $(uname -n)" >&2; exec "${bench[@]}" ;;
+    hardware)
+        echo "bench: hardware KVM on $(uname -n)" >&2
+        exec "$bench" --json "$json" --plot "$plot" "${args[@]}"
+        ;;
     pvm)
         echo "bench: /dev/kvm is KVM-PVM: running inside the QEMU test host (emulated figures)" >&2
-        exec ci/testhost.sh -- "${bench[@]}"
+        # The test host sees this machine's files read-only; only its scratch directory is
+        # written through. TMPDIR puts that directory where this script finds it, --keep leaves
+        # it for the results to be copied out.
+        out=$(mktemp -d "${TMPDIR:-/tmp}/tidal-bench.XXXXXX")
+        rc=0
+        # shellcheck disable=SC2016 # $TIDAL_TESTHOST_SCRATCH is expanded inside the test host
+        TMPDIR=$out ci/testhost.sh --keep --timeout "${TIDAL_BENCH_TIMEOUT:-14400}" -- \
+            sh -c 'exec "$0" --json "$TIDAL_TESTHOST_SCRATCH/bench.json" \
+                --plot "$TIDAL_TESTHOST_SCRATCH/latency.svg" "$@"' "$bench" "${args[@]}" || rc=$?
+        for file in "$out"/tidal-testhost.*/scratch/bench.json; do
+            [ -f "$file" ] || continue
+            cp "$file" "$json"
+            cp "${file%/*}/latency.svg" "$plot" 2>/dev/null || echo "bench: no plot was made" >&2
+            echo "bench: every run in $json, the plot in $plot" >&2
+        done
+        if [ "$rc" -eq 0 ]; then
+            rm -rf "$out"
+        else
+            echo "bench: failed (exit status $rc); the test host's files are in $out" >&2
+        fi
+        exit "$rc"
         ;;
     *) echo "bench: no /dev/kvm" >&2; exit 1 ;;
 esac

@@ -34,6 +34,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod bench;
+
 /// The one line the guest's `/init` prints when userspace is up.
 pub const READY_LINE: &str = "TIDAL-GUEST-READY";
 
@@ -324,6 +326,7 @@ fn tail_lines(text: &str, n: usize) -> String {
 /// How to boot a guest under Tidal; [`Guest::boot`] starts it.
 #[derive(Debug, Clone)]
 pub struct Guest {
+    binary: Option<PathBuf>,
     cpus: u32,
     memory: String,
     cmdline: String,
@@ -345,6 +348,7 @@ impl Guest {
     /// timeout of [`DEFAULT_BOOT_TIMEOUT`].
     pub fn new() -> Self {
         Guest {
+            binary: None,
             cpus: 1,
             memory: "512M".to_owned(),
             cmdline: DEFAULT_CMDLINE.to_owned(),
@@ -357,6 +361,13 @@ impl Guest {
                 .and_then(|s| s.trim().parse().ok())
                 .map_or(DEFAULT_BOOT_TIMEOUT, Duration::from_secs),
         }
+    }
+
+    /// Runs this program instead of [`tidal_binary`]: anything that takes tidal's command line,
+    /// such as `ci/qemu-as-tidal.sh`, the benchmark's reference VMM.
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.binary = Some(path.into());
+        self
     }
 
     /// Number of vCPUs (`--cpus`).
@@ -419,7 +430,7 @@ impl Guest {
 
     /// The `tidal` command this guest runs as (not yet spawned; stdio not set up).
     pub fn command(&self) -> Command {
-        let mut command = Command::new(tidal_binary());
+        let mut command = Command::new(self.binary.clone().unwrap_or_else(tidal_binary));
         command.args(self.args());
         command
     }

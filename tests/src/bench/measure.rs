@@ -1,0 +1,170 @@
+//! One run against one booted VMM, the same steps for both: boot figures; a DIMM hot-added and
+//! removed empty; the same again with the guest's data in it, watching the VMM's RSS; then the
+//! larger DIMMs hot-added.
+//!
+//! "Online" and "MemTotal dropped" are judged the same way for both VMMs: after the request,
+//! a shell loop in the guest waits until `/proc/meminfo` shows it, and the time is taken when
+//! that loop returns. Where the VMM's call already waited for the guest (Tidal), the loop
+//! returns at its first check.
+
+use std::time::{Duration, Instant};
+
+use super::figures::{Contents, Figure, Figures, Plan, Until};
+use super::host::Rss;
+use super::vmm::{Vmm, VmmError, REMOVE_TIMEOUT};
+use crate::RunningGuest;
+
+/// How long the guest may take to write the fill: under emulation a first touch of hot-added
+/// memory runs at a few MB/s.
+const FILL_TIMEOUT: Duration = Duration::from_secs(1800);
+
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// Measures every figure of `plan` on the booted `vm`.
+pub(super) fn run(vm: &mut dyn Vmm, plan: &Plan) -> Result<Figures, VmmError> {
+    let mut figures = Figures::new();
+    let boot = vm
+        .guest()
+        .boot_time()
+        .expect("Guest::boot records the boot time");
+    figures.insert(Figure::Boot, ms(boot));
+    let pid = vm.guest().pid();
+    figures.insert(Figure::VmmOverhead, rss(pid)?.own_mib);
+
+    // Empty: removed right after it came online.
+    let (id, added) = add(vm, plan.dimm)?;
+    figures.insert(Figure::HotAdd(plan.dimm), ms(added));
+    record_removal(vm, &id, plan.dimm, Contents::Empty, &mut figures)?;
+
+    // Filled: the guest's data lands in the DIMM and has to move out before it can go.
+    let before = rss(pid)?.total_mib();
+    let (id, _) = add(vm, plan.dimm)?;
+    run_ok(
+        vm.guest(),
+        &format!(
+            "mount -o remount,size=95% /tmp && yes tidal-bench-0123456789abcdef | head -c {} \
+             > /tmp/fill",
+            plan.fill
+        ),
+        FILL_TIMEOUT,
+    )?;
+    let filled = rss(pid)?.total_mib();
+    record_removal(vm, &id, plan.dimm, Contents::Filled, &mut figures)?;
+    let after = rss(pid)?.total_mib();
+    run_ok(vm.guest(), "rm -f /tmp/fill", FILL_TIMEOUT)?;
+    let returned = filled - after;
+    figures.extend([
+        (Figure::RssBeforeAdd, before),
+        (Figure::RssAfterFill, filled),
+        (Figure::RssAfterRemove, after),
+        (Figure::RssReturned, returned),
+        (
+            Figure::RssReturnedShare,
+            returned / (plan.dimm as f64 / MIB) * 100.0,
+        ),
+    ]);
+
+    for &size in &plan.larger {
+        let (_, added) = add(vm, size)?;
+        figures.insert(Figure::HotAdd(size), ms(added));
+    }
+    Ok(figures)
+}
+
+/// Hot-adds `size` bytes and waits until the guest's MemTotal shows them; returns the DIMM's
+/// id and the time from the request.
+fn add(vm: &mut dyn Vmm, size: u64) -> Result<(String, Duration), VmmError> {
+    let total = memtotal_kib(vm.guest());
+    let start = Instant::now();
+    let id = vm.add_dimm(size)?;
+    wait_for_memtotal(vm.guest(), "-ge", total + memtotal_change_kib(size))?;
+    Ok((id, start.elapsed()))
+}
+
+/// Hot-removes DIMM `id` of `size` bytes and records the time from the request until it was
+/// gone and until the guest's MemTotal dropped.
+fn record_removal(
+    vm: &mut dyn Vmm,
+    id: &str,
+    size: u64,
+    contents: Contents,
+    figures: &mut Figures,
+) -> Result<(), VmmError> {
+    let total = memtotal_kib(vm.guest());
+    let start = Instant::now();
+    let gone = vm.remove_dimm(id)?;
+    wait_for_memtotal(
+        vm.guest(),
+        "-le",
+        total.saturating_sub(memtotal_change_kib(size)),
+    )?;
+    let dropped = start.elapsed();
+    let removal = |until| Figure::HotRemove {
+        size,
+        contents,
+        until,
+    };
+    figures.insert(removal(Until::Gone), ms(gone.duration_since(start)));
+    figures.insert(removal(Until::MemTotal), ms(dropped));
+    Ok(())
+}
+
+/// How much MemTotal moves (KiB, at least) when a DIMM of `size` bytes comes or goes: all of
+/// it, unless the kernel keeps the DIMM's page structures on the DIMM itself
+/// (`memory_hotplug.memmap_on_memory`: 64 bytes per 4 KiB page).
+fn memtotal_change_kib(size: u64) -> u64 {
+    let kib = size / 1024;
+    kib - kib / 64
+}
+
+fn memtotal_kib(guest: &mut RunningGuest) -> u64 {
+    guest.meminfo_kib("MemTotal")
+}
+
+/// Runs a loop in the guest until MemTotal (the first line of `/proc/meminfo`) compares to
+/// `kib` as `test`'s `op` says. Cheap on purpose: shell builtins and a 10 ms sleep, so the
+/// guest's own onlining or offlining keeps the vCPUs.
+fn wait_for_memtotal(guest: &mut RunningGuest, op: &str, kib: u64) -> Result<(), VmmError> {
+    run_ok(
+        guest,
+        &format!(
+            "until read -r _ total _ </proc/meminfo; [ \"$total\" {op} {kib} ]; do sleep 0.01; \
+             done"
+        ),
+        REMOVE_TIMEOUT,
+    )
+    .map(drop)
+}
+
+/// Runs `command` in the guest; a non-zero exit status is an error.
+fn run_ok(guest: &mut RunningGuest, command: &str, timeout: Duration) -> Result<String, VmmError> {
+    let output = guest.run_with_timeout(command, timeout);
+    if output.success() {
+        Ok(output.output)
+    } else {
+        Err(VmmError::Guest {
+            command: command.to_owned(),
+            status: output.status,
+            output: output.output,
+        })
+    }
+}
+
+fn rss(pid: u32) -> Result<Rss, VmmError> {
+    Rss::of(pid).map_err(VmmError::Smaps)
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expects_the_whole_dimm_less_its_page_structures_at_most() {
+        assert_eq!(memtotal_change_kib(1 << 30), 1_048_576 - 16_384);
+        assert_eq!(memtotal_change_kib(128 << 20), 131_072 - 2048);
+    }
+}

@@ -1,0 +1,300 @@
+//! The two VMMs behind one trait, so the measurements are written once: each boots the same
+//! guest through the test harness ([`Guest`]) and plugs and unplugs DIMMs its own way. Tidal
+//! through its REST API (whose calls return once the guest is done), QEMU through QMP (whose
+//! `device_add` and `device_del` return at once; the removal ends with an event).
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use thiserror::Error;
+use tidal_api::{AddMemoryRequest, ApiClient, ClientError, RemoveMemoryRequest};
+
+use super::figures::Plan;
+use super::qmp::{Qmp, QmpError};
+use crate::{Guest, RunningGuest};
+
+/// How long the guest may take to eject a DIMM: under emulation, migrating half a GiB out of
+/// one takes about a minute.
+pub const REMOVE_TIMEOUT: Duration = Duration::from_secs(600);
+/// The longest a call of Tidal's API may take: beyond [`REMOVE_TIMEOUT`], so only a server that
+/// stopped answering hits it.
+const API_TIMEOUT: Duration = Duration::from_secs(900);
+/// How long a QMP command's answer may take (QEMU answers at once, the guest does the rest).
+const QMP_TIMEOUT: Duration = Duration::from_secs(60);
+/// ACPI `_OST` status codes that do not mean an ejection failed: success, and "ejection in
+/// progress" (Linux's first answer to an eject request).
+const OST_SUCCESS: u64 = 0;
+const OST_EJECT_IN_PROGRESS: u64 = 0x84;
+/// The `_OST` source code of an eject request.
+const OST_EJECT_REQUEST: u64 = 3;
+
+/// Which VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmmKind {
+    Tidal,
+    Qemu,
+}
+
+impl VmmKind {
+    /// Both, in the order a benchmark round runs them.
+    pub const ALL: [VmmKind; 2] = [VmmKind::Tidal, VmmKind::Qemu];
+
+    /// Boots the benchmark's guest under this VMM (waits for its first userspace line) with a
+    /// control socket: Tidal's API, QEMU's QMP. Like every [`Guest::boot`], panics (with the
+    /// console) when the guest does not come up.
+    pub fn boot(self, plan: &Plan) -> Box<dyn Vmm> {
+        let dir = tempfile::tempdir().expect("create a directory for the VMM's control socket");
+        let socket = dir.path().join("control.sock");
+        let guest = Guest::new().cpus(plan.cpus).memory(plan.memory_option());
+        match self {
+            VmmKind::Tidal => {
+                let guest = guest.arg("--api-socket").arg(&socket).boot();
+                Box::new(Tidal {
+                    guest,
+                    api: ApiClient::new(&socket).with_timeout(API_TIMEOUT),
+                    _dir: dir,
+                })
+            }
+            VmmKind::Qemu => {
+                let guest = guest
+                    .binary(qemu_as_tidal())
+                    .arg("--qmp-socket")
+                    .arg(&socket)
+                    .boot();
+                Box::new(Qemu {
+                    guest,
+                    socket,
+                    qmp: None,
+                    next_dimm: 0,
+                    _dir: dir,
+                })
+            }
+        }
+    }
+}
+
+impl fmt::Display for VmmKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VmmKind::Tidal => "Tidal",
+            VmmKind::Qemu => "QEMU",
+        })
+    }
+}
+
+/// `ci/qemu-as-tidal.sh`, which runs QEMU with tidal's command line: the one place that knows
+/// QEMU's flags.
+pub fn qemu_as_tidal() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/qemu-as-tidal.sh")
+}
+
+/// Why something done to a VM failed.
+#[derive(Debug, Error)]
+pub enum VmmError {
+    #[error("Tidal's API: {0}")]
+    Api(#[from] ClientError),
+    #[error("QMP: {0}")]
+    Qmp(#[from] QmpError),
+    #[error("QEMU does not use KVM (query-kvm answered {0})")]
+    NoKvm(Value),
+    #[error("the guest refused to eject {id} (ACPI _OST status {status:#x})")]
+    EjectRefused { id: String, status: u64 },
+    #[error("cannot read the VMM's memory map: {0}")]
+    Smaps(#[source] io::Error),
+    #[error("guest command {command:?} exited with status {status}: {output}")]
+    Guest {
+        command: String,
+        status: i32,
+        output: String,
+    },
+}
+
+/// A booted guest and the VMM's control of its memory.
+pub trait Vmm {
+    /// The guest, for shell commands, the VMM's pid and the boot time.
+    fn guest(&mut self) -> &mut RunningGuest;
+
+    /// The VMM's name and version, as it reports them.
+    fn version(&mut self) -> Result<String, VmmError>;
+
+    /// Asks for a DIMM of `size` bytes and returns its id once the VMM has answered (Tidal:
+    /// after the guest's `_OST`; QEMU: at once, the guest onlines it afterwards).
+    fn add_dimm(&mut self, size: u64) -> Result<String, VmmError>;
+
+    /// Asks for DIMM `id` to go and waits until it is gone; returns when that was.
+    fn remove_dimm(&mut self, id: &str) -> Result<Instant, VmmError>;
+}
+
+struct Tidal {
+    guest: RunningGuest,
+    api: ApiClient,
+    /// Holds the socket; removed with the VM.
+    _dir: tempfile::TempDir,
+}
+
+impl Vmm for Tidal {
+    fn guest(&mut self) -> &mut RunningGuest {
+        &mut self.guest
+    }
+
+    fn version(&mut self) -> Result<String, VmmError> {
+        Ok(format!("Tidal {}", self.api.ping()?.version))
+    }
+
+    fn add_dimm(&mut self, size: u64) -> Result<String, VmmError> {
+        Ok(self.api.add_memory(&AddMemoryRequest { size, node: 0 })?.id)
+    }
+
+    fn remove_dimm(&mut self, id: &str) -> Result<Instant, VmmError> {
+        self.api.remove_memory(&RemoveMemoryRequest {
+            id: id.to_owned(),
+            timeout_secs: Some(REMOVE_TIMEOUT.as_secs()),
+        })?;
+        Ok(Instant::now())
+    }
+}
+
+struct Qemu {
+    guest: RunningGuest,
+    socket: PathBuf,
+    /// Connected on first use, so a failure to connect is an error of a run, reported with the
+    /// console, rather than of the boot.
+    qmp: Option<Qmp>,
+    /// Numbers the DIMMs' ids.
+    next_dimm: u32,
+    /// Holds the socket; removed with the VM.
+    _dir: tempfile::TempDir,
+}
+
+impl Qemu {
+    /// The QMP connection; the first time, also checks that QEMU runs on KVM, since a silent
+    /// fallback to TCG would make every figure meaningless.
+    fn qmp(&mut self) -> Result<&mut Qmp, VmmError> {
+        let qmp = match self.qmp.take() {
+            Some(qmp) => qmp,
+            None => {
+                let mut qmp = Qmp::connect(&self.socket, QMP_TIMEOUT)?;
+                let kvm = qmp.execute("query-kvm", None)?;
+                if kvm["enabled"] != true {
+                    return Err(VmmError::NoKvm(kvm));
+                }
+                qmp
+            }
+        };
+        Ok(self.qmp.insert(qmp))
+    }
+}
+
+/// The memory backend of DIMM `id`: the RAM QEMU frees when the backend is deleted.
+fn backend_id(id: &str) -> String {
+    format!("{id}-ram")
+}
+
+/// Whether `event` says DIMM `id` is gone.
+fn deleted(event: &Value, id: &str) -> bool {
+    event["event"] == "DEVICE_DELETED" && event["data"]["device"] == id
+}
+
+/// The `_OST` status with which the guest refused to eject DIMM `id`, if `event` is that.
+fn eject_refused(event: &Value, id: &str) -> Option<u64> {
+    let info = &event["data"]["info"];
+    let status = info["status"].as_u64()?;
+    (event["event"] == "ACPI_DEVICE_OST"
+        && info["device"] == id
+        && info["source"].as_u64() == Some(OST_EJECT_REQUEST)
+        && status != OST_SUCCESS
+        && status != OST_EJECT_IN_PROGRESS)
+        .then_some(status)
+}
+
+impl Vmm for Qemu {
+    fn guest(&mut self) -> &mut RunningGuest {
+        &mut self.guest
+    }
+
+    fn version(&mut self) -> Result<String, VmmError> {
+        let version = self.qmp()?.execute("query-version", None)?;
+        let qemu = &version["qemu"];
+        Ok(format!(
+            "QEMU {}.{}.{} ({})",
+            qemu["major"],
+            qemu["minor"],
+            qemu["micro"],
+            version["package"].as_str().unwrap_or("").trim()
+        ))
+    }
+
+    fn add_dimm(&mut self, size: u64) -> Result<String, VmmError> {
+        let id = format!("dimm{}", self.next_dimm);
+        self.next_dimm += 1;
+        let qmp = self.qmp()?;
+        qmp.execute(
+            "object-add",
+            Some(json!({ "qom-type": "memory-backend-ram", "id": backend_id(&id), "size": size })),
+        )?;
+        qmp.execute(
+            "device_add",
+            Some(json!({ "driver": "pc-dimm", "id": id, "memdev": backend_id(&id) })),
+        )?;
+        Ok(id)
+    }
+
+    /// `device_del`, then the `DEVICE_DELETED` event (the guest has ejected the DIMM), then
+    /// `object-del` of its backend so QEMU frees the memory.
+    fn remove_dimm(&mut self, id: &str) -> Result<Instant, VmmError> {
+        let qmp = self.qmp()?;
+        qmp.execute("device_del", Some(json!({ "id": id })))?;
+        let event = qmp.wait_event(
+            &format!("DEVICE_DELETED for {id}"),
+            REMOVE_TIMEOUT,
+            |event| deleted(event, id) || eject_refused(event, id).is_some(),
+        )?;
+        let gone = Instant::now();
+        if let Some(status) = eject_refused(&event, id) {
+            return Err(VmmError::EjectRefused {
+                id: id.to_owned(),
+                status,
+            });
+        }
+        qmp.execute("object-del", Some(json!({ "id": backend_id(id) })))?;
+        Ok(gone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognizes_qemus_removal_events() {
+        let deleted_event = json!({"event": "DEVICE_DELETED",
+            "data": {"device": "dimm1", "path": "/machine/peripheral/dimm1"}});
+        assert!(deleted(&deleted_event, "dimm1"));
+        assert!(!deleted(&deleted_event, "dimm2"));
+        // A child object's deletion names only its path.
+        assert!(!deleted(
+            &json!({"event": "DEVICE_DELETED", "data": {"path": "/machine/peripheral/dimm1/x"}}),
+            "dimm1"
+        ));
+        let ost = |source: u64, status: u64| {
+            json!({"event": "ACPI_DEVICE_OST", "data": {"info": {"device": "dimm1",
+                "slot": "1", "slot-type": "DIMM", "source": source, "status": status}}})
+        };
+        assert_eq!(eject_refused(&ost(3, 0x82), "dimm1"), Some(0x82));
+        assert_eq!(eject_refused(&ost(3, 0x84), "dimm1"), None);
+        assert_eq!(eject_refused(&ost(3, 0), "dimm1"), None);
+        assert_eq!(eject_refused(&ost(1, 1), "dimm1"), None);
+        assert_eq!(eject_refused(&ost(3, 0x82), "dimm0"), None);
+        assert_eq!(eject_refused(&deleted_event, "dimm1"), None);
+    }
+
+    #[test]
+    fn finds_the_qemu_wrapper() {
+        assert!(qemu_as_tidal().is_file(), "{}", qemu_as_tidal().display());
+    }
+}
