@@ -1,6 +1,6 @@
 //! One run against one booted VMM, the same steps for both: boot figures; a DIMM hot-added and
 //! removed empty; the same again with the guest's data in it, watching the VMM's RSS; then the
-//! larger DIMMs hot-added.
+//! other DIMM sizes hot-added.
 //!
 //! "Online" and "MemTotal dropped" are judged the same way for both VMMs: after the request,
 //! a shell loop in the guest waits until `/proc/meminfo` shows it, and the time is taken when
@@ -64,7 +64,7 @@ pub(super) fn run(vm: &mut dyn Vmm, plan: &Plan) -> Result<Figures, VmmError> {
         ),
     ]);
 
-    for &size in &plan.larger {
+    for &size in &plan.added_only {
         let (_, added) = add(vm, size)?;
         figures.insert(Figure::HotAdd(size), ms(added));
     }
