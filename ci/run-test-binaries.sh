@@ -18,9 +18,11 @@ done
 cd "$(dirname "${BASH_SOURCE[0]}")/../tests"
 
 # Inside the test host stdout is the serial console, a tty: libtest would colour its output
-# even when the far end is a CI log.
+# even when the far end is a log file.
 color=auto
-[ -n "${CI:-}" ] && color=never
+if [ -n "${CI:-}" ] || [ -n "${TIDAL_IN_TESTHOST:-}" ]; then
+    color=never
+fi
 
 summary=()
 failed=0
