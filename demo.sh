@@ -51,7 +51,6 @@ socket="$work/tidal.sock"
 pid=$!
 exec 3>"$work/console-in"
 
-
 for _ in $(seq 1200); do
     grep -q TIDAL-GUEST-READY "$work/console.log" && break
     kill -0 "$pid" 2>/dev/null || { cat "$work/console.log" "$work/tidal.log"; exit 1; }
@@ -62,8 +61,10 @@ echo "echo $RANDOM >/dev/null" >&3
 show_memory() {
     local marker="DEMO-$RANDOM"
     echo "echo $marker-start; grep MemTotal /proc/meminfo; cat /sys/devices/system/memory/memory*/online | sort | uniq -c | sed 's/^/blocks online: /'; echo $marker" >&3
-    for _ in $(seq 600); do grep -q "^$marker\$" "$work/console.log" && break; sleep 0.1; done
-    sed -n "/^$marker-start/,/^$marker\$/p" "$work/console.log" | sed '1d;$d' | sed 's/^/   guest: /'
+    # The guest's tty ends lines with \r\n.
+    for _ in $(seq 600); do tr -d '\r' <"$work/console.log" | grep -q "^$marker\$" && break; sleep 0.1; done
+    tr -d '\r' <"$work/console.log" | sed -n "/^$marker-start/,/^$marker\$/p" | sed '1d;$d' |
+        sed 's/^/   guest: /'
 }
 show_memory
 echo "== tidalctl resize --memory $grow_to"
