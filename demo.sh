@@ -40,7 +40,7 @@ fi
 . "${TIDAL_CACHE:-$HOME/.cache/tidal}/guest.env"
 bin="$repo/target/release"
 work=$(mktemp -d)
-trap 'exec 3>&- 2>/dev/null; kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'exec 3>&- 2>/dev/null; kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 mkfifo "$work/console-in"
 socket="$work/tidal.sock"
 
@@ -60,7 +60,7 @@ echo "== guest is up: $cpus vCPUs, $memory of RAM"
 echo "echo $RANDOM >/dev/null" >&3
 show_memory() {
     local marker="DEMO-$RANDOM"
-    echo "echo $marker-start; grep MemTotal /proc/meminfo; cat /sys/devices/system/memory/memory*/online | sort | uniq -c | sed 's/^/blocks online: /'; echo $marker" >&3
+    echo "echo $marker-start; grep MemTotal /proc/meminfo; echo \"memory blocks online: \$(grep -l 1 /sys/devices/system/memory/memory*/online | wc -l)\"; echo $marker" >&3
     # The guest's tty ends lines with \r\n.
     for _ in $(seq 600); do tr -d '\r' <"$work/console.log" | grep -q "^$marker\$" && break; sleep 0.1; done
     tr -d '\r' <"$work/console.log" | sed -n "/^$marker-start/,/^$marker\$/p" | sed '1d;$d' |
