@@ -591,6 +591,15 @@ impl RunningGuest {
         tail_lines(&self.console.text(), n)
     }
 
+    /// Says on stderr, in a line of its own that ci/test.sh looks for, when the guest died of a
+    /// triple fault: the failure may come from an assertion that never shows tidal's log.
+    fn report_triple_fault(&self) {
+        let stderr = self.stderr.text();
+        if let Some(line) = stderr.lines().find(|line| line.contains("triple fault")) {
+            eprintln!("{TRIPLE_FAULT_MARKER} {line}");
+        }
+    }
+
     /// Panics with `message`, the console tail and the end of tidal's stderr.
     pub fn fail(&self, message: &str) -> ! {
         let mut report = format!("{message}\n  tidal: {}\n", self.description);
@@ -827,6 +836,9 @@ impl RunningGuest {
     }
 }
 
+/// Starts the line that reports a guest's triple fault after a failed test.
+const TRIPLE_FAULT_MARKER: &str = "tidal-tests: the guest triple-faulted:";
+
 /// How long [`RunningGuest::kill`] waits for a killed tidal to go.
 pub const KILL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -862,6 +874,9 @@ impl Drop for RunningGuest {
     fn drop(&mut self) {
         self.stdin.take();
         self.kill();
+        if thread::panicking() {
+            self.report_triple_fault();
+        }
     }
 }
 

@@ -21,11 +21,10 @@ const BLOCK: u64 = 128 * MIB;
 const API_TIMEOUT: Duration = Duration::from_secs(900);
 
 // SMP_UNDER_EMULATION: the tests that move a lot of data in and out of DIMMs boot one vCPU.
-// In the test host (QEMU TCG emulating SVM, with kvm_amd inside) guests with 2 or 4 vCPUs have
-// died of a triple fault on vCPU 1 in the middle of heavy memory traffic: twice during a
-// migrating hot-remove, once during a plain 2.5 GB tmpfs fill with no hotplug at all. Whether
-// that is the emulation or Tidal is not settled yet (see docs/testing.md); SMP hotplug itself is
-// covered by `bad_hotplug_requests_get_clear_errors_from_the_real_vmm` (4 vCPUs).
+// In the test host (QEMU TCG emulating SVM, with kvm_amd inside) guests die of a triple fault at
+// random, and most often with 2 or 4 vCPUs under heavy memory traffic (see docs/testing.md);
+// SMP hotplug itself is covered by `bad_hotplug_requests_get_clear_errors_from_the_real_vmm`
+// (4 vCPUs).
 
 /// A booted guest with a hotplug region and the API client for it.
 struct ElasticVm {

@@ -51,7 +51,14 @@ fn run(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) {
     while !ctx.stop.load(Ordering::Acquire) {
         match vcpu.run() {
             Ok(exit) => {
+                let triple_fault = matches!(exit, VcpuExit::Shutdown);
                 if let Some(reason) = handle_exit(index, exit, &ctx.io) {
+                    if triple_fault {
+                        log::warn!(
+                            "vCPU {index}: triple fault ({}); treating it as a reset",
+                            FaultState(vcpu)
+                        );
+                    }
                     ctx.exit.request(reason);
                     return;
                 }
@@ -86,10 +93,7 @@ fn handle_exit(index: u8, exit: VcpuExit, io: &IoManager) -> Option<ExitReason> 
             let _ = io.mmio_write(MmioAddress(addr), data);
         }
         VcpuExit::Hlt => {}
-        VcpuExit::Shutdown => {
-            log::info!("vCPU {index}: triple fault; treating it as a reset");
-            return Some(ExitReason::Reset);
-        }
+        VcpuExit::Shutdown => return Some(ExitReason::Reset),
         VcpuExit::SystemEvent(kind, _) => {
             return Some(match kind {
                 KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
@@ -112,4 +116,30 @@ fn handle_exit(index: u8, exit: VcpuExit, io: &IoManager) -> Option<ExitReason> 
         other => log::debug!("vCPU {index}: ignored exit {other:?}"),
     }
     None
+}
+
+/// The registers that tell where a guest was when it triple-faulted, for the log: the kernel's
+/// own panic output never gets written when the CPU resets under it.
+struct FaultState<'a>(&'a VcpuFd);
+
+impl std::fmt::Display for FaultState<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (Ok(regs), Ok(sregs)) = (self.0.get_regs(), self.0.get_sregs()) else {
+            return write!(f, "registers unreadable");
+        };
+        write!(
+            f,
+            "rip {:#x} rsp {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x}",
+            regs.rip, regs.rsp, sregs.cr0, sregs.cr2, sregs.cr3, sregs.cr4, sregs.efer
+        )?;
+        if let Ok(events) = self.0.get_vcpu_events() {
+            let exception = events.exception;
+            write!(
+                f,
+                " exception {} (injected {}, pending {}, error code {:#x})",
+                exception.nr, exception.injected, exception.pending, exception.error_code
+            )?;
+        }
+        Ok(())
+    }
 }
