@@ -119,14 +119,22 @@ fn handle_exit(index: u8, exit: VcpuExit, io: &IoManager) -> Option<ExitReason> 
 }
 
 /// The registers that tell where a guest was when it triple-faulted, for the log: the kernel's
-/// own panic output never gets written when the CPU resets under it.
+/// own panic output never gets written when the CPU resets under it. KVM on AMD resets the vCPU
+/// before it reports the shutdown, so there only the reset state is left to show.
 struct FaultState<'a>(&'a VcpuFd);
+
+/// CR0 and RIP of an x86 CPU fresh out of reset.
+const RESET_CR0: u64 = 0x10;
+const RESET_RIP: u64 = 0xfff0;
 
 impl std::fmt::Display for FaultState<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (Ok(regs), Ok(sregs)) = (self.0.get_regs(), self.0.get_sregs()) else {
             return write!(f, "registers unreadable");
         };
+        if sregs.cr0 == RESET_CR0 && regs.rip == RESET_RIP {
+            return write!(f, "registers already reset by KVM");
+        }
         write!(
             f,
             "rip {:#x} rsp {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x}",
