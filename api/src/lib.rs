@@ -8,7 +8,6 @@ mod routes;
 pub mod server;
 pub mod size;
 mod socket;
-pub mod timestamp;
 pub mod types;
 
 pub use client::{ApiClient, ClientError, EventStream};

@@ -103,8 +103,9 @@ pub struct HotplugEvent {
     pub new_state: DimmState,
     /// The `_OST` report that caused this event, if one did.
     pub ost: Option<OstStatus>,
-    /// Milliseconds since the Unix epoch.
-    pub timestamp_ms: u64,
+    /// When it happened, in microseconds since the Unix epoch (fine enough to time the VMM's
+    /// own share of an operation).
+    pub timestamp_us: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -151,9 +151,9 @@ impl SlotListener for HubListener {
             old_state: api_state(event.old),
             new_state: api_state(event.new),
             ost: event.ost.map(api_ost),
-            timestamp_ms: std::time::SystemTime::now()
+            timestamp_us: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
         };
         if let Ok(mut sinks) = self.0.sinks.lock() {
             sinks.retain(|sink| sink(&event));

@@ -9,7 +9,6 @@ use clap::{Args, Parser, Subcommand};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tidal_api::size::{format_size, parse_size};
-use tidal_api::timestamp::format_timestamp_ms;
 use tidal_api::{
     AddMemoryRequest, ApiClient, ClientError, DimmInfo, DimmState, Endpoint, HotplugEvent,
     OstStatus, PingResponse, RemoveMemoryRequest, ResizeRequest, VmInfo,
@@ -250,12 +249,20 @@ fn dimm_table(dimms: &[DimmInfo]) -> String {
         .collect()
 }
 
+/// An event's time as RFC 3339 in UTC, to the millisecond; the raw number if it is out of range.
+fn event_time(micros: u64) -> String {
+    i64::try_from(micros)
+        .ok()
+        .and_then(|micros| jiff::Timestamp::from_microsecond(micros).ok())
+        .map_or_else(|| format!("@{micros}us"), |time| format!("{time:.3}"))
+}
+
 /// `2026-11-29T21:30:03.202Z dimm1 slot 1: added -> removing`, then the guest's `_OST` report
 /// if it caused the change.
 fn event_summary(event: &HotplugEvent) -> String {
     let mut line = format!(
         "{} {} slot {}: {} -> {}",
-        format_timestamp_ms(event.timestamp_ms),
+        event_time(event.timestamp_us),
         event.id,
         event.slot,
         state_name(event.old_state),

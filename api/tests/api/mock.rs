@@ -180,7 +180,7 @@ pub fn sample_dimms() -> Vec<DimmInfo> {
 
 /// dimm2 plugged and accepted, then dimm1 ejected, as the VMM reports them.
 pub fn sample_events() -> Vec<HotplugEvent> {
-    let event = |slot: u32, old_state, new_state, ost, timestamp_ms| HotplugEvent {
+    let event = |slot: u32, old_state, new_state, ost, timestamp_us| HotplugEvent {
         id: format!("dimm{slot}"),
         slot,
         node: 0,
@@ -189,15 +189,15 @@ pub fn sample_events() -> Vec<HotplugEvent> {
         old_state,
         new_state,
         ost,
-        timestamp_ms,
+        timestamp_us,
     };
     let ost = |event, status| Some(OstStatus { event, status });
     use DimmState::{Added, Empty, Inserting, Removing};
     vec![
-        event(2, Empty, Inserting, None, 1_795_987_800_000),
-        event(2, Inserting, Added, ost(1, 0), 1_795_987_800_042),
-        event(1, Added, Removing, ost(3, 0x84), 1_795_987_803_202),
-        event(1, Removing, Empty, ost(3, 0), 1_795_987_804_500),
+        event(2, Empty, Inserting, None, 1_795_987_800_000_000),
+        event(2, Inserting, Added, ost(1, 0), 1_795_987_800_042_000),
+        event(1, Added, Removing, ost(3, 0x84), 1_795_987_803_202_000),
+        event(1, Removing, Empty, ost(3, 0), 1_795_987_804_500_000),
     ]
 }
 
