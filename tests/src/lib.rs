@@ -714,7 +714,25 @@ impl RunningGuest {
 
     /// Runs `command` and returns its output; panics (with the console tail) unless it exits 0.
     pub fn run_ok(&mut self, command: &str) -> String {
-        let result = self.run(command);
+        self.run_ok_within(command, DEFAULT_COMMAND_TIMEOUT)
+    }
+
+    /// Writes `bytes` of a fresh pattern (see [`pattern_fill_command`]) to the guest file
+    /// `path` and returns its checksum line; panics when that fails or takes over `timeout`.
+    pub fn write_pattern(&mut self, path: &str, bytes: u64, timeout: Duration) -> String {
+        let command = format!("{} && md5sum {path}", pattern_fill_command(path, bytes));
+        self.run_ok_within(&command, timeout)
+    }
+
+    /// The `md5sum` line of the guest file `path`; panics when that fails or takes over
+    /// `timeout` (reading back a large file that was migrated takes a while under emulation).
+    pub fn checksum(&mut self, path: &str, timeout: Duration) -> String {
+        self.run_ok_within(&format!("md5sum {path}"), timeout)
+    }
+
+    /// [`RunningGuest::run_ok`] with a timeout of its own.
+    fn run_ok_within(&mut self, command: &str, timeout: Duration) -> String {
+        let result = self.run_with_timeout(command, timeout);
         if !result.success() {
             self.fail(&format!(
                 "guest command {command:?} exited with status {}; its output:\n{}",
@@ -834,6 +852,16 @@ impl RunningGuest {
             kernel_stacks(self.child.id())
         );
     }
+}
+
+/// A guest shell command line that writes `bytes` of a fresh non-zero pattern (4 KiB of random
+/// hex, repeated) to `path`: data that neither zero pages nor a fixed string could fake, so a
+/// checksum of it shows that memory really moved intact.
+pub fn pattern_fill_command(path: &str, bytes: u64) -> String {
+    format!(
+        "head -c 4096 /dev/urandom | od -A n -t x1 | tr -d ' \\n' > /tmp/seed && \
+         yes \"$(cat /tmp/seed)\" | head -c {bytes} > {path}"
+    )
 }
 
 /// Starts the line that reports a guest's triple fault after a failed test.

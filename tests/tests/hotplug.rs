@@ -106,30 +106,13 @@ impl ElasticVm {
     /// first resized to 95 % of the guest's memory now (it was sized at boot).
     fn fill(&mut self, mib: u64) -> String {
         self.guest.run_ok("mount -o remount,size=95% /tmp");
-        self.write_file("/tmp/fill", mib, Duration::from_secs(1200))
+        self.guest
+            .write_pattern("/tmp/fill", mib * MIB, Duration::from_secs(1200))
     }
 
-    /// Writes `mib` MiB of a fresh non-zero pattern to the guest file `path` and returns its
-    /// checksum (`md5sum` output).
-    fn write_file(&mut self, path: &str, mib: u64, timeout: Duration) -> String {
-        let command = format!(
-            "head -c 4096 /dev/urandom | od -A n -t x1 | tr -d ' \\n' > /tmp/seed && \
-             yes \"$(cat /tmp/seed)\" | head -c {} > {path} && md5sum {path}",
-            mib * MIB
-        );
-        let output = self.guest.run_with_timeout(&command, timeout);
-        if !output.success() {
-            self.guest
-                .fail(&format!("writing {path} failed: {}", output.output));
-        }
-        output.output
-    }
-
-    fn checksum(&mut self) -> String {
-        let output = self
-            .guest
-            .run_with_timeout("md5sum /tmp/fill", Duration::from_secs(600));
-        output.output
+    /// The checksum of what [`ElasticVm::fill`] wrote, read back.
+    fn fill_checksum(&mut self) -> String {
+        self.guest.checksum("/tmp/fill", Duration::from_secs(600))
     }
 
     /// tidal's resident set size, in KiB.
@@ -225,7 +208,7 @@ fn hot_add_grows_the_guest_through_api_and_tidalctl() {
     // (Under emulation first touches of hot-added memory run at a few MB/s: a fill of most of
     // the 3 GiB would take far too long in the test host.)
     let written = vm.fill(1100);
-    assert_eq!(vm.checksum(), written);
+    assert_eq!(vm.fill_checksum(), written);
     assert_eq!(vm.guest.poweroff().code(), Some(0));
 }
 
@@ -343,7 +326,11 @@ fn hot_remove_migrates_data_and_returns_memory_to_the_host() {
     let mut events = vm.api.events().expect("subscribe to events");
     vm.resize(2 * GIB);
     assert_eq!(full - vm.memtotal_kib(), GIB / 1024);
-    assert_eq!(vm.checksum(), written, "data changed while its pages moved");
+    assert_eq!(
+        vm.fill_checksum(),
+        written,
+        "data changed while its pages moved"
+    );
     let remaining = vm.api.memory().expect("vm.memory");
     assert_eq!(
         remaining.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
@@ -412,7 +399,7 @@ fn a_refused_eject_keeps_the_memory_and_a_retry_succeeds() {
     assert_ne!(dimm.last_ost.expect("_OST recorded").status, 0);
     // Still usable: fill more than boot memory holds.
     let written = vm.fill(600);
-    assert_eq!(vm.checksum(), written);
+    assert_eq!(vm.fill_checksum(), written);
     vm.guest.run_ok("rm /tmp/fill");
 
     vm.guest
@@ -495,7 +482,9 @@ fn twenty_add_remove_cycles_keep_data_and_give_back_all_memory() {
     // the DIMM is there, it lands mostly in it (ZONE_MOVABLE comes first for tmpfs pages) and
     // moves to boot memory when the DIMM goes.
     vm.resize(GIB + DIMM);
-    let kept = vm.write_file("/tmp/kept", 128, Duration::from_secs(600));
+    let kept = vm
+        .guest
+        .write_pattern("/tmp/kept", 128 * MIB, Duration::from_secs(600));
     vm.resize(GIB);
     let rss_start = vm.host_rss_kib();
     let fds_start = vm.host_fd_count();
@@ -503,9 +492,11 @@ fn twenty_add_remove_cycles_keep_data_and_give_back_all_memory() {
     for cycle in 1..=CYCLES {
         vm.resize(GIB + DIMM);
         // Fresh data in the new DIMM: the eject below must migrate it, not lose it.
-        let fresh = vm.write_file("/tmp/cycle", 48, Duration::from_secs(300));
+        let fresh = vm
+            .guest
+            .write_pattern("/tmp/cycle", 48 * MIB, Duration::from_secs(300));
         vm.resize(GIB);
-        let after = vm.guest.run_ok("md5sum /tmp/cycle");
+        let after = vm.guest.checksum("/tmp/cycle", Duration::from_secs(300));
         if after != fresh {
             vm.guest.fail(&format!(
                 "cycle {cycle}: data changed while leaving the DIMM: {fresh} then {after}"
@@ -514,7 +505,10 @@ fn twenty_add_remove_cycles_keep_data_and_give_back_all_memory() {
         vm.guest.run_ok("rm /tmp/cycle");
     }
 
-    assert_eq!(vm.guest.run_ok("md5sum /tmp/kept"), kept);
+    assert_eq!(
+        vm.guest.checksum("/tmp/kept", Duration::from_secs(600)),
+        kept
+    );
     assert!(vm.api.memory().expect("vm.memory").is_empty());
     assert_eq!(vm.api.info().expect("vm.info").memory_actual_size, GIB);
     let total = vm.memtotal_kib();

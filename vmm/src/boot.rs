@@ -11,7 +11,7 @@ use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bzimage::BzImage;
 use linux_loader::loader::KernelLoader;
 use thiserror::Error;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, ReadVolatile};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, ReadVolatile};
 
 use crate::layout::{CMDLINE_START, HIMEM_START, PAGE_SIZE, ZERO_PAGE_START};
 use crate::memory::GuestMemoryLayout;
@@ -72,7 +72,7 @@ const KERNEL_LOADER_OTHER: u8 = 0xff;
 /// loadflags bit: the kernel was loaded high (at 1 MiB).
 const LOADED_HIGH: u8 = 0x01;
 
-pub fn load(mem: &GuestMemoryMmap, spec: &BootSpec) -> Result<BootInfo, BootError> {
+pub fn load<M: GuestMemoryBackend>(mem: &M, spec: &BootSpec) -> Result<BootInfo, BootError> {
     let mut kernel = open(spec.kernel, "kernel")?;
     let loaded = BzImage::load(mem, None, &mut kernel, Some(GuestAddress(HIMEM_START))).map_err(
         |source| BootError::Kernel {
@@ -117,7 +117,7 @@ pub fn load(mem: &GuestMemoryMmap, spec: &BootSpec) -> Result<BootInfo, BootErro
         ..Default::default()
     };
     set_e820(&mut params, spec.layout)?;
-    LinuxBootConfigurator::write_bootparams::<GuestMemoryMmap>(
+    LinuxBootConfigurator::write_bootparams::<M>(
         &BootParams::new(&params, GuestAddress(ZERO_PAGE_START)),
         mem,
     )
@@ -160,8 +160,8 @@ fn build_cmdline(line: &str, max: usize) -> Result<Cmdline, BootError> {
 }
 
 /// Puts the initramfs as high as the kernel allows in low RAM, page aligned, above the kernel.
-fn load_initramfs(
-    mem: &GuestMemoryMmap,
+fn load_initramfs<M: GuestMemoryBackend>(
+    mem: &M,
     path: &Path,
     limit: u64,
     kernel_end: u64,
@@ -220,6 +220,8 @@ fn set_e820(params: &mut boot_params, layout: &GuestMemoryLayout) -> Result<(), 
 
 #[cfg(test)]
 mod tests {
+    use vm_memory::GuestMemoryMmap;
+
     use super::*;
 
     #[test]
@@ -246,7 +248,7 @@ mod tests {
 
     #[test]
     fn rejects_non_kernel() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
         let layout = GuestMemoryLayout::new(64 << 20);
         let spec = BootSpec {
             kernel: Path::new("/proc/self/exe"),

@@ -16,12 +16,11 @@ use tidal_devices::memory_hotplug::{
     Dimm, EjectHandler, MemoryHotplugController, Ost, SlotEvent, SlotListener, SlotState, SlotView,
 };
 use vm_allocator::{AddressAllocator, AllocPolicy, RangeInclusive};
-use vm_memory::{
-    GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap, GuestRegionMmap,
-};
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 
 use crate::layout::MEMORY_BLOCK_SIZE;
 use crate::memory::{delete_kvm_slot, set_kvm_slot};
+use crate::ram::{GuestMemory, RamRegion};
 use crate::size::format_size;
 
 /// The part of guest physical space DIMMs are carved from.
@@ -35,7 +34,7 @@ pub struct HotplugRegion {
 /// map. Shared by the API thread (plugging) and the vCPU thread that handles an eject.
 struct DimmMemory {
     vm: Arc<VmFd>,
-    memory: GuestMemoryAtomic<GuestMemoryMmap>,
+    memory: GuestMemoryAtomic<GuestMemory>,
     allocator: AddressAllocator,
     /// DIMM slot `n` uses KVM slot `first_kvm_slot + n`.
     first_kvm_slot: u32,
@@ -62,7 +61,7 @@ impl DimmMemory {
     fn map(&mut self, slot: u32, base: u64, size: u64) -> Result<(), String> {
         let len = usize::try_from(size).map_err(|e| e.to_string())?;
         let region = Arc::new(
-            GuestRegionMmap::from_range(GuestAddress(base), len, None)
+            RamRegion::new(GuestAddress(base), len)
                 .map_err(|e| format!("cannot map {} of host memory: {e}", format_size(size)))?,
         );
         set_kvm_slot(&self.vm, self.first_kvm_slot + slot, &region).map_err(|e| e.to_string())?;
@@ -181,7 +180,7 @@ pub struct MemoryHotplug {
 /// What `Vm::new` hands over to build the hotplug side.
 pub struct HotplugParts {
     pub vm: Arc<VmFd>,
-    pub memory: GuestMemoryAtomic<GuestMemoryMmap>,
+    pub memory: GuestMemoryAtomic<GuestMemory>,
     pub first_kvm_slot: u32,
     pub region: Option<HotplugRegion>,
     pub boot_ram: u64,

@@ -9,6 +9,7 @@ pub mod hotplug;
 pub mod layout;
 pub mod memory;
 pub mod options;
+pub mod ram;
 pub mod reset_vector;
 pub mod size;
 pub mod vcpu;

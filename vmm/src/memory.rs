@@ -6,11 +6,11 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use thiserror::Error;
 use vm_memory::{
-    GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
-    GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress,
+    GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryRegion,
 };
 
 use crate::layout::{EBDA_START, HIMEM_START, HOTPLUG_ALIGNMENT, MMIO_HOLE_END, MMIO_HOLE_START};
+use crate::ram::{GuestMemory, RamRegion};
 
 #[derive(Debug, Error)]
 pub enum MemoryError {
@@ -104,7 +104,7 @@ impl GuestMemoryLayout {
 
 /// The guest's boot memory map.
 pub struct GuestRam {
-    memory: GuestMemoryAtomic<GuestMemoryMmap>,
+    memory: GuestMemoryAtomic<GuestMemory>,
 }
 
 impl GuestRam {
@@ -114,14 +114,11 @@ impl GuestRam {
         for &(base, size) in layout.ranges() {
             let region = usize::try_from(size)
                 .map_err(|e| e.to_string())
-                .and_then(|len| {
-                    GuestRegionMmap::from_range(GuestAddress(base), len, None)
-                        .map_err(|e| e.to_string())
-                })
+                .and_then(|len| RamRegion::new(GuestAddress(base), len).map_err(|e| e.to_string()))
                 .map_err(|reason| MemoryError::Allocate { base, size, reason })?;
             regions.push(region);
         }
-        let map = GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Allocate {
+        let map = GuestMemory::from_regions(regions).map_err(|e| MemoryError::Allocate {
             base: 0,
             size: layout.end(),
             reason: e.to_string(),
@@ -132,7 +129,7 @@ impl GuestRam {
     }
 
     /// A handle that always sees the current map.
-    pub fn atomic(&self) -> GuestMemoryAtomic<GuestMemoryMmap> {
+    pub fn atomic(&self) -> GuestMemoryAtomic<GuestMemory> {
         self.memory.clone()
     }
 
@@ -149,15 +146,9 @@ impl GuestRam {
 }
 
 /// Maps `region` into the guest through KVM memory slot `slot`.
-pub fn set_kvm_slot(vm: &VmFd, slot: u32, region: &GuestRegionMmap) -> Result<(), MemoryError> {
+pub fn set_kvm_slot(vm: &VmFd, slot: u32, region: &RamRegion) -> Result<(), MemoryError> {
     let base = region.start_addr().0;
-    let host = region
-        .get_host_address(MemoryRegionAddress(0))
-        .map_err(|e| MemoryError::Allocate {
-            base,
-            size: region.len(),
-            reason: e.to_string(),
-        })?;
+    let host = region.host_address();
     let entry = kvm_userspace_memory_region {
         slot,
         flags: 0,

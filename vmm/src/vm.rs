@@ -229,7 +229,7 @@ impl Vm {
                 })?;
         }
         let boot = boot::load(
-            &mem,
+            &*mem,
             &BootSpec {
                 kernel: &config.kernel,
                 initramfs: config.initramfs.as_deref(),
@@ -238,9 +238,9 @@ impl Vm {
                 rsdp: GuestAddress(tables.rsdp_address),
             },
         )?;
-        cpu::write_boot_page_tables_and_gdt(&mem)
+        cpu::write_boot_page_tables_and_gdt(&*mem)
             .map_err(|source| VmError::VcpuSetup { index: 0, source })?;
-        reset_vector::write_reset_stub(&mem, RESET_PORT, RESET_VALUE)
+        reset_vector::write_reset_stub(&*mem, RESET_PORT, RESET_VALUE)
             .map_err(|e| VmError::Boot(BootError::Write(e.to_string())))?;
 
         let exit = Arc::new(ExitSignal::new().map_err(|source| VmError::Resource {

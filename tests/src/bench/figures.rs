@@ -27,9 +27,34 @@ pub enum Until {
 pub enum Contents {
     /// Nothing: removed right after it came online.
     Empty,
-    /// The guest had written [`Plan::fill`] bytes to its tmpfs, which lands in the DIMM first
+    /// The guest had written half the DIMM's size to its tmpfs, which lands in the DIMM first
     /// (ZONE_MOVABLE comes first for movable allocations) and has to be migrated out.
     Filled,
+}
+
+/// When the VMM's resident memory is read, around the filled removal of a DIMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RssPoint {
+    /// Before the DIMM that gets filled is added.
+    BeforeAdd,
+    /// After the guest filled it.
+    AfterFill,
+    /// After it was removed.
+    AfterRemove,
+    /// What the removal gave back to the host: after the fill − after the removal.
+    Returned,
+    /// [`RssPoint::Returned`] as a share of the fill.
+    ReturnedShare,
+}
+
+impl RssPoint {
+    const ALL: [RssPoint; 5] = [
+        RssPoint::BeforeAdd,
+        RssPoint::AfterFill,
+        RssPoint::AfterRemove,
+        RssPoint::Returned,
+        RssPoint::ReturnedShare,
+    ];
 }
 
 /// How a figure is counted.
@@ -60,34 +85,32 @@ pub enum Figure {
     VmmOverhead,
     /// Hot-add of a DIMM of this many bytes: request → the guest's `MemTotal` shows it.
     HotAdd(u64),
+    /// The VMM's own share of a hot-add: request → the guest's hotplug interrupt raised
+    /// (Tidal: the DIMM's `inserting` event; QEMU: `device_add` answered, which it does after
+    /// raising the ACPI event).
+    HotAddVmmShare(u64),
     /// Hot-remove of a DIMM: request → `until`.
     HotRemove {
         size: u64,
         contents: Contents,
         until: Until,
     },
-    /// The VMM's whole RSS before the DIMM that gets filled is added.
-    RssBeforeAdd,
-    /// ... after the guest filled it.
-    RssAfterFill,
-    /// ... after it was removed.
-    RssAfterRemove,
-    /// What the removal gave back to the host: after the fill − after the removal.
-    RssReturned,
-    /// [`Figure::RssReturned`] as a share of the DIMM's size.
-    RssReturnedShare,
+    /// The VMM's whole resident memory around the filled removal of a DIMM of `size` bytes.
+    Rss { size: u64, point: RssPoint },
 }
 
 impl Figure {
     pub fn unit(self) -> Unit {
         match self {
-            Figure::Boot | Figure::HotAdd(_) | Figure::HotRemove { .. } => Unit::Ms,
-            Figure::RssReturnedShare => Unit::Percent,
-            Figure::VmmOverhead
-            | Figure::RssBeforeAdd
-            | Figure::RssAfterFill
-            | Figure::RssAfterRemove
-            | Figure::RssReturned => Unit::Mib,
+            Figure::Boot
+            | Figure::HotAdd(_)
+            | Figure::HotAddVmmShare(_)
+            | Figure::HotRemove { .. } => Unit::Ms,
+            Figure::Rss {
+                point: RssPoint::ReturnedShare,
+                ..
+            } => Unit::Percent,
+            Figure::VmmOverhead | Figure::Rss { .. } => Unit::Mib,
         }
     }
 
@@ -97,6 +120,9 @@ impl Figure {
             Figure::Boot => "boot".to_owned(),
             Figure::VmmOverhead => "vmm_overhead".to_owned(),
             Figure::HotAdd(size) => format!("hot_add_{}", short_size(size).to_lowercase()),
+            Figure::HotAddVmmShare(size) => {
+                format!("hot_add_{}_vmm_share", short_size(size).to_lowercase())
+            }
             Figure::HotRemove {
                 size,
                 contents,
@@ -113,11 +139,17 @@ impl Figure {
                     Until::MemTotal => "memtotal",
                 }
             ),
-            Figure::RssBeforeAdd => "rss_before_add".to_owned(),
-            Figure::RssAfterFill => "rss_after_fill".to_owned(),
-            Figure::RssAfterRemove => "rss_after_remove".to_owned(),
-            Figure::RssReturned => "rss_returned".to_owned(),
-            Figure::RssReturnedShare => "rss_returned_share".to_owned(),
+            Figure::Rss { size, point } => format!(
+                "rss_{}_{}",
+                short_size(size).to_lowercase(),
+                match point {
+                    RssPoint::BeforeAdd => "before_add",
+                    RssPoint::AfterFill => "after_fill",
+                    RssPoint::AfterRemove => "after_remove",
+                    RssPoint::Returned => "returned",
+                    RssPoint::ReturnedShare => "returned_share",
+                }
+            ),
         };
         let unit = match self.unit() {
             Unit::Percent => "pct",
@@ -132,6 +164,10 @@ impl Figure {
             Figure::Boot => "boot: VMM start → first userspace line".to_owned(),
             Figure::VmmOverhead => "VMM RSS beside guest RAM".to_owned(),
             Figure::HotAdd(size) => format!("hot-add {}: request → MemTotal", long_size(size)),
+            Figure::HotAddVmmShare(size) => format!(
+                "hot-add {}: request → interrupt (VMM's share)",
+                long_size(size)
+            ),
             Figure::HotRemove {
                 size,
                 contents,
@@ -148,11 +184,17 @@ impl Figure {
                     Until::MemTotal => "MemTotal",
                 }
             ),
-            Figure::RssBeforeAdd => "VMM RSS before hot-add".to_owned(),
-            Figure::RssAfterFill => "VMM RSS after the guest's fill".to_owned(),
-            Figure::RssAfterRemove => "VMM RSS after hot-remove".to_owned(),
-            Figure::RssReturned => "RSS returned by hot-remove".to_owned(),
-            Figure::RssReturnedShare => "RSS returned, share of the DIMM".to_owned(),
+            Figure::Rss { size, point } => format!(
+                "{} {}",
+                long_size(size),
+                match point {
+                    RssPoint::BeforeAdd => "filled: VMM RSS before hot-add",
+                    RssPoint::AfterFill => "filled: VMM RSS after the guest's fill",
+                    RssPoint::AfterRemove => "filled: VMM RSS after hot-remove",
+                    RssPoint::Returned => "filled: RSS returned by hot-remove",
+                    RssPoint::ReturnedShare => "filled: RSS returned, share of the fill",
+                }
+            ),
         };
         format!("{text} ({})", self.unit().symbol())
     }
@@ -208,64 +250,81 @@ pub struct Plan {
     pub hotplug_region: u64,
     /// DIMM slots.
     pub slots: u32,
-    /// The DIMM that is hot-added, then removed empty, then added, filled and removed again.
-    pub dimm: u64,
+    /// DIMM sizes that are each hot-added and removed empty, then added, half filled by the
+    /// guest and removed again.
+    pub removed: Vec<u64>,
     /// More DIMM sizes, only hot-added, at the end of a run (nothing after them can be
     /// disturbed by them; removing them would add little but time).
     pub added_only: Vec<u64>,
-    /// Bytes the guest writes into its tmpfs before the filled removal: half the DIMM.
-    pub fill: u64,
 }
 
 impl Plan {
-    /// The benchmark proper: a 1 GiB DIMM added and removed empty and half full, then a
-    /// 128 MiB one (a single memory block) and a 4 GiB one added.
+    /// The benchmark proper: 1 GiB and 4 GiB DIMMs added and removed empty and half full, then
+    /// a 128 MiB one (a single memory block) added. Two vCPUs: in the test host QEMU's guest
+    /// with one vCPU does not boot in useful time.
     pub fn full() -> Self {
         Plan {
             cpus: 2,
             boot_memory: GIB,
             hotplug_region: 12 * GIB,
             slots: 8,
-            dimm: GIB,
-            added_only: vec![128 * MIB, 4 * GIB],
-            fill: GIB / 2,
+            removed: vec![GIB, 4 * GIB],
+            added_only: vec![128 * MIB],
         }
     }
 
     /// The smallest plan that still measures every kind of figure: one 128 MiB DIMM (one memory
-    /// block of the guest), 64 MiB of fill.
+    /// block of the guest), filled with 64 MiB.
     pub fn quick() -> Self {
         Plan {
             cpus: 2,
             boot_memory: GIB,
             hotplug_region: GIB,
             slots: 8,
-            dimm: 128 * MIB,
+            removed: vec![128 * MIB],
             added_only: Vec::new(),
-            fill: 64 * MIB,
         }
+    }
+
+    /// Bytes the guest writes into its tmpfs before the filled removal of a DIMM of `size`
+    /// bytes: half of it.
+    pub fn fill(size: u64) -> u64 {
+        size / 2
+    }
+
+    /// Every DIMM size that is hot-added, smallest first.
+    fn added(&self) -> Vec<u64> {
+        let mut sizes: Vec<u64> = self
+            .removed
+            .iter()
+            .chain(&self.added_only)
+            .copied()
+            .collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        sizes
     }
 
     /// Every figure a run of this plan measures, in the order the table shows them.
     pub fn figures(&self) -> Vec<Figure> {
-        let remove = |contents, until| Figure::HotRemove {
-            size: self.dimm,
-            contents,
-            until,
-        };
-        let mut figures = vec![Figure::Boot, Figure::VmmOverhead, Figure::HotAdd(self.dimm)];
-        figures.extend(self.added_only.iter().map(|&size| Figure::HotAdd(size)));
-        figures.extend([
-            remove(Contents::Empty, Until::Gone),
-            remove(Contents::Empty, Until::MemTotal),
-            remove(Contents::Filled, Until::Gone),
-            remove(Contents::Filled, Until::MemTotal),
-            Figure::RssBeforeAdd,
-            Figure::RssAfterFill,
-            Figure::RssAfterRemove,
-            Figure::RssReturned,
-            Figure::RssReturnedShare,
-        ]);
+        let mut figures = vec![Figure::Boot, Figure::VmmOverhead];
+        for size in self.added() {
+            figures.extend([Figure::HotAdd(size), Figure::HotAddVmmShare(size)]);
+        }
+        for &size in &self.removed {
+            for contents in [Contents::Empty, Contents::Filled] {
+                for until in [Until::Gone, Until::MemTotal] {
+                    figures.push(Figure::HotRemove {
+                        size,
+                        contents,
+                        until,
+                    });
+                }
+            }
+        }
+        for &size in &self.removed {
+            figures.extend(RssPoint::ALL.map(|point| Figure::Rss { size, point }));
+        }
         figures
     }
 
@@ -303,7 +362,15 @@ mod tests {
             Figure::HotAdd(128 * MIB).label(),
             "hot-add 128 MiB: request → MemTotal (ms)"
         );
-        assert_eq!(Figure::RssReturnedShare.key(), "rss_returned_share_pct");
+        let share = Figure::Rss {
+            size: GIB,
+            point: RssPoint::ReturnedShare,
+        };
+        assert_eq!(share.key(), "rss_1g_returned_share_pct");
+        assert_eq!(
+            Figure::HotAddVmmShare(4 * GIB).key(),
+            "hot_add_4g_vmm_share_ms"
+        );
         assert_eq!(Figure::VmmOverhead.key(), "vmm_overhead_mib");
         assert_eq!(Figure::Boot.plot_label(), None);
     }
@@ -316,14 +383,15 @@ mod tests {
                 figures.iter().map(|f| f.key()).collect();
             assert_eq!(keys.len(), figures.len(), "{keys:?}");
         }
-        assert_eq!(Plan::full().figures().len(), 14);
+        // Boot, overhead; add and share of 128M, 1G, 4G; 4 removals and 5 RSS points of 1G, 4G.
+        assert_eq!(Plan::full().figures().len(), 2 + 3 * 2 + 2 * (4 + 5));
         assert_eq!(
             Plan::full().memory_option(),
             "size=1024M,hotplug_size=12288M,slots=8"
         );
         // Every DIMM fits the region and is whole memory blocks of the guest.
         for plan in [Plan::full(), Plan::quick()] {
-            for size in std::iter::once(plan.dimm).chain(plan.added_only.iter().copied()) {
+            for size in plan.added() {
                 assert!(size <= plan.hotplug_region && size.is_multiple_of(128 * MIB));
             }
         }

@@ -1,6 +1,6 @@
-//! One run against one booted VMM, the same steps for both: boot figures; a DIMM hot-added and
-//! removed empty; the same again with the guest's data in it, watching the VMM's RSS; then the
-//! other DIMM sizes hot-added.
+//! One run against one booted VMM, the same steps for both: boot figures; for each DIMM size
+//! of the plan, a DIMM hot-added and removed empty, then the same again with the guest's data
+//! in it, watching the VMM's RSS; then the other DIMM sizes hot-added.
 //!
 //! "Online" and "MemTotal dropped" are judged the same way for both VMMs: after the request,
 //! a shell loop in the guest waits until `/proc/meminfo` shows it, and the time is taken when
@@ -9,10 +9,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::figures::{Contents, Figure, Figures, Plan, Until};
+use super::figures::{Contents, Figure, Figures, Plan, RssPoint, Until};
 use super::host::Rss;
 use super::vmm::{Vmm, VmmError, REMOVE_TIMEOUT};
-use crate::RunningGuest;
+use crate::{pattern_fill_command, RunningGuest};
 
 /// How long the guest may take to write the fill: under emulation a first touch of hot-added
 /// memory runs at a few MB/s.
@@ -28,57 +28,68 @@ pub(super) fn run(vm: &mut dyn Vmm, plan: &Plan) -> Result<Figures, VmmError> {
         .boot_time()
         .expect("Guest::boot records the boot time");
     figures.insert(Figure::Boot, ms(boot));
-    let pid = vm.guest().pid();
-    figures.insert(Figure::VmmOverhead, rss(pid)?.own_mib);
-
-    // Empty: removed right after it came online.
-    let (id, added) = add(vm, plan.dimm)?;
-    figures.insert(Figure::HotAdd(plan.dimm), ms(added));
-    record_removal(vm, &id, plan.dimm, Contents::Empty, &mut figures)?;
-
-    // Filled: the guest's data lands in the DIMM and has to move out before it can go.
-    let before = rss(pid)?.total_mib();
-    let (id, _) = add(vm, plan.dimm)?;
-    run_ok(
-        vm.guest(),
-        &format!(
-            "mount -o remount,size=95% /tmp && yes tidal-bench-0123456789abcdef | head -c {} \
-             > /tmp/fill",
-            plan.fill
-        ),
-        FILL_TIMEOUT,
-    )?;
-    let filled = rss(pid)?.total_mib();
-    record_removal(vm, &id, plan.dimm, Contents::Filled, &mut figures)?;
-    let after = rss(pid)?.total_mib();
-    run_ok(vm.guest(), "rm -f /tmp/fill", FILL_TIMEOUT)?;
-    let returned = filled - after;
-    figures.extend([
-        (Figure::RssBeforeAdd, before),
-        (Figure::RssAfterFill, filled),
-        (Figure::RssAfterRemove, after),
-        (Figure::RssReturned, returned),
-        (
-            Figure::RssReturnedShare,
-            returned / (plan.dimm as f64 / MIB) * 100.0,
-        ),
-    ]);
-
+    figures.insert(Figure::VmmOverhead, rss(vm)?.own_mib);
+    for &size in &plan.removed {
+        // Empty: removed right after it came online.
+        let id = add(vm, size, &mut figures)?;
+        record_removal(vm, &id, size, Contents::Empty, &mut figures)?;
+        record_filled_removal(vm, size, &mut figures)?;
+    }
     for &size in &plan.added_only {
-        let (_, added) = add(vm, size)?;
-        figures.insert(Figure::HotAdd(size), ms(added));
+        add(vm, size, &mut figures)?;
     }
     Ok(figures)
 }
 
-/// Hot-adds `size` bytes and waits until the guest's MemTotal shows them; returns the DIMM's
-/// id and the time from the request.
-fn add(vm: &mut dyn Vmm, size: u64) -> Result<(String, Duration), VmmError> {
+/// Adds a DIMM of `size` bytes, lets the guest write half of it into its tmpfs (the data lands
+/// in the DIMM and has to move out before it can go), removes it, and records the removal and
+/// the VMM's RSS around it.
+fn record_filled_removal(
+    vm: &mut dyn Vmm,
+    size: u64,
+    figures: &mut Figures,
+) -> Result<(), VmmError> {
+    let fill = Plan::fill(size);
+    let before = rss(vm)?.total_mib();
+    // This add was timed already, empty; its figures are not recorded twice.
+    let id = add(vm, size, &mut Figures::new())?;
+    run_ok(
+        vm.guest(),
+        &format!(
+            "mount -o remount,size=95% /tmp && {}",
+            pattern_fill_command("/tmp/fill", fill)
+        ),
+        FILL_TIMEOUT,
+    )?;
+    let filled = rss(vm)?.total_mib();
+    record_removal(vm, &id, size, Contents::Filled, figures)?;
+    let after = rss(vm)?.total_mib();
+    run_ok(vm.guest(), "rm -f /tmp/fill", FILL_TIMEOUT)?;
+    let returned = filled - after;
+    let point = |point| Figure::Rss { size, point };
+    figures.extend([
+        (point(RssPoint::BeforeAdd), before),
+        (point(RssPoint::AfterFill), filled),
+        (point(RssPoint::AfterRemove), after),
+        (point(RssPoint::Returned), returned),
+        (
+            point(RssPoint::ReturnedShare),
+            returned / (fill as f64 / MIB) * 100.0,
+        ),
+    ]);
+    Ok(())
+}
+
+/// Hot-adds `size` bytes, waits until the guest's MemTotal shows them, records the time from
+/// the request and the VMM's share of it in `figures`, and returns the DIMM's id.
+fn add(vm: &mut dyn Vmm, size: u64, figures: &mut Figures) -> Result<String, VmmError> {
     let total = memtotal_kib(vm.guest());
     let start = Instant::now();
-    let id = vm.add_dimm(size)?;
+    let added = vm.add_dimm(size)?;
     wait_for_memtotal(vm.guest(), "-ge", total + memtotal_change_kib(size))?;
-    Ok((id, start.elapsed()))
+    figures.insert(Figure::HotAdd(size), ms(start.elapsed()));
+    figures.insert(Figure::HotAddVmmShare(size), ms(added.vmm_share));
+    Ok(added.id)
 }
 
 /// Hot-removes DIMM `id` of `size` bytes and records the time from the request until it was
@@ -150,8 +161,9 @@ fn run_ok(guest: &mut RunningGuest, command: &str, timeout: Duration) -> Result<
     }
 }
 
-fn rss(pid: u32) -> Result<Rss, VmmError> {
-    Rss::of(pid).map_err(VmmError::Smaps)
+/// The VMM process's resident memory now.
+fn rss(vm: &mut dyn Vmm) -> Result<Rss, VmmError> {
+    Rss::of(vm.guest().pid()).map_err(VmmError::Smaps)
 }
 
 fn ms(duration: Duration) -> f64 {

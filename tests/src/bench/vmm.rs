@@ -6,12 +6,12 @@
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde_json::{json, Value};
 use thiserror::Error;
-use tidal_api::{AddMemoryRequest, ApiClient, ClientError, RemoveMemoryRequest};
+use tidal_api::{AddMemoryRequest, ApiClient, ClientError, DimmState, RemoveMemoryRequest};
 
 use super::figures::Plan;
 use super::qmp::{Qmp, QmpError};
@@ -104,6 +104,8 @@ pub enum VmmError {
     NoKvm(Value),
     #[error("the guest refused to eject {id} (ACPI _OST status {status:#x})")]
     EjectRefused { id: String, status: u64 },
+    #[error("Tidal's event stream ended without {0} being inserted")]
+    NoInsertEvent(String),
     #[error("cannot read the VMM's memory map: {0}")]
     Smaps(#[source] io::Error),
     #[error("guest command {command:?} exited with status {status}: {output}")]
@@ -122,12 +124,20 @@ pub trait Vmm {
     /// The VMM's name and version, as it reports them.
     fn version(&mut self) -> Result<String, VmmError>;
 
-    /// Asks for a DIMM of `size` bytes and returns its id once the VMM has answered (Tidal:
-    /// after the guest's `_OST`; QEMU: at once, the guest onlines it afterwards).
-    fn add_dimm(&mut self, size: u64) -> Result<String, VmmError>;
+    /// Asks for a DIMM of `size` bytes and returns once the VMM has answered (Tidal: after the
+    /// guest's `_OST`; QEMU: at once, the guest onlines it afterwards).
+    fn add_dimm(&mut self, size: u64) -> Result<Added, VmmError>;
 
     /// Asks for DIMM `id` to go and waits until it is gone; returns when that was.
     fn remove_dimm(&mut self, id: &str) -> Result<Instant, VmmError>;
+}
+
+/// A DIMM a VMM has plugged.
+pub struct Added {
+    pub id: String,
+    /// The VMM's own share of the hot-add: from the request until it raised the guest's hotplug
+    /// interrupt.
+    pub vmm_share: Duration,
 }
 
 struct Tidal {
@@ -146,8 +156,21 @@ impl Vmm for Tidal {
         Ok(format!("Tidal {}", self.api.ping()?.version))
     }
 
-    fn add_dimm(&mut self, size: u64) -> Result<String, VmmError> {
-        Ok(self.api.add_memory(&AddMemoryRequest { size, node: 0 })?.id)
+    /// Times the VMM's share by the DIMM's `inserting` event: Tidal sends it right before it
+    /// raises the interrupt, stamped with the host's clock.
+    fn add_dimm(&mut self, size: u64) -> Result<Added, VmmError> {
+        let events = self.api.events()?;
+        let start = SystemTime::now();
+        let id = self.api.add_memory(&AddMemoryRequest { size, node: 0 })?.id;
+        for event in events {
+            let event = event?;
+            if event.id == id && event.new_state == DimmState::Inserting {
+                let raised = UNIX_EPOCH + Duration::from_micros(event.timestamp_us);
+                let vmm_share = raised.duration_since(start).unwrap_or_default();
+                return Ok(Added { id, vmm_share });
+            }
+        }
+        Err(VmmError::NoInsertEvent(id))
     }
 
     fn remove_dimm(&mut self, id: &str) -> Result<Instant, VmmError> {
@@ -229,10 +252,13 @@ impl Vmm for Qemu {
         ))
     }
 
-    fn add_dimm(&mut self, size: u64) -> Result<String, VmmError> {
+    /// QEMU raises the guest's ACPI event inside `device_add`, so its answer ends the VMM's
+    /// share.
+    fn add_dimm(&mut self, size: u64) -> Result<Added, VmmError> {
         let id = format!("dimm{}", self.next_dimm);
         self.next_dimm += 1;
         let qmp = self.qmp()?;
+        let start = Instant::now();
         qmp.execute(
             "object-add",
             Some(json!({ "qom-type": "memory-backend-ram", "id": backend_id(&id), "size": size })),
@@ -241,7 +267,10 @@ impl Vmm for Qemu {
             "device_add",
             Some(json!({ "driver": "pc-dimm", "id": id, "memdev": backend_id(&id) })),
         )?;
-        Ok(id)
+        Ok(Added {
+            id,
+            vmm_share: start.elapsed(),
+        })
     }
 
     /// `device_del`, then the `DEVICE_DELETED` event (the guest has ejected the DIMM), then

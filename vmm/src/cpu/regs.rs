@@ -4,7 +4,7 @@
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;
 use thiserror::Error;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::layout::{
     BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER, PDE_START, PDPTE_START, PML4_START,
@@ -83,7 +83,7 @@ fn segment(index: usize) -> kvm_segment {
 }
 
 /// Writes the GDT, an empty IDT and identity page tables for the first GiB (2 MiB pages).
-pub fn write_boot_page_tables_and_gdt(mem: &GuestMemoryMmap) -> Result<(), RegsError> {
+pub fn write_boot_page_tables_and_gdt<M: GuestMemoryBackend>(mem: &M) -> Result<(), RegsError> {
     for (i, entry) in GDT.iter().enumerate() {
         mem.write_obj(
             gdt_entry(*entry),
@@ -230,6 +230,8 @@ pub fn setup_lapic(vcpu: &VcpuFd) -> Result<(), RegsError> {
 
 #[cfg(test)]
 mod tests {
+    use vm_memory::GuestMemoryMmap;
+
     use super::*;
 
     #[test]
@@ -251,7 +253,7 @@ mod tests {
 
     #[test]
     fn page_tables_map_the_first_gib() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         write_boot_page_tables_and_gdt(&mem).unwrap();
         let pde: u64 = mem.read_obj(GuestAddress(PDE_START + 511 * 8)).unwrap();
         assert_eq!(pde, (511 << 21) | 0x83);
