@@ -335,16 +335,19 @@ impl MemoryHotplug {
                 .dimms
                 .lock()
                 .map_err(|_| ApiError::new(ErrorKind::Internal, "DIMM memory lock poisoned"))?;
-            let base = dimms.allocate(size).ok_or_else(|| {
-                ApiError::new(
+            let Some(base) = dimms.allocate(size) else {
+                // The message reads the controller: not while holding `dimms`, which an eject
+                // on a vCPU thread takes while holding the controller.
+                drop(dimms);
+                return Err(ApiError::new(
                     ErrorKind::BadRequest,
                     format!(
                         "{} requested but the hotplug region has {} free (in one piece: maybe less)",
                         format_size(size),
                         format_size(self.region_free(region))
                     ),
-                )
-            })?;
+                ));
+            };
             if let Err(e) = dimms.map(slot, base, size) {
                 dimms.free(base, size);
                 return Err(ApiError::new(ErrorKind::Internal, e));
