@@ -4,66 +4,44 @@
 //! `tidal_tests::bench`; this prints the table of medians and writes every run as JSON and the
 //! latencies as an SVG plot.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::exit;
 
+use clap::Parser;
 use tidal_tests::bench::{self, Options};
 
-const USAGE: &str = "usage: tidal-bench [--runs N] [--quick] [--json PATH] [--plot PATH]";
-
+/// Tidal and QEMU side by side on the same guest, alternately; prints a table of medians.
+#[derive(Parser)]
+#[command(version)]
 struct Args {
-    options: Options,
+    /// Recorded runs of each VMM (after one unrecorded warm-up run of each).
+    #[arg(long, default_value = "5")]
+    runs: NonZeroUsize,
+    /// One run of each, no warm-up, a 128 MiB DIMM: checks that every figure is measured.
+    #[arg(long)]
+    quick: bool,
+    /// Where every run goes, as JSON.
+    #[arg(long, default_value = "target/bench/bench.json")]
     json: PathBuf,
+    /// Where the latency plot goes (SVG).
+    #[arg(long, default_value = "target/bench/latency.svg")]
     plot: PathBuf,
 }
 
-fn parse_args() -> Args {
-    let (mut runs, mut quick) = (5, false);
-    let mut json = PathBuf::from("target/bench/bench.json");
-    let mut plot = PathBuf::from("target/bench/latency.svg");
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = |what: &str| {
-            args.next()
-                .unwrap_or_else(|| usage(&format!("{arg} needs {what}")))
-        };
-        match arg.as_str() {
-            "--runs" => {
-                runs = value("a number")
-                    .parse()
-                    .ok()
-                    .filter(|&n: &usize| n > 0)
-                    .unwrap_or_else(|| usage("--runs needs a positive number"));
-            }
-            "--quick" => quick = true,
-            "--json" => json = value("a path").into(),
-            "--plot" => plot = value("a path").into(),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                exit(0)
-            }
-            other => usage(&format!("unknown argument {other}")),
-        }
-    }
-    Args {
-        options: if quick {
+impl Args {
+    fn options(&self) -> Options {
+        if self.quick {
             Options::quick()
         } else {
-            Options::full(runs)
-        },
-        json,
-        plot,
+            Options::full(self.runs.get())
+        }
     }
-}
-
-fn usage(problem: &str) -> ! {
-    eprintln!("tidal-bench: {problem}\n{USAGE}");
-    exit(2)
 }
 
 fn main() {
-    let args = parse_args();
-    let report = bench::run(&args.options).unwrap_or_else(|e| {
+    let args = Args::parse();
+    let report = bench::run(&args.options()).unwrap_or_else(|e| {
         eprintln!("tidal-bench: {e}");
         exit(1)
     });
