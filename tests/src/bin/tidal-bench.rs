@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::exit;
 
 use clap::Parser;
+use tidal_api::size::parse_size;
 use tidal_tests::bench::{self, Options};
 
 /// Tidal and QEMU side by side on the same guest, alternately; prints a table of medians.
@@ -21,6 +22,13 @@ struct Args {
     /// One run of each, no warm-up, a 128 MiB DIMM: checks that every figure is measured.
     #[arg(long)]
     quick: bool,
+    /// DIMM sizes to add and remove, empty and half full, instead of the plan's (1G,4G);
+    /// comma-separated, e.g. `--removed 1G`.
+    #[arg(long, value_delimiter = ',', value_parser = parse_size)]
+    removed: Vec<u64>,
+    /// DIMM sizes only added, at the end of a run, instead of the plan's (128M).
+    #[arg(long, value_delimiter = ',', value_parser = parse_size)]
+    added_only: Vec<u64>,
     /// Where every run goes, as JSON.
     #[arg(long, default_value = "target/bench/bench.json")]
     json: PathBuf,
@@ -31,11 +39,18 @@ struct Args {
 
 impl Args {
     fn options(&self) -> Options {
-        if self.quick {
+        let mut options = if self.quick {
             Options::quick()
         } else {
             Options::full(self.runs.get())
+        };
+        if !self.removed.is_empty() {
+            options.plan.removed.clone_from(&self.removed);
         }
+        if !self.added_only.is_empty() {
+            options.plan.added_only.clone_from(&self.added_only);
+        }
+        options
     }
 }
 
