@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark: `ci/bench.sh [--runs N] [--quick] [--json PATH] [--plot PATH]`. Builds Tidal,
+# The benchmark: `ci/bench.sh [--runs N] [--quick] [--removed SIZES] [--added-only SIZES] [--json PATH] [--plot PATH]`. Builds Tidal,
 # tidal-bench (tests/src/bench/) and the guest, installs QEMU if it is missing, then runs
 # tidal-bench, which boots the same guest under Tidal and under QEMU alternately (through
 # ci/qemu-as-tidal.sh) and prints a table of medians, Tidal beside QEMU. It writes every run as
