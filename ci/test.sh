@@ -124,8 +124,8 @@ list_tests() {
 # - the test host hangs or dies (exit status 125: its heartbeat stopped, or it never reached the
 #   command);
 # - the nested guest triple-faults (the harness prints "the guest triple-faulted"): under QEMU
-#   TCG's emulated SVM guests die this way at random, once in hours, even idle ones with one vCPU
-#   and no hotplug yet (docs/testing.md). On hardware KVM this is never retried.
+#   TCG's emulated SVM guests die this way at random, even idle ones with one vCPU and no
+#   hotplug yet (docs/testing.md, "Open"). On hardware KVM this is never retried.
 # Any other failure is never retried.
 run_in_testhost() {
     local exe=$1 test=$2 rc=0 attempt log

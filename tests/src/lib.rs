@@ -864,6 +864,10 @@ pub fn pattern_fill_command(path: &str, bytes: u64) -> String {
     )
 }
 
+/// The guest shell command that lets its tmpfs (`/tmp`, sized at boot) grow to 95 % of the
+/// memory the guest has now, before a fill that may use hot-added memory.
+pub const GROW_TMPFS: &str = "mount -o remount,size=95% /tmp";
+
 /// Starts the line that reports a guest's triple fault after a failed test.
 const TRIPLE_FAULT_MARKER: &str = "tidal-tests: the guest triple-faulted:";
 

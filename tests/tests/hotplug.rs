@@ -11,7 +11,7 @@ use tidal_api::{
     AddMemoryRequest, ApiClient, ClientError, DimmState, Endpoint, RemoveMemoryRequest,
     ResizeRequest,
 };
-use tidal_tests::{tidal_binary, Guest, RunningGuest};
+use tidal_tests::{tidal_binary, Guest, RunningGuest, GROW_TMPFS};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -105,7 +105,7 @@ impl ElasticVm {
     /// Fills `mib` MiB of tmpfs with a non-zero pattern and returns its checksum. The tmpfs is
     /// first resized to 95 % of the guest's memory now (it was sized at boot).
     fn fill(&mut self, mib: u64) -> String {
-        self.guest.run_ok("mount -o remount,size=95% /tmp");
+        self.guest.run_ok(GROW_TMPFS);
         self.guest
             .write_pattern("/tmp/fill", mib * MIB, Duration::from_secs(1200))
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::figures::{Contents, Figure, Figures, Plan, RssPoint, Until};
 use super::host::Rss;
 use super::vmm::{Vmm, VmmError, REMOVE_TIMEOUT};
-use crate::{pattern_fill_command, RunningGuest};
+use crate::{pattern_fill_command, RunningGuest, GROW_TMPFS};
 
 /// How long the guest may take to write the fill: under emulation a first touch of hot-added
 /// memory runs at a few MB/s.
@@ -56,7 +56,7 @@ fn record_filled_removal(
     run_ok(
         vm.guest(),
         &format!(
-            "mount -o remount,size=95% /tmp && {}",
+            "{GROW_TMPFS} && {}",
             pattern_fill_command("/tmp/fill", fill)
         ),
         FILL_TIMEOUT,
