@@ -12,7 +12,7 @@ pub mod types;
 
 pub use client::{ApiClient, ClientError, EventStream};
 pub use endpoints::Endpoint;
-pub use server::{start, ApiServer, ServerError};
+pub use server::{start, ApiServer, ServerError, ThreadStart};
 pub use socket::SocketError;
 pub use types::*;
 

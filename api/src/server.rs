@@ -46,14 +46,26 @@ pub struct ApiServer {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Runs first in every thread the server starts (the `api` thread and each `api-vm-call`
+/// thread), before it does anything else: where the VMM confines them (seccomp).
+pub type ThreadStart = Arc<dyn Fn() + Send + Sync>;
+
 /// Serves the API on a Unix socket at `socket` (created with mode 0600) until the returned
 /// handle is dropped. Calls into `vm` run on a blocking pool, so a slow resize does not hold up
-/// other requests.
-pub fn start(socket: &Path, vm: Arc<dyn VmApi>) -> Result<ApiServer, ServerError> {
+/// other requests. `thread_start` runs at the start of each of the server's threads.
+pub fn start(
+    socket: &Path,
+    vm: Arc<dyn VmApi>,
+    thread_start: ThreadStart,
+) -> Result<ApiServer, ServerError> {
     let (listener, socket) = SocketFile::bind(socket)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("api-vm-call")
+        .on_thread_start({
+            let thread_start = thread_start.clone();
+            move || thread_start()
+        })
         .build()
         .map_err(ServerError::Runtime)?;
     listener
@@ -68,7 +80,10 @@ pub fn start(socket: &Path, vm: Arc<dyn VmApi>) -> Result<ApiServer, ServerError
     let router = routes::router(vm, stopping.clone());
     let thread = thread::Builder::new()
         .name("api".to_owned())
-        .spawn(move || serve(runtime, listener, router, stopping))
+        .spawn(move || {
+            thread_start();
+            serve(runtime, listener, router, stopping)
+        })
         .map_err(ServerError::Thread)?;
     info!("API server listening on {}", socket.path().display());
     Ok(ApiServer {

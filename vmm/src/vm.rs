@@ -358,7 +358,11 @@ impl Vm {
     pub fn run(self) -> Result<ExitReason, VmError> {
         vcpu::install_kick_handler()?;
         let _api = match &self.api_socket {
-            Some(path) => Some(tidal_api::server::start(path, self.hotplug.clone())?),
+            Some(path) => Some(tidal_api::server::start(
+                path,
+                self.hotplug.clone(),
+                Arc::new(|| ()),
+            )?),
             None => None,
         };
         if self.read_stdin {

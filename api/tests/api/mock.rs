@@ -235,7 +235,7 @@ pub struct TestServer {
 impl TestServer {
     pub fn start(vm: Arc<dyn VmApi>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let server = tidal_api::start(&dir.path().join("api.sock"), vm).unwrap();
+        let server = tidal_api::start(&dir.path().join("api.sock"), vm, Arc::new(|| ())).unwrap();
         let client = ApiClient::new(server.socket_path());
         Self {
             client,

@@ -41,7 +41,8 @@ fn shutdown_removes_the_socket() {
 #[test]
 fn a_live_socket_is_refused() {
     let first = TestServer::start(MockVm::new());
-    let error = tidal_api::start(first.socket(), MockVm::new()).unwrap_err();
+    let error =
+        tidal_api::start(first.socket(), MockVm::new(), std::sync::Arc::new(|| ())).unwrap_err();
     assert!(matches!(
         error,
         ServerError::Socket(SocketError::InUse { .. })
@@ -67,7 +68,7 @@ fn a_stale_socket_is_replaced() {
         "the stale socket file stays after its listener is gone"
     );
 
-    let server = tidal_api::start(&path, MockVm::new()).unwrap();
+    let server = tidal_api::start(&path, MockVm::new(), std::sync::Arc::new(|| ())).unwrap();
     assert!(tidal_api::ApiClient::new(&path).ping().is_ok());
     let mode = fs::metadata(&path).unwrap().permissions().mode();
     assert_eq!(mode & 0o7777, 0o600);
@@ -79,7 +80,7 @@ fn another_kind_of_file_is_refused_and_left_alone() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("api.sock");
     fs::write(&path, "not a socket").unwrap();
-    let error = tidal_api::start(&path, MockVm::new()).unwrap_err();
+    let error = tidal_api::start(&path, MockVm::new(), std::sync::Arc::new(|| ())).unwrap_err();
     assert_eq!(
         error.to_string(),
         format!(
@@ -91,7 +92,7 @@ fn another_kind_of_file_is_refused_and_left_alone() {
 
     fs::remove_file(&path).unwrap();
     fs::create_dir(&path).unwrap();
-    let error = tidal_api::start(&path, MockVm::new()).unwrap_err();
+    let error = tidal_api::start(&path, MockVm::new(), std::sync::Arc::new(|| ())).unwrap_err();
     assert!(matches!(
         error,
         ServerError::Socket(SocketError::NotASocket { .. })
@@ -102,7 +103,7 @@ fn another_kind_of_file_is_refused_and_left_alone() {
 fn a_missing_directory_is_named_in_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("no-such-dir/api.sock");
-    let error = tidal_api::start(&path, MockVm::new()).unwrap_err();
+    let error = tidal_api::start(&path, MockVm::new(), std::sync::Arc::new(|| ())).unwrap_err();
     let message = error.to_string();
     assert!(
         message.starts_with(&format!("cannot create socket {}: ", path.display())),
