@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod endpoints;
+pub mod fuzzing;
 mod routes;
 pub mod server;
 pub mod size;
@@ -12,7 +13,7 @@ pub mod types;
 
 pub use client::{ApiClient, ClientError, EventStream};
 pub use endpoints::Endpoint;
-pub use server::{start, ApiServer, ServerError, ThreadStart};
+pub use server::{start, start_with_limits, ApiServer, ServerError, ServerLimits, ThreadStart};
 pub use socket::SocketError;
 pub use types::*;
 

@@ -2,6 +2,7 @@
 //! error answers, with every request logged.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRef, FromRequest, Request, State};
@@ -37,7 +38,12 @@ type Vm = Arc<dyn VmApi>;
 struct ApiState {
     vm: Vm,
     stopping: Stopping,
+    body_read_timeout: BodyReadTimeout,
 }
+
+/// How long a request body may take to arrive once its headers are in.
+#[derive(Debug, Clone, Copy)]
+struct BodyReadTimeout(Duration);
 
 impl FromRef<ApiState> for Vm {
     fn from_ref(state: &ApiState) -> Self {
@@ -51,9 +57,16 @@ impl FromRef<ApiState> for Stopping {
     }
 }
 
-/// The whole API: every [`Endpoint`], JSON 404 and 405 answers, the body limit and logging.
-/// `stopping` ends the answers that would otherwise never end when the server stops.
-pub(crate) fn router(vm: Vm, stopping: Stopping) -> Router {
+impl FromRef<ApiState> for BodyReadTimeout {
+    fn from_ref(state: &ApiState) -> Self {
+        state.body_read_timeout
+    }
+}
+
+/// The whole API: every [`Endpoint`], JSON 404 and 405 answers, the body limits and logging.
+/// `stopping` ends the answers that would otherwise never end when the server stops; a request
+/// body that takes longer than `body_read_timeout` to arrive is answered 408.
+pub(crate) fn router(vm: Vm, stopping: Stopping, body_read_timeout: Duration) -> Router {
     Endpoint::ALL
         .into_iter()
         .fold(Router::new(), |router, endpoint| {
@@ -63,7 +76,11 @@ pub(crate) fn router(vm: Vm, stopping: Stopping) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(log_request))
-        .with_state(ApiState { vm, stopping })
+        .with_state(ApiState {
+            vm,
+            stopping,
+            body_read_timeout: BodyReadTimeout(body_read_timeout),
+        })
 }
 
 fn method_router(endpoint: Endpoint) -> MethodRouter<ApiState> {
@@ -202,26 +219,39 @@ where
 
 /// A strictly parsed JSON request body. Unlike axum's `Json` it does not insist on a
 /// `Content-Type` header (so `curl -d` works) and its failures say what is wrong in a
-/// `400` (or `413`) JSON error.
+/// `400` (or `413`) JSON error. A body that does not arrive whole within the
+/// [`BodyReadTimeout`] is answered `408`: counted for the whole body, not between its pieces,
+/// so that a client trickling it cannot hold the connection (and a VMM call) for ever.
 struct JsonBody<T>(T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    BodyReadTimeout: FromRef<S>,
+    T: DeserializeOwned,
+{
     type Rejection = ErrorResponse;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let body =
-            Bytes::from_request(request, state)
-                .await
-                .map_err(|rejection| match rejection.status() {
-                    StatusCode::PAYLOAD_TOO_LARGE => ErrorResponse::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("request body too large: the limit is {BODY_LIMIT} bytes"),
-                    ),
-                    status => ErrorResponse::new(
-                        status,
-                        format!("cannot read request body: {}", rejection.body_text()),
-                    ),
-                })?;
+        let BodyReadTimeout(timeout) = BodyReadTimeout::from_ref(state);
+        let body = tokio::time::timeout(timeout, Bytes::from_request(request, state))
+            .await
+            .map_err(|_| {
+                ErrorResponse::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("request body not received within {timeout:?}"),
+                )
+            })?
+            .map_err(|rejection| match rejection.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => ErrorResponse::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body too large: the limit is {BODY_LIMIT} bytes"),
+                ),
+                status => ErrorResponse::new(
+                    status,
+                    format!("cannot read request body: {}", rejection.body_text()),
+                ),
+            })?;
         if body.trim_ascii().is_empty() {
             return Err(ErrorResponse::new(
                 StatusCode::BAD_REQUEST,

@@ -1,7 +1,11 @@
 //! The API server's life: [`start`] binds the socket and serves it from a dedicated thread
 //! named `api`; the returned [`ApiServer`] stops it and removes the socket when dropped.
+//!
+//! Connections are served by hyper's HTTP/1 server within [`ServerLimits`], so that a client
+//! that is slow, stuck or gone cannot hold the server: its request head must arrive within a
+//! time and a size, its body within a time, and only so many connections are served at once.
+//! How long an answer takes is not limited: a resize may wait minutes for the guest.
 
-use std::future::IntoFuture;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -9,11 +13,15 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use log::{debug, error, info};
 use thiserror::Error;
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream};
 use tokio::runtime::Runtime;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::routes;
 use crate::socket::{SocketError, SocketFile};
@@ -22,6 +30,62 @@ use crate::VmApi;
 /// How long a stopping server lets requests in flight finish before cutting them off. A
 /// resize may wait much longer for the guest; its answer is then lost, not its effect.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// How long to wait before accepting again after `accept` failed (as axum and hyper do): the
+/// usual cause, running out of file descriptors, takes a while to go away.
+const ACCEPT_RETRY: Duration = Duration::from_secs(1);
+
+/// How long a client may take to send a request's line and headers. `tidalctl` and `curl`
+/// send them in one write over a local socket, so anything slower is stuck or hostile; 10 s
+/// leaves room for a loaded host yet frees the connection soon. hyper also applies it to a
+/// kept-alive connection waiting for its next request, so idle connections close after it.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client may take to send a whole request body once its headers are in. Bodies
+/// are a few dozen bytes (at most 64 KiB): like the headers, they arrive at once or never.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest request line plus headers accepted, in bytes. Our requests' heads are about
+/// 100 bytes and curl's about 150; 16 KiB leaves room for any proxy or tool that adds
+/// headers, where hyper would otherwise buffer up to about 400 KiB per connection.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// How many connections are served at once. Each may hold a thread for a VMM call that waits
+/// for the guest, so this also bounds those threads. The socket is the VMM owner's alone and
+/// a tool opens one connection per call, so 64 is far above any real use.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// What one client may take of the server. [`Default`] gives the limits the VMM uses; tests
+/// shorten the timeouts through [`start_with_limits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// How long a request's line and headers may take to arrive, and how long a kept-alive
+    /// connection may sit idle; past it the connection is closed without an answer.
+    pub header_read_timeout: Duration,
+    /// How long a request's body may take to arrive, counted from its headers. Past it the
+    /// request is answered `408 Request Timeout` and the connection closed.
+    pub body_read_timeout: Duration,
+    /// The largest request line plus headers, in bytes; a bigger head is answered
+    /// `431 Request Header Fields Too Large` and the connection closed.
+    pub max_header_bytes: usize,
+    /// How many connections are served at once (at least one). More wait in the socket's
+    /// backlog, unread, until a served one closes: a client is made to wait rather than
+    /// refused, because the timeouts above free the connection of any client that is stuck or
+    /// gone, and only one that is waiting for an answer (a resize, the events stream) keeps its
+    /// connection.
+    pub max_connections: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            body_read_timeout: BODY_READ_TIMEOUT,
+            max_header_bytes: MAX_HEADER_BYTES,
+            max_connections: MAX_CONNECTIONS,
+        }
+    }
+}
 
 /// Why the server could not start.
 #[derive(Debug, Error)]
@@ -51,12 +115,23 @@ pub struct ApiServer {
 pub type ThreadStart = Arc<dyn Fn() + Send + Sync>;
 
 /// Serves the API on a Unix socket at `socket` (created with mode 0600) until the returned
-/// handle is dropped. Calls into `vm` run on a blocking pool, so a slow resize does not hold up
-/// other requests. `thread_start` runs at the start of each of the server's threads.
+/// handle is dropped, within the default [`ServerLimits`]. Calls into `vm` run on a blocking
+/// pool, so a slow resize does not hold up other requests. `thread_start` runs at the start of
+/// each of the server's threads.
 pub fn start(
     socket: &Path,
     vm: Arc<dyn VmApi>,
     thread_start: ThreadStart,
+) -> Result<ApiServer, ServerError> {
+    start_with_limits(socket, vm, thread_start, ServerLimits::default())
+}
+
+/// [`start`] with other limits than the default ones.
+pub fn start_with_limits(
+    socket: &Path,
+    vm: Arc<dyn VmApi>,
+    thread_start: ThreadStart,
+    limits: ServerLimits,
 ) -> Result<ApiServer, ServerError> {
     let (listener, socket) = SocketFile::bind(socket)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -77,12 +152,12 @@ pub fn start(
     };
     let (stop, stopping) = watch::channel(false);
     let stopping = Stopping(stopping);
-    let router = routes::router(vm, stopping.clone());
+    let router = routes::router(vm, stopping.clone(), limits.body_read_timeout);
     let thread = thread::Builder::new()
         .name("api".to_owned())
         .spawn(move || {
             thread_start();
-            serve(runtime, listener, router, stopping)
+            serve(runtime, listener, router, limits, stopping)
         })
         .map_err(ServerError::Thread)?;
     info!("API server listening on {}", socket.path().display());
@@ -119,34 +194,112 @@ impl Drop for ApiServer {
     }
 }
 
-/// The `api` thread: serves until told to stop, then gives requests in flight
-/// [`SHUTDOWN_GRACE`] to finish.
-fn serve(runtime: Runtime, listener: UnixListener, router: Router, stopping: Stopping) {
+/// The `api` thread: serves until told to stop, then stops accepting connections, asks each
+/// open one to close once its request in flight is answered, and gives them
+/// [`SHUTDOWN_GRACE`] to do so.
+fn serve(
+    runtime: Runtime,
+    listener: UnixListener,
+    router: Router,
+    limits: ServerLimits,
+    stopping: Stopping,
+) {
     runtime.block_on(async {
-        let server = axum::serve(listener, router)
-            .with_graceful_shutdown(stopping.clone().requested())
-            .into_future();
-        let grace_over = async {
-            stopping.requested().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        };
-        tokio::select! {
-            result = server => {
-                if let Err(error) = result {
-                    error!("API server failed: {error}");
-                }
-            }
-            () = grace_over => debug!("API server stopped with requests still in flight"),
+        let connections = GracefulShutdown::new();
+        accept_until_stopped(listener, &router, limits, &connections, stopping).await;
+        if tokio::time::timeout(SHUTDOWN_GRACE, connections.shutdown())
+            .await
+            .is_err()
+        {
+            debug!("API server stopped with requests still in flight");
         }
     });
-    // VMM calls still running on the blocking pool finish on their own; do not wait for them.
+    // Connections still open and VMM calls still running on the blocking pool end on their
+    // own; do not wait for them.
     runtime.shutdown_background();
 }
 
+/// Accepts connections and serves each on its own task, at most `limits.max_connections` at
+/// once, until the server is asked to stop; then drops the listener, so that nobody else can
+/// connect.
+async fn accept_until_stopped(
+    listener: UnixListener,
+    router: &Router,
+    limits: ServerLimits,
+    connections: &GracefulShutdown,
+    stopping: Stopping,
+) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(limits.max_header_bytes)
+        .keep_alive(true);
+    let slots = Arc::new(Semaphore::new(
+        limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
+    loop {
+        let (stream, slot) = tokio::select! {
+            () = stopping.clone().requested() => return,
+            accepted = accept_in_a_free_slot(&listener, &slots) => accepted,
+        };
+        let connection = http.serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(router.clone()),
+        );
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                log_connection_error(&error);
+            }
+            // The slot is free again only once the connection is closed.
+            drop(slot);
+        });
+    }
+}
+
+/// Waits for a free connection slot, then for a connection. While every slot is taken,
+/// clients wait in the socket's backlog.
+async fn accept_in_a_free_slot(
+    listener: &UnixListener,
+    slots: &Arc<Semaphore>,
+) -> (UnixStream, OwnedSemaphorePermit) {
+    let slot = slots
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the connection slots are never closed");
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => return (stream, slot),
+            // The client gave up before it was accepted: nothing to do.
+            Err(error) if error.kind() == io::ErrorKind::ConnectionAborted => {
+                debug!("API connection aborted before it was accepted: {error}");
+            }
+            Err(error) => {
+                // Out of file descriptors, most likely: wait for some to be closed rather
+                // than spin.
+                error!("cannot accept an API connection: {error}");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+            }
+        }
+    }
+}
+
+/// A client cut off for breaking a limit is worth a line at info level; a client that went
+/// away or spoke nonsense only at debug level.
+fn log_connection_error(error: &hyper::Error) {
+    if error.is_timeout() || error.is_parse_too_large() {
+        info!("API connection closed: {error}");
+    } else {
+        debug!("API connection closed: {error}");
+    }
+}
+
 /// Tells whoever holds a clone that the server is stopping, so that answers with no natural
-/// end (the events stream) end instead of holding up the graceful shutdown.
+/// end (the events stream) end instead of holding up the graceful shutdown. The receiver is
+/// open to the crate so that `fuzzing` can make one that reads as stopped from the start.
 #[derive(Debug, Clone)]
-pub(crate) struct Stopping(watch::Receiver<bool>);
+pub(crate) struct Stopping(pub(crate) watch::Receiver<bool>);
 
 impl Stopping {
     /// Resolves once the handle asks the server to stop or is gone; at once if that already

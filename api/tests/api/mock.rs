@@ -10,7 +10,8 @@ use tempfile::TempDir;
 use tidal_api::client::RawResponse;
 use tidal_api::{
     AddMemoryRequest, ApiClient, ApiError, ApiServer, DimmInfo, DimmState, ErrorBody, EventSink,
-    HotplugEvent, MemoryInfo, OstStatus, RemoveMemoryRequest, ResizeRequest, VmApi, VmInfo,
+    HotplugEvent, MemoryInfo, OstStatus, RemoveMemoryRequest, ResizeRequest, ServerError,
+    ServerLimits, VmApi, VmInfo,
 };
 
 const GIB: u64 = 1 << 30;
@@ -233,9 +234,19 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// A server with the limits the VMM uses.
     pub fn start(vm: Arc<dyn VmApi>) -> Self {
+        Self::start_by(|socket| tidal_api::start(socket, vm, Arc::new(|| ())))
+    }
+
+    /// A server with other limits, e.g. timeouts short enough for a test to wait them out.
+    pub fn start_with_limits(vm: Arc<dyn VmApi>, limits: ServerLimits) -> Self {
+        Self::start_by(|socket| tidal_api::start_with_limits(socket, vm, Arc::new(|| ()), limits))
+    }
+
+    fn start_by(start: impl FnOnce(&Path) -> Result<ApiServer, ServerError>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let server = tidal_api::start(&dir.path().join("api.sock"), vm, Arc::new(|| ())).unwrap();
+        let server = start(&dir.path().join("api.sock")).unwrap();
         let client = ApiClient::new(server.socket_path());
         Self {
             client,

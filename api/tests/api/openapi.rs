@@ -4,13 +4,18 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value as Json;
 use serde_norway::Value as Yaml;
 use tidal_api::client::RawResponse;
-use tidal_api::{ApiError, Endpoint, ErrorKind, VmApi};
+use tidal_api::server::{
+    BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, MAX_CONNECTIONS, MAX_HEADER_BYTES,
+};
+use tidal_api::{ApiError, Endpoint, ErrorKind, ServerLimits, VmApi};
 
 use crate::mock::{MockVm, PanickingVm, TestServer};
+use crate::raw::{head, RawConnection};
 
 const SPEC: &str = include_str!("../../openapi.yaml");
 
@@ -279,5 +284,52 @@ fn every_answer_is_documented() {
             assert_eq!(response.status.as_u16(), kind.http_status());
             spec.check_answer(&operation, &response);
         }
+    }
+}
+
+#[test]
+fn a_body_too_slow_is_answered_as_documented() {
+    let spec = Spec::load();
+    let limits = ServerLimits {
+        body_read_timeout: Duration::from_millis(100),
+        ..ServerLimits::default()
+    };
+    let server = TestServer::start_with_limits(MockVm::new(), limits);
+    let with_body = spec
+        .operations()
+        .into_iter()
+        .filter(|operation| operation.spec.get("requestBody").is_some());
+    for operation in with_body {
+        let mut connection = RawConnection::connect(server.socket());
+        let declared = "Content-Length: 2\r\n";
+        connection.send(head(&operation.method, &operation.path, declared).as_bytes());
+        connection.send(b"{");
+        let response = connection.read_response();
+        assert_eq!(response.status, 408);
+        spec.check_answer(&operation, &response);
+    }
+}
+
+#[test]
+fn the_documented_limits_are_the_servers() {
+    let description = Spec::load().root["info"]["description"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    for limit in [
+        format!(
+            "line and headers must arrive within {} s and fit in {} KiB",
+            HEADER_READ_TIMEOUT.as_secs(),
+            MAX_HEADER_BYTES / 1024
+        ),
+        format!(
+            "A body must arrive whole within {} s",
+            BODY_READ_TIMEOUT.as_secs()
+        ),
+        format!("At most {MAX_CONNECTIONS} connections are served at once"),
+    ] {
+        assert!(description.contains(&limit), "{limit:?}");
     }
 }
