@@ -136,7 +136,10 @@ pub struct MemoryHotplugController {
     listener: Option<Box<dyn SlotListener>>,
     /// Woken on every change the host may be waiting for (`_OST`, eject).
     changed: Arc<Condvar>,
+    /// A guest can make these mistakes in a loop: each kind is warned about once, so that it
+    /// cannot flood the host's log.
     warned_bad_access: bool,
+    warned_bad_eject: bool,
 }
 
 impl MemoryHotplugController {
@@ -149,6 +152,7 @@ impl MemoryHotplugController {
             listener: None,
             changed,
             warned_bad_access: false,
+            warned_bad_eject: false,
         }
     }
 
@@ -213,8 +217,8 @@ impl MemoryHotplugController {
         Ok(())
     }
 
-    /// Logs a state change (or an `_OST` that left the state as it was), tells the listener and
-    /// wakes whoever waits for the guest.
+    /// Logs a state change (an `_OST` that left the state as it was only at debug level: a guest
+    /// can write those in a loop), tells the listener and wakes whoever waits for the guest.
     fn report(&self, slot: u32, old: SlotState, ost: Option<Ost>) {
         let Some(entry) = self.get(slot) else {
             return;
@@ -226,8 +230,14 @@ impl MemoryHotplugController {
             new: entry.state,
             ost,
         };
+        let level = if old == entry.state {
+            log::Level::Debug
+        } else {
+            log::Level::Info
+        };
         match ost {
-            Some(o) => log::info!(
+            Some(o) => log::log!(
+                level,
                 "memory slot {slot}: _OST(event {:#x}, status {:#x}); {old:?} -> {:?}",
                 o.event,
                 o.status,
@@ -340,8 +350,16 @@ impl MemoryHotplugController {
             return;
         };
         let (Some(dimm), SlotState::Removing) = (slot.dimm, slot.state) else {
-            log::warn!(
-                "memory slot {slot_index}: guest ejected a DIMM in state {:?}; ignored",
+            let level = if self.warned_bad_eject {
+                log::Level::Debug
+            } else {
+                log::Level::Warn
+            };
+            self.warned_bad_eject = true;
+            log::log!(
+                level,
+                "memory slot {slot_index}: guest ejected a DIMM in state {:?}; ignored (further \
+                 ones are logged at debug level)",
                 slot.state
             );
             return;
