@@ -4,6 +4,7 @@
 #   $CACHE/vmlinuz                     the guest kernel (bzImage of linux-image-amd64's current
 #                                      package); also the test host's kernel
 #   $CACHE/initramfs.cpio.gz           the guest's busybox initramfs (/init: resources/guest-init.sh)
+#                                      with the kernel package's pvpanic modules
 #   $CACHE/kernel/lib/modules/<ver>/   the kernel package's module tree
 #   $CACHE/testhost-initramfs.cpio.gz  the test host's initramfs: busybox, the virtio/9p and KVM
 #                                      modules, /init: resources/testhost-init.sh
@@ -205,15 +206,15 @@ build_if_changed() {
     echo "$key" >"$out.key"
 }
 
-build_guest_initramfs() {
-    local root=$1
-    make_busybox_root "$root"
-    install -m 755 "$here/guest-init.sh" "$root/init"
-}
-
-# --- test host modules ---
-# Wanted modules (TESTHOST.md, variant A); their dependencies are found from each module's
-# .modinfo "depends=" field and loaded first. A module absent from the tree is built in.
+# --- modules ---
+# Each initramfs gets the modules it wants, with their dependencies (found from each module's
+# .modinfo "depends=" field), uncompressed in /modules, and /modules/order listing them in
+# load order for its /init. A module absent from the tree is built in.
+#
+# The guest: pvpanic-mmio, the driver of Tidal's pvpanic device (QEMU0001), through which the
+# guest kernel reports a panic to Tidal (it needs pvpanic, the core, also a module in Debian).
+guest_modules=(pvpanic_mmio)
+# The test host (TESTHOST.md, variant A).
 testhost_modules=(virtio_pci 9pnet_virtio 9p kvm_amd)
 
 declare -A mod_path=()
@@ -236,7 +237,7 @@ module_bytes() {
 
 declare -A mod_seen=()
 mod_order=()
-# Depth-first: dependencies first, each module once.
+# Depth-first into mod_order: dependencies first, each module once.
 resolve_module() {
     local name=${1//-/_} deps dep
     [ -n "${mod_seen[$name]:-}" ] && return
@@ -249,15 +250,16 @@ resolve_module() {
     mod_order+=("$name")
 }
 
-build_testhost_initramfs() {
+# Puts MODULE... and their dependencies into ROOT/modules, with ROOT/modules/order.
+install_modules() {
     local root=$1 name m
-    index_modules
-    for m in "${testhost_modules[@]}"; do
+    shift
+    [ ${#mod_path[@]} -gt 0 ] || index_modules
+    mod_seen=()
+    mod_order=()
+    for m in "$@"; do
         resolve_module "$m"
     done
-    [ -n "${mod_path[kvm_amd]:-}" ] || die "$kernel_pkg has no kvm-amd module"
-    make_busybox_root "$root"
-    install -m 755 "$here/testhost-init.sh" "$root/init"
     mkdir -p "$root/modules"
     : >"$root/modules/order"
     for name in "${mod_order[@]}"; do
@@ -266,8 +268,35 @@ build_testhost_initramfs() {
     done
 }
 
-guest_key="$busybox_ver $script_hash $(sha256sum "$here/guest-init.sh" | cut -c1-16)"
-testhost_key="$kernel_pkg=$kernel_ver $guest_key $(sha256sum "$here/testhost-init.sh" | cut -c1-16) ${testhost_modules[*]}"
+# The guest's own test tools (resources/guest-tools/*.c, e.g. mmio, which pokes device
+# registers for the hostile-guest test), linked statically: the guest has no C library.
+guest_tools=("$here"/guest-tools/*.c)
+
+build_guest_initramfs() {
+    local root=$1 tool
+    make_busybox_root "$root"
+    install -m 755 "$here/guest-init.sh" "$root/init"
+    for tool in "${guest_tools[@]}"; do
+        gcc -static -Os -Wall -Wextra -Werror -s -o "$root/bin/$(basename "$tool" .c)" "$tool" ||
+            die "cannot build the guest tool $tool (needs gcc and libc6-dev)"
+    done
+    install_modules "$root" "${guest_modules[@]}"
+    [ -f "$root/modules/pvpanic_mmio.ko" ] ||
+        grep -q '/pvpanic-mmio\.ko$' "$moddir/modules.builtin" 2>/dev/null ||
+        die "$kernel_pkg has no pvpanic-mmio driver, neither a module nor built in"
+}
+
+build_testhost_initramfs() {
+    local root=$1
+    make_busybox_root "$root"
+    install -m 755 "$here/testhost-init.sh" "$root/init"
+    install_modules "$root" "${testhost_modules[@]}"
+    [ -f "$root/modules/kvm_amd.ko" ] || die "$kernel_pkg has no kvm-amd module"
+}
+
+# The guest's modules must match its kernel: its key names the kernel package too.
+guest_key="$kernel_pkg=$kernel_ver $busybox_ver $script_hash $(cat "$here/guest-init.sh" "${guest_tools[@]}" | sha256sum | cut -c1-16) ${guest_modules[*]}"
+testhost_key="$guest_key $(sha256sum "$here/testhost-init.sh" | cut -c1-16) ${testhost_modules[*]}"
 build_if_changed "$cache/initramfs.cpio.gz" "$guest_key" build_guest_initramfs
 build_if_changed "$cache/testhost-initramfs.cpio.gz" "$testhost_key" build_testhost_initramfs
 

@@ -137,6 +137,29 @@ fn hotplug_dsdt_disassembles_and_recompiles_cleanly() {
     }
 }
 
+/// The pvpanic device, as iasl reads it back: QEMU's id and the one-byte register.
+#[test]
+fn pvpanic_device_disassembles_cleanly() {
+    let mut config = config(1);
+    config.pvpanic = Some(crate::PvPanic {
+        mmio_base: 0xfeb0_2000,
+    });
+    let dsls = check_with_iasl("pvpanic", &config, &[b"DSDT"]);
+    let dsl = &dsls[0];
+    let device = dsl
+        .find("Device (PEVT)")
+        .map(|start| &dsl[start..])
+        .unwrap_or_else(|| panic!("no Device (PEVT) in\n{dsl}"));
+    for expected in [
+        "Name (_HID, \"QEMU0001\")",
+        "Memory32Fixed (ReadWrite,",
+        "0xFEB02000,         // Address Base",
+        "0x00000001,         // Address Length",
+    ] {
+        assert!(device.contains(expected), "no {expected} in\n{dsl}");
+    }
+}
+
 #[test]
 fn srat_and_slit_disassemble_cleanly() {
     let dsls = check_with_iasl("numa", &full_config(4, 8), &[b"SRAT", b"SLIT"]);
@@ -178,6 +201,7 @@ fn returned_buffer(log: &str, method: &str) -> Vec<u8> {
 /// with plain memory, so the selector, `_OST` event and status written by `_OST` (offsets 0, 4
 /// and 8) read back as the slot's base (0x10_0000_0002) and length (0x20): that checks that the
 /// 64-bit fields combine two dwords low half first and that `_CRS` fills the descriptor right.
+/// The pvpanic device's `_STA` and `_CRS` run too.
 #[test]
 fn hotplug_methods_run_in_acpica() {
     let dir = ScratchDir::new("acpiexec");
@@ -196,6 +220,8 @@ fn hotplug_methods_run_in_acpica() {
         "execute \\_SB.ME02._EJ0 1",
         "execute \\_SB.MHPC.MSCN",
         "execute \\_SB.GED._EVT 5",
+        "execute \\_SB.PEVT._STA",
+        "execute \\_SB.PEVT._CRS",
     ];
     let log = acpica(
         "acpiexec",
@@ -214,4 +240,17 @@ fn hotplug_methods_run_in_acpica() {
     assert_eq!(qword(14), 0x10_0000_0002, "minimum");
     assert_eq!(qword(22), 0x10_0000_0021, "maximum");
     assert_eq!(qword(38), 0x20, "length");
+
+    // Memory32Fixed (ReadWrite, 0xFEB02000, 1) and the end tag: the pvpanic register. A buffer
+    // this short is printed on the line of its length.
+    let pvpanic = &log[log
+        .find("Evaluation of \\_SB.PEVT._CRS returned")
+        .unwrap_or_else(|| panic!("PEVT._CRS returned nothing:\n{log}"))..];
+    assert!(
+        pvpanic
+            .lines()
+            .nth(1)
+            .is_some_and(|line| line.contains("86 09 00 01 00 20 B0 FE 01 00 00 00 79 00")),
+        "{log}"
+    );
 }

@@ -20,6 +20,8 @@ pub struct AcpiConfig {
     pub memory_hotplug: Option<MemoryHotplug>,
     /// NUMA topology: emits an SRAT (and a SLIT when distances are given).
     pub numa: Option<NumaConfig>,
+    /// The pvpanic device the guest kernel reports a panic to.
+    pub pvpanic: Option<PvPanic>,
 }
 
 /// A 16550 UART on the legacy I/O bus.
@@ -82,6 +84,15 @@ pub struct MemoryHotplug {
     pub mmio_base: u64,
     /// Number of DIMM slots, 1 to [`MAX_MEMORY_SLOTS`](crate::MAX_MEMORY_SLOTS).
     pub slots: u32,
+}
+
+/// QEMU's pvpanic device (`QEMU0001`): a one-byte event register in the 32-bit address space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PvPanic {
+    /// Guest physical address of the [`PVPANIC_REGISTER_LEN`]-byte register.
+    ///
+    /// [`PVPANIC_REGISTER_LEN`]: crate::PVPANIC_REGISTER_LEN
+    pub mmio_base: u32,
 }
 
 /// The guest's NUMA nodes, for the SRAT and SLIT.

@@ -1,13 +1,13 @@
 //! The DSDT: the AML namespace Linux walks at boot. It holds the `_S5_` package that lets
 //! Linux power off through the FADT's sleep control register, and under `\_SB` the devices
-//! that are not self-describing: COM1, the Generic Event Device with its power button, and the
-//! memory-hotplug controller with its DIMM slots.
+//! that are not self-describing: COM1, the Generic Event Device with its power button, the
+//! memory-hotplug controller with its DIMM slots, and the pvpanic device.
 
 use acpi_tables::aml::{Device, EISAName, Interrupt, Name, Package, ResourceTemplate, Scope, IO};
 use acpi_tables::{aml, Aml, AmlSink};
 
 use crate::table::{self, bytes_of};
-use crate::{ged, memory_hotplug, AcpiConfig, AcpiError, LegacySerial, S5_SLEEP_TYPE};
+use crate::{ged, memory_hotplug, pvpanic, AcpiConfig, AcpiError, LegacySerial, S5_SLEEP_TYPE};
 
 /// DSDT revision 2: AML integers are 64 bits wide.
 const DSDT_REVISION: u8 = 2;
@@ -43,6 +43,9 @@ pub(crate) fn dsdt(config: &AcpiConfig) -> Result<Vec<u8>, AcpiError> {
     }
     if let Some(ged) = &config.ged {
         system_bus.extend(ged::devices(ged, config.memory_hotplug.is_some()));
+    }
+    if let Some(pvpanic) = &config.pvpanic {
+        system_bus.push(pvpanic::device(pvpanic));
     }
 
     let mut body = Vec::new();
@@ -102,6 +105,18 @@ mod tests {
             &dsdt,
             &[0x89, 0x06, 0x00, 0x03, 0x01, 0x04, 0x00, 0x00, 0x00]
         ));
+    }
+
+    #[test]
+    fn pvpanic_only_when_configured() {
+        let mut config = config(1);
+        assert!(!contains(&dsdt(&config).unwrap(), b"QEMU0001"));
+        config.pvpanic = Some(crate::PvPanic {
+            mmio_base: 0xfeb0_2000,
+        });
+        let dsdt = dsdt(&config).unwrap();
+        assert_valid_table(&dsdt, b"DSDT");
+        assert!(contains(&dsdt, b"QEMU0001\0"));
     }
 
     #[test]

@@ -15,16 +15,18 @@ mod layout;
 mod madt;
 mod memory_hotplug;
 mod numa;
+mod pvpanic;
 mod root;
 mod table;
 
 pub use config::{
     AcpiConfig, Ged, IoApic, LegacySerial, MemoryHotplug, MemoryRange, NumaConfig, NumaNode,
-    PowerRegisters,
+    PowerRegisters, PvPanic,
 };
 
 pub use ged::{GED_MEMORY_HOTPLUG, GED_POWER_BUTTON};
 pub use memory_hotplug::{MAX_MEMORY_SLOTS, MEMORY_HOTPLUG_REGISTERS_LEN};
+pub use pvpanic::{PVPANIC_HID, PVPANIC_REGISTER_LEN};
 
 use layout::TableArea;
 
@@ -213,6 +215,7 @@ mod tests {
             ged: None,
             memory_hotplug: None,
             numa: None,
+            pvpanic: None,
         }
     }
 
@@ -281,7 +284,7 @@ mod tests {
         }
     }
 
-    /// `config(cpus)` with every optional part: GED, `slots` DIMM slots, two NUMA nodes.
+    /// `config(cpus)` with every optional part: GED, `slots` DIMM slots, two NUMA nodes, pvpanic.
     pub(crate) fn full_config(cpus: u32, slots: u32) -> AcpiConfig {
         let mut config = config(cpus);
         config.ged = Some(Ged {
@@ -293,6 +296,9 @@ mod tests {
             slots,
         });
         config.numa = Some(crate::numa::tests::two_nodes());
+        config.pvpanic = Some(PvPanic {
+            mmio_base: 0xfeb0_2000,
+        });
         config
     }
 

@@ -1,4 +1,5 @@
-//! How a device tells the VMM that the guest wants the VM to end (power-off or reset).
+//! How a device tells the VMM that the VM must end: the guest powered off, reset or panicked,
+//! or a vCPU failed.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -13,6 +14,8 @@ pub enum ExitReason {
     Reset,
     /// A vCPU could not go on (KVM error, failed entry): the VMM exits with an error.
     Failed,
+    /// The guest kernel reported a panic through the pvpanic device.
+    GuestPanicked,
 }
 
 impl ExitReason {
@@ -21,6 +24,7 @@ impl ExitReason {
             ExitReason::PowerOff => 1,
             ExitReason::Reset => 2,
             ExitReason::Failed => 3,
+            ExitReason::GuestPanicked => 4,
         }
     }
 
@@ -29,6 +33,7 @@ impl ExitReason {
             1 => Some(ExitReason::PowerOff),
             2 => Some(ExitReason::Reset),
             3 => Some(ExitReason::Failed),
+            4 => Some(ExitReason::GuestPanicked),
             _ => None,
         }
     }
@@ -82,5 +87,19 @@ mod tests {
         signal.request(ExitReason::Reset);
         assert_eq!(signal.reason(), Some(ExitReason::PowerOff));
         assert_eq!(signal.event_fd().read().unwrap(), 2);
+    }
+
+    #[test]
+    fn every_reason_is_recorded() {
+        for reason in [
+            ExitReason::PowerOff,
+            ExitReason::Reset,
+            ExitReason::Failed,
+            ExitReason::GuestPanicked,
+        ] {
+            let signal = ExitSignal::new().unwrap();
+            signal.request(reason);
+            assert_eq!(signal.reason(), Some(reason));
+        }
     }
 }

@@ -6,7 +6,10 @@ pub mod ged;
 pub mod i8042;
 pub mod interrupt;
 pub mod memory_hotplug;
+#[cfg(feature = "model")]
+pub mod model;
 pub mod power;
+pub mod pvpanic;
 pub mod serial;
 
 pub use exit::{ExitReason, ExitSignal};

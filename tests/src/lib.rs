@@ -35,6 +35,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub mod bench;
+pub mod elastic;
 
 /// The one line the guest's `/init` prints when userspace is up.
 pub const READY_LINE: &str = "TIDAL-GUEST-READY";
@@ -473,6 +474,13 @@ impl Guest {
     /// Starts tidal without waiting for the guest (checks for KVM first, like [`Guest::boot`]).
     pub fn spawn(self) -> RunningGuest {
         require_kvm_for_linux_guests();
+        self.spawn_unchecked()
+    }
+
+    /// [`Guest::spawn`] without the check for hardware-backed KVM: for tests that stop tidal
+    /// while its guest boots and never wait for the guest, which also run where `/dev/kvm` is
+    /// KVM-PVM (there Linux boots for minutes, but tidal itself runs).
+    pub fn spawn_unchecked(self) -> RunningGuest {
         let mut command = self.command();
         let description = format!("{command:?}");
         command
@@ -800,6 +808,36 @@ impl RunningGuest {
                 ))
             }
         }
+    }
+
+    /// Sends `signal` (`libc::SIGTERM`, say) to tidal; panics if it has exited and been reaped.
+    pub fn signal(&mut self, signal: i32) {
+        if let Some(status) = self.exit_status {
+            self.fail(&format!(
+                "cannot send signal {signal} to tidal: it exited ({status})"
+            ));
+        }
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t");
+        // SAFETY: kill has no memory effects; `pid` is our child, not yet reaped (no exit
+        // status was collected), so the id cannot have been reused by another process.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            let error = std::io::Error::last_os_error();
+            self.fail(&format!("cannot send signal {signal} to tidal: {error}"));
+        }
+    }
+
+    /// Waits up to `timeout` for tidal to exit and returns its exit code; panics (with the
+    /// console and stderr tails) when it does not exit in time, or dies of a signal instead.
+    pub fn expect_exit_code(&mut self, timeout: Duration) -> i32 {
+        let Some(status) = self.wait_exit(timeout) else {
+            self.kill();
+            self.fail(&format!("tidal did not exit within {timeout:?} (killed)"));
+        };
+        status.code().unwrap_or_else(|| {
+            self.fail(&format!(
+                "tidal died of a signal ({status}) instead of exiting"
+            ))
+        })
     }
 
     /// Waits up to `timeout` for tidal to exit; `None` if it is still running.

@@ -1,9 +1,15 @@
-//! Bad command lines: tidal must refuse each with a non-zero exit and one clear line on stderr,
-//! before any KVM work (so these run anywhere, no test host needed).
+//! The command line and the process: bad command lines must be refused with a non-zero exit
+//! and one clear line on stderr, before any KVM work; and SIGTERM, SIGINT and SIGHUP must end a
+//! running tidal cleanly, with its exit code and without its API socket file. The signal tests
+//! start the real guest and stop tidal while it boots, so they need a `/dev/kvm` but not a fast
+//! one: they run on KVM-PVM build machines as well as in the test host.
 
-use std::time::Duration;
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
 
-use tidal_tests::{run_tidal, GuestImages};
+use tidal_api::{ApiClient, ClientError, DimmState, ResizeRequest};
+use tidal_tests::{kvm_kind, run_tidal, Guest, GuestImages, KvmKind, RunningGuest};
 
 /// Runs tidal with `args`, expects a refusal, and returns its one-line error message.
 fn refused(args: &[&str]) -> String {
@@ -87,4 +93,126 @@ fn zero_cpus_are_refused() {
 fn a_thousand_cpus_are_refused() {
     let message = refused(&["--kernel", &kernel(), "--cpus", "1000"]);
     assert_mentions(&message, &["cpu"]);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Stop signals
+
+/// How long tidal may take to stop after a signal: it stops its vCPUs (2 s at most) and gives
+/// API requests in flight a second.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Starts tidal with the test guest (1 GiB and a hotplug region, so a resize can be in flight)
+/// and an API socket in `dir`, and waits until the socket answers. The guest is left to boot.
+fn start_with_api(dir: &Path, cmdline_extra: &str) -> (RunningGuest, ApiClient) {
+    assert!(
+        kvm_kind() != KvmKind::None,
+        "this test runs tidal, which needs /dev/kvm (hardware or KVM-PVM); there is none here"
+    );
+    let socket = dir.join("api.sock");
+    let mut tidal = Guest::new()
+        .memory("size=1G,hotplug_size=1G")
+        .cmdline_extra(cmdline_extra)
+        .arg("--api-socket")
+        .arg(&socket)
+        .arg("--log-level")
+        .arg("info")
+        .spawn_unchecked();
+    let api = ApiClient::new(&socket).with_timeout(Duration::from_secs(120));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while api.ping().is_err() {
+        if let Some(status) = tidal.wait_exit(Duration::ZERO) {
+            tidal.fail(&format!(
+                "tidal exited ({status}) before its API socket answered"
+            ));
+        }
+        if Instant::now() > deadline {
+            tidal.fail("the API socket did not answer within 60 s");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    (tidal, api)
+}
+
+/// Sends `signal` to a running tidal and checks that it exits with `code`, says why on stderr
+/// and removes its API socket file.
+fn stop_with(tidal: &mut RunningGuest, socket: &Path, signal: i32, name: &str, code: i32) {
+    tidal.signal(signal);
+    let exit_code = tidal.expect_exit_code(STOP_TIMEOUT);
+    if exit_code != code {
+        tidal.fail(&format!(
+            "tidal exited with {exit_code} after {name}, expected {code}"
+        ));
+    }
+    let said = format!("received {name}; stopping the VM");
+    if !tidal.stderr().contains(&said) {
+        tidal.fail(&format!("tidal's stderr does not say {said:?}"));
+    }
+    if socket.exists() {
+        tidal.fail(&format!("{} is still there after {name}", socket.display()));
+    }
+}
+
+fn stop_while_booting(signal: i32, name: &str, code: i32) {
+    let dir = tempfile::tempdir().expect("create the socket directory");
+    let (mut tidal, api) = start_with_api(dir.path(), "");
+    stop_with(&mut tidal, api.socket(), signal, name, code);
+}
+
+#[test]
+fn sigterm_ends_tidal_with_143_and_removes_the_socket() {
+    stop_while_booting(libc::SIGTERM, "SIGTERM", 143);
+}
+
+#[test]
+fn sigint_ends_tidal_with_130_and_removes_the_socket() {
+    stop_while_booting(libc::SIGINT, "SIGINT", 130);
+}
+
+#[test]
+fn sighup_ends_tidal_with_129_and_removes_the_socket() {
+    stop_while_booting(libc::SIGHUP, "SIGHUP", 129);
+}
+
+/// A resize waiting for the guest when SIGTERM arrives gets an error answer at once, not a hang
+/// and not a dropped connection. The guest boots with `acpi=off`, so it never answers the
+/// hot-add, however fast it boots: the resize is certainly still waiting.
+#[test]
+fn sigterm_fails_a_resize_in_flight_with_an_error() {
+    let dir = tempfile::tempdir().expect("create the socket directory");
+    let (mut tidal, api) = start_with_api(dir.path(), "acpi=off");
+    let resize = thread::spawn({
+        let api = api.clone();
+        move || {
+            api.resize(&ResizeRequest {
+                desired_ram: 2 << 30,
+                timeout_secs: Some(600),
+            })
+        }
+    });
+    // In flight once its DIMM is plugged and waits for the guest.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let dimms = api.memory().unwrap_or_default();
+        if dimms.iter().any(|dimm| dimm.state == DimmState::Inserting) {
+            break;
+        }
+        if Instant::now() > deadline || resize.is_finished() {
+            tidal.fail(&format!(
+                "the hot-add never waited for the guest: {dimms:?}"
+            ));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    stop_with(&mut tidal, api.socket(), libc::SIGTERM, "SIGTERM", 143);
+    match resize.join().expect("the resize thread") {
+        Err(ClientError::Api { status, message })
+            if status.as_u16() == 500 && message.contains("the VM is stopping") =>
+        {
+            assert!(message.contains("SIGTERM"), "{message}");
+        }
+        other => tidal.fail(&format!(
+            "the resize in flight should have failed with the VM stopping, got {other:?}"
+        )),
+    }
 }

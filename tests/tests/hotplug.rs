@@ -3,157 +3,20 @@
 //! reports, and what the host gets back. Like boot.rs, these need hardware-backed KVM and run in
 //! the test host through `ci/test.sh` elsewhere.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use tidal_api::{
     AddMemoryRequest, ApiClient, ClientError, DimmState, Endpoint, RemoveMemoryRequest,
     ResizeRequest,
 };
-use tidal_tests::{tidal_binary, Guest, RunningGuest, GROW_TMPFS};
-
-const MIB: u64 = 1 << 20;
-const GIB: u64 = 1 << 30;
-const BLOCK: u64 = 128 * MIB;
-/// The longest any API call may take: longer than every operation timeout the tests ask for, so
-/// only a server that stopped answering hits it (and fails the test rather than hanging it).
-const API_TIMEOUT: Duration = Duration::from_secs(900);
+use tidal_tests::elastic::{ElasticVm, API_TIMEOUT, BLOCK, GIB, MIB};
+use tidal_tests::{pattern_fill_command, Guest};
 
 // SMP_UNDER_EMULATION: the tests that move a lot of data in and out of DIMMs boot one vCPU.
 // In the test host (QEMU TCG emulating SVM, with kvm_amd inside) guests die of a triple fault at
 // random, and most often with 2 or 4 vCPUs under heavy memory traffic (see docs/testing.md);
 // SMP hotplug itself is covered by `bad_hotplug_requests_get_clear_errors_from_the_real_vmm`
 // (4 vCPUs).
-
-/// A booted guest with a hotplug region and the API client for it.
-struct ElasticVm {
-    guest: RunningGuest,
-    api: ApiClient,
-    socket: PathBuf,
-    /// Holds the API socket; removed with the VM.
-    _dir: tempfile::TempDir,
-}
-
-impl ElasticVm {
-    /// Boots `guest` with `memory` (a `--memory` option) and an API socket.
-    fn boot(guest: Guest, memory: &str) -> Self {
-        let dir = tempfile::tempdir().expect("create the socket directory");
-        let socket = dir.path().join("api.sock");
-        let guest = guest
-            .memory(memory)
-            .arg("--api-socket")
-            .arg(&socket)
-            .arg("--log-level")
-            .arg("info")
-            .boot();
-        Self {
-            api: ApiClient::new(&socket).with_timeout(API_TIMEOUT),
-            socket,
-            guest,
-            _dir: dir,
-        }
-    }
-
-    /// The default elastic VM: 1 GiB of boot RAM and an 8 GiB hotplug region.
-    fn default_boot(guest: Guest) -> Self {
-        Self::boot(guest, "size=1G,hotplug_size=8G")
-    }
-
-    /// Resizes through the API, giving the guest up to 10 minutes: under emulation (the test
-    /// host) migrating a GiB of data out of a DIMM takes close to a minute.
-    fn resize(&mut self, bytes: u64) {
-        if let Err(e) = self.api.resize(&ResizeRequest {
-            desired_ram: bytes,
-            timeout_secs: Some(600),
-        }) {
-            self.guest.fail(&format!("resize to {bytes} failed: {e}"));
-        }
-    }
-
-    /// Runs tidalctl against this VM; returns its stdout, or fails with its stderr.
-    fn tidalctl(&mut self, args: &[&str]) -> String {
-        let output = Command::new(tidal_binary().with_file_name("tidalctl"))
-            .arg("--api-socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("run tidalctl");
-        if !output.status.success() {
-            self.guest.fail(&format!(
-                "tidalctl {args:?} failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            ));
-        }
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-
-    fn memtotal_kib(&mut self) -> u64 {
-        self.guest.meminfo_kib("MemTotal")
-    }
-
-    /// The guest's memory block indices in [base, base + size) that exist in sysfs.
-    fn blocks_present(&mut self, base: u64, size: u64) -> Vec<u64> {
-        (base / BLOCK..(base + size) / BLOCK)
-            .filter(|index| {
-                self.guest
-                    .path_exists(&format!("/sys/devices/system/memory/memory{index}"))
-            })
-            .collect()
-    }
-
-    /// Fills `mib` MiB of tmpfs with a non-zero pattern and returns its checksum. The tmpfs is
-    /// first resized to 95 % of the guest's memory now (it was sized at boot).
-    fn fill(&mut self, mib: u64) -> String {
-        self.guest.run_ok(GROW_TMPFS);
-        self.guest
-            .write_pattern("/tmp/fill", mib * MIB, Duration::from_secs(1200))
-    }
-
-    /// The checksum of what [`ElasticVm::fill`] wrote, read back.
-    fn fill_checksum(&mut self) -> String {
-        self.guest.checksum("/tmp/fill", Duration::from_secs(600))
-    }
-
-    /// tidal's resident set size, in KiB.
-    fn host_rss_kib(&mut self) -> u64 {
-        self.host_status_kib("VmRSS")
-    }
-
-    /// A KiB figure of tidal's /proc/PID/status, e.g. `VmSize` (everything it has mapped).
-    fn host_status_kib(&mut self, key: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.guest.pid()))
-            .expect("read tidal's /proc status");
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or_else(|| panic!("no {key} in /proc/PID/status"))
-    }
-
-    /// How many file descriptors tidal has open.
-    fn host_fd_count(&mut self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.guest.pid()))
-            .expect("list tidal's /proc fd directory")
-            .count()
-    }
-
-    fn expect_api_error(
-        &mut self,
-        result: Result<impl std::fmt::Debug, ClientError>,
-        status: u16,
-    ) -> String {
-        match result {
-            Err(ClientError::Api {
-                status: got,
-                message,
-            }) if got.as_u16() == status => message,
-            other => self.guest.fail(&format!(
-                "expected an API error with status {status}, got {other:?}"
-            )),
-        }
-    }
-}
 
 #[test]
 fn hot_add_grows_the_guest_through_api_and_tidalctl() {
@@ -474,37 +337,90 @@ fn zone_normal_memory_removal_is_answered_either_way() {
 
 #[test]
 fn twenty_add_remove_cycles_keep_data_and_give_back_all_memory() {
-    const CYCLES: usize = 20;
-    const DIMM: u64 = 512 * MIB;
+    add_remove_cycles(20, 512 * MIB, 48 * MIB, None);
+}
+
+/// The long run (`ci/long-run.sh`; not part of `ci/test.sh`): `TIDAL_LONG_RUN_CYCLES` (default
+/// 200) add/remove cycles of a 128 MiB DIMM while the guest copies and checks 16 MiB of data in
+/// a loop, which keeps allocating pages in the DIMMs that the removals then migrate.
+#[test]
+#[ignore = "takes hours under emulation: run by ci/long-run.sh"]
+fn long_run_of_add_remove_cycles_under_memory_stress() {
+    let cycles = std::env::var("TIDAL_LONG_RUN_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    add_remove_cycles(cycles, 128 * MIB, 8 * MIB, Some(16 * MIB));
+}
+
+/// A guest loop that copies `bytes` of data over and over and checks each copy, until
+/// /tmp/stress.stop appears: counts its rounds in /tmp/stress.rounds and logs every mismatch to
+/// /tmp/stress.bad.
+fn stress_loop_command(bytes: u64) -> String {
+    format!(
+        "{} && (n=0; want=$(md5sum < /tmp/stress.src); while [ ! -e /tmp/stress.stop ]; do \
+         cp /tmp/stress.src /tmp/stress.copy; got=$(md5sum < /tmp/stress.copy); \
+         [ \"$got\" = \"$want\" ] || echo \"round $n: $got\" >> /tmp/stress.bad; \
+         n=$((n+1)); echo $n > /tmp/stress.rounds; done; echo done > /tmp/stress.ended) \
+         > /dev/null 2>&1 &",
+        pattern_fill_command("/tmp/stress.src", bytes)
+    )
+}
+
+/// `cycles` times: grow by a `dimm`, write `fresh` bytes of data (landing mostly in the DIMM),
+/// shrink back and check the data; with `stress`, a [`stress_loop_command`] runs throughout.
+/// At the end the data written first is intact, no DIMM is left, and tidal's RSS, file
+/// descriptors and mappings are back where they were after the warm-up.
+fn add_remove_cycles(cycles: usize, dimm: u64, fresh: u64, stress: Option<u64>) {
     // One vCPU: see SMP_UNDER_EMULATION.
     let mut vm = ElasticVm::boot(Guest::new(), "size=1G,hotplug_size=2G");
+    if let Some(bytes) = stress {
+        vm.guest.run_ok(&stress_loop_command(bytes));
+    }
     // A warm-up cycle, which also writes the data that must outlive every cycle: written while
     // the DIMM is there, it lands mostly in it (ZONE_MOVABLE comes first for tmpfs pages) and
     // moves to boot memory when the DIMM goes.
-    vm.resize(GIB + DIMM);
+    vm.resize(GIB + dimm);
     let kept = vm
         .guest
         .write_pattern("/tmp/kept", 128 * MIB, Duration::from_secs(600));
     vm.resize(GIB);
     let rss_start = vm.host_rss_kib();
     let fds_start = vm.host_fd_count();
+    let maps_start = vm.host_ram_mapping_count();
 
-    for cycle in 1..=CYCLES {
-        vm.resize(GIB + DIMM);
+    for cycle in 1..=cycles {
+        vm.resize(GIB + dimm);
         // Fresh data in the new DIMM: the eject below must migrate it, not lose it.
-        let fresh = vm
+        let written = vm
             .guest
-            .write_pattern("/tmp/cycle", 48 * MIB, Duration::from_secs(300));
+            .write_pattern("/tmp/cycle", fresh, Duration::from_secs(300));
         vm.resize(GIB);
         let after = vm.guest.checksum("/tmp/cycle", Duration::from_secs(300));
-        if after != fresh {
+        if after != written {
             vm.guest.fail(&format!(
-                "cycle {cycle}: data changed while leaving the DIMM: {fresh} then {after}"
+                "cycle {cycle}: data changed while leaving the DIMM: {written} then {after}"
             ));
         }
         vm.guest.run_ok("rm /tmp/cycle");
+        if cycle % 10 == 0 {
+            eprintln!("tidal-tests: {cycle} of {cycles} cycles done");
+        }
     }
 
+    if stress.is_some() {
+        vm.guest
+            .run_ok("touch /tmp/stress.stop; while [ ! -e /tmp/stress.ended ]; do sleep 1; done");
+        let rounds: u64 = vm.guest.run_number("cat /tmp/stress.rounds");
+        let bad = vm.guest.run("cat /tmp/stress.bad");
+        assert!(
+            !bad.success(),
+            "the stress loop saw bad copies:\n{}",
+            bad.output
+        );
+        assert!(rounds > 0, "the stress loop never finished a round");
+        eprintln!("tidal-tests: the stress loop checked {rounds} copies");
+    }
     assert_eq!(
         vm.guest.checksum("/tmp/kept", Duration::from_secs(600)),
         kept
@@ -519,8 +435,143 @@ fn twenty_add_remove_cycles_keep_data_and_give_back_all_memory() {
     let rss_end = vm.host_rss_kib();
     assert!(
         rss_end < rss_start + 64 * 1024,
-        "tidal's RSS grew from {rss_start} KiB to {rss_end} KiB over {CYCLES} cycles"
+        "tidal's RSS grew from {rss_start} KiB to {rss_end} KiB over {cycles} cycles"
     );
     assert_eq!(vm.host_fd_count(), fds_start, "file descriptors leaked");
+    assert_eq!(
+        vm.host_ram_mapping_count(),
+        maps_start,
+        "guest RAM mappings (one per DIMM, with its KVM slot) leaked"
+    );
+    assert_eq!(vm.guest.poweroff().code(), Some(0));
+}
+
+/// The guest-physical addresses of the memory-hotplug registers and the GED's (vmm/src/layout.rs;
+/// the guest learns them from the DSDT), and the hotplug block's length.
+const HOTPLUG_REGISTERS: u64 = 0xfeb0_1000;
+const HOTPLUG_REGISTERS_LEN: u64 = 0x18;
+const GED_REGISTERS: u64 = 0xfeb0_0000;
+
+/// What must hold while a guest plays with the registers: both DIMMs still plugged, accepted,
+/// mapped in the host and online in the guest.
+fn assert_dimms_untouched(vm: &mut ElasticVm, total_kib: u64, mapped_kib: u64, after: &str) {
+    let dimms = vm.api.memory().expect("vm.memory");
+    let states: Vec<_> = dimms.iter().map(|d| (d.id.as_str(), d.state)).collect();
+    assert_eq!(
+        states,
+        [("dimm0", DimmState::Added), ("dimm1", DimmState::Added)],
+        "after {after}"
+    );
+    let mapped = vm.host_status_kib("VmSize");
+    assert!(
+        mapped + 16 * 1024 >= mapped_kib,
+        "after {after}: tidal's mappings shrank from {mapped_kib} KiB to {mapped} KiB"
+    );
+    assert_eq!(vm.memtotal_kib(), total_kib, "after {after}");
+    for dimm in &dimms {
+        assert_eq!(
+            vm.blocks_present(dimm.base, dimm.size).len() as u64,
+            dimm.size / BLOCK,
+            "after {after}: {} lost blocks in the guest",
+            dimm.id
+        );
+    }
+}
+
+/// A guest that writes the hotplug and GED registers itself (with `mmio`, from
+/// resources/guest-tools/mmio.c) can confuse only itself: Tidal keeps running, never unmaps a
+/// DIMM the host did not ask to remove, and afterwards adds and removes memory as before.
+#[test]
+fn a_hostile_guest_writing_the_hotplug_registers_cannot_take_memory_away() {
+    let mut vm = ElasticVm::boot(Guest::new(), "size=1G,hotplug_size=2G,slots=4");
+    vm.resize(GIB + 256 * MIB);
+    vm.resize(GIB + 512 * MIB);
+    let total = vm.memtotal_kib();
+    let mapped = vm.host_status_kib("VmSize");
+    let (h, g) = (HOTPLUG_REGISTERS, GED_REGISTERS);
+    let (selector, ost_event, ost_status, control) = (h, h + 0x4, h + 0x8, h + 0x14);
+    let attacks = [
+        // Eject DIMMs the host never asked to remove, with every width.
+        format!("mmio write {selector} 4 0; mmio write {control} 4 8"),
+        format!(
+            "mmio write {selector} 4 1; mmio write {control} 1 8; mmio write {control} 2 8; \
+             mmio write {control} 8 8"
+        ),
+        // An empty slot, the slot past the last one, the largest selector.
+        format!("mmio write {selector} 4 3; mmio write {control} 4 14"),
+        format!("mmio write {selector} 4 4; mmio write {control} 4 8; mmio read {control} 4"),
+        format!("mmio write {selector} 4 0xffffffff; mmio write {control} 4 0xffffffff; mmio read {h} 8"),
+        // _OST: an eject the host never asked for reported done, a failed insertion of a DIMM
+        // that was accepted long ago, and garbage.
+        format!("mmio write {selector} 4 0; mmio write {ost_event} 4 3; mmio write {ost_status} 4 0"),
+        format!("mmio write {selector} 4 1; mmio write {ost_event} 4 1; mmio write {ost_status} 4 1"),
+        format!("mmio write {ost_event} 4 0xdeadbeef; mmio write {ost_status} 4 0x12345678"),
+        // Misaligned, odd widths, past the block.
+        format!(
+            "mmio write {} 2 0xffff; mmio write {} 1 8; mmio write {} 2 8; mmio write {} 4 8",
+            h + 1,
+            h + 0x13,
+            h + 0x16,
+            h + HOTPLUG_REGISTERS_LEN
+        ),
+        // The GED's event register is the guest's to read, not to write.
+        format!("mmio write {g} 4 0xffffffff; mmio read {g} 4; mmio write {} 1 1", g + 1),
+    ];
+    for attack in &attacks {
+        vm.guest.run_ok(attack);
+        assert_dimms_untouched(&mut vm, total, mapped, attack);
+    }
+
+    // Random accesses, any offset, width and value: 20000 on each block.
+    vm.guest.run_ok(&format!(
+        "mmio storm {h} {HOTPLUG_REGISTERS_LEN} 20000 1 && mmio storm {g} 8 20000 2"
+    ));
+    assert_dimms_untouched(&mut vm, total, mapped, "the register storm");
+
+    // The same while the host adds and removes a DIMM, sparing the selector and the control
+    // register: the guest's own AML needs them to answer (a guest that switches slots or
+    // ejects under its AML only breaks its own hotplug). The _OST registers are fair game: the
+    // host's calls may fail; Tidal must stay whole.
+    vm.guest.run_ok(&format!(
+        "(mmio storm {ost_event} 16 200000 3 > /tmp/storm.log 2>&1 &)"
+    ));
+    let added = vm.api.add_memory(&AddMemoryRequest {
+        size: 256 * MIB,
+        node: 0,
+    });
+    let removed = vm.api.remove_memory(&RemoveMemoryRequest {
+        id: "dimm2".into(),
+        timeout_secs: Some(60),
+    });
+    eprintln!("during the storm: add {added:?}, remove {removed:?}");
+    vm.guest
+        .run_ok("while pidof mmio > /dev/null; do sleep 1; done; cat /tmp/storm.log");
+    let dimms = vm.api.memory().expect("vm.memory");
+    for id in ["dimm0", "dimm1"] {
+        let dimm = dimms.iter().find(|d| d.id == id).expect("DIMM kept");
+        assert_eq!(dimm.state, DimmState::Added, "{id} after the storm");
+    }
+    // The storm may have hidden the guest's answers about dimm2: it can still be removed.
+    if dimms.iter().any(|d| d.id == "dimm2") {
+        vm.api
+            .remove_memory(&RemoveMemoryRequest {
+                id: "dimm2".into(),
+                timeout_secs: Some(600),
+            })
+            .unwrap_or_else(|e| {
+                vm.guest
+                    .fail(&format!("removing dimm2 after the storm: {e}"))
+            });
+    }
+
+    // Afterwards, business as usual: down to boot memory, and every byte back with the host.
+    vm.resize(GIB);
+    assert!(vm.api.memory().expect("vm.memory").is_empty());
+    let after = vm.host_status_kib("VmSize");
+    assert!(
+        mapped.saturating_sub(after) + 16 * 1024 >= 512 * MIB / 1024,
+        "tidal's mappings went from {mapped} KiB to {after} KiB: the DIMMs are still mapped"
+    );
+    assert!(vm.memtotal_kib() < total - 500 * 1024);
     assert_eq!(vm.guest.poweroff().code(), Some(0));
 }

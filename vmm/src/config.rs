@@ -43,7 +43,8 @@ appends what the machine needs, unless the line already sets that parameter:
 
 Exit: the process ends with code 0 when the guest powers off (`poweroff`) and also when it
 resets (`reboot`): Tidal does not restart guests. Errors end it with code 1 and one line on
-stderr.";
+stderr. A thread stopped by its seccomp filter ends it with code 159 (128 + SIGSYS) and one
+line on stderr naming the thread and the system call.";
 
 #[derive(Debug, Parser)]
 #[command(name = "tidal", version, about = "A KVM VMM for elastic guest memory", long_about = LONG_ABOUT)]
@@ -84,6 +85,17 @@ pub struct Cli {
     /// Log level: error, warn, info, debug or trace (RUST_LOG overrides it).
     #[arg(long, default_value = "warn", value_name = "LEVEL")]
     pub log_level: log::LevelFilter,
+    /// Seccomp filters: each thread may make only the system calls its job needs. A thread
+    /// that makes another ends Tidal with exit code 159 and one line on stderr naming it.
+    #[arg(long, value_enum, default_value_t = SeccompMode::On, value_name = "on|off")]
+    pub seccomp: SeccompMode,
+}
+
+/// Whether Tidal's threads run under their seccomp filters (`crate::seccomp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SeccompMode {
+    On,
+    Off,
 }
 
 #[derive(Debug, Error)]
@@ -149,6 +161,7 @@ pub struct VmConfig {
     pub serial: SerialMode,
     pub api_socket: Option<PathBuf>,
     pub hotplug_timeout: Duration,
+    pub seccomp: SeccompMode,
 }
 
 impl TryFrom<&Cli> for VmConfig {
@@ -180,6 +193,7 @@ impl TryFrom<&Cli> for VmConfig {
             serial: parse_serial(&cli.serial)?,
             api_socket: cli.api_socket.clone(),
             hotplug_timeout: Duration::from_secs(cli.hotplug_timeout),
+            seccomp: cli.seccomp,
         })
     }
 }
@@ -395,6 +409,21 @@ mod tests {
 
     fn cli(args: &[&str]) -> Cli {
         Cli::try_parse_from(std::iter::once("tidal").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn seccomp_is_on_unless_turned_off() {
+        assert_eq!(cli(&["--kernel", "k"]).seccomp, SeccompMode::On);
+        assert_eq!(
+            cli(&["--kernel", "k", "--seccomp=off"]).seccomp,
+            SeccompMode::Off
+        );
+        assert_eq!(
+            cli(&["--kernel", "k", "--seccomp", "on"]).seccomp,
+            SeccompMode::On
+        );
+        let args = ["tidal", "--kernel", "k", "--seccomp", "maybe"];
+        assert!(Cli::try_parse_from(args).is_err());
     }
 
     #[test]

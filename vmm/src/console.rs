@@ -10,6 +10,7 @@ use thiserror::Error;
 use tidal_devices::serial::SerialConsole;
 
 use crate::config::SerialMode;
+use crate::seccomp::ThreadFilter;
 
 #[derive(Debug, Error)]
 pub enum ConsoleError {
@@ -42,11 +43,18 @@ pub fn output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, ConsoleError> 
 const FIFO_FULL_BACKOFF: Duration = Duration::from_millis(2);
 
 /// Copies stdin into the UART until stdin ends. Runs detached: a blocking read cannot be
-/// interrupted, and the process exits without waiting for it.
-pub fn spawn_stdin_reader(serial: Arc<Mutex<SerialConsole>>) -> Result<(), ConsoleError> {
+/// interrupted, and the process exits without waiting for it. With `seccomp`, the thread
+/// confines itself before it reads.
+pub fn spawn_stdin_reader(
+    serial: Arc<Mutex<SerialConsole>>,
+    seccomp: Option<ThreadFilter>,
+) -> Result<(), ConsoleError> {
     std::thread::Builder::new()
         .name("console-in".into())
         .spawn(move || {
+            if let Some(filter) = &seccomp {
+                filter.apply_or_exit();
+            }
             let mut stdin = std::io::stdin().lock();
             let mut buf = [0u8; 64];
             loop {

@@ -3,7 +3,7 @@
 //! the memory-hotplug controller and the GED, and taken back when the guest ejects them.
 //! This is what the API's memory calls end up in.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 use std::time::Duration;
 
 use kvm_ioctls::VmFd;
@@ -175,6 +175,8 @@ pub struct MemoryHotplug {
     plug_order: Mutex<Vec<u32>>,
     timeout: Duration,
     events: Arc<EventHub>,
+    /// Why the VM is stopping, once it is: waits for the guest end, and no operation starts.
+    stopping: OnceLock<String>,
 }
 
 /// What `Vm::new` hands over to build the hotplug side.
@@ -230,7 +232,26 @@ impl MemoryHotplug {
             plug_order: Mutex::new(Vec::new()),
             timeout: parts.timeout,
             events,
+            stopping: OnceLock::new(),
         })
+    }
+
+    /// The VM is stopping because `why` (the guest will not answer any more): operations
+    /// waiting for the guest fail at once with that reason, and new ones are refused.
+    pub fn stop(&self, why: &str) {
+        // Set under the controller lock, which a wait holds while it tests its condition, so
+        // no waiter can test it just before and then sleep through the wake-up.
+        let controller = self
+            .controller
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let _ = self.stopping.set(why.to_owned());
+        drop(controller);
+        self.changed.notify_all();
+    }
+
+    fn stopping_error(why: &str) -> ApiError {
+        ApiError::new(ErrorKind::Internal, format!("the VM is stopping: {why}"))
     }
 
     fn controller(&self) -> Result<MutexGuard<'_, MemoryHotplugController>, ApiError> {
@@ -282,6 +303,9 @@ impl MemoryHotplug {
     }
 
     fn begin_operation(&self) -> Result<MutexGuard<'_, ()>, ApiError> {
+        if let Some(why) = self.stopping.get() {
+            return Err(Self::stopping_error(why));
+        }
         match self.operation.try_lock() {
             Ok(guard) => Ok(guard),
             Err(TryLockError::WouldBlock) => Err(ApiError::new(
@@ -368,7 +392,8 @@ impl MemoryHotplug {
         self.wait_for_insertion(slot, timeout)
     }
 
-    /// Waits while `slot` is in `state`, at most `timeout`; returns the slot as it is then.
+    /// Waits while `slot` is in `state`, at most `timeout` and only until the VM starts
+    /// stopping; returns the slot as it is then, or the stopping error if it is still in `state`.
     fn wait_while(
         &self,
         slot: u32,
@@ -379,12 +404,22 @@ impl MemoryHotplug {
         let (controller, _) = self
             .changed
             .wait_timeout_while(controller, timeout, |c| {
-                c.slot(slot).is_some_and(|v| v.state == state)
+                self.stopping.get().is_none() && c.slot(slot).is_some_and(|v| v.state == state)
             })
             .map_err(|_| ApiError::new(ErrorKind::Internal, "hotplug controller lock poisoned"))?;
-        controller
+        let view = controller
             .slot(slot)
-            .ok_or_else(|| ApiError::new(ErrorKind::Internal, format!("slot {slot} vanished")))
+            .ok_or_else(|| ApiError::new(ErrorKind::Internal, format!("slot {slot} vanished")))?;
+        match self.stopping.get() {
+            Some(why) if view.state == state => Err(ApiError::new(
+                ErrorKind::Internal,
+                format!(
+                    "the VM is stopping ({why}) before the guest answered for {}",
+                    dimm_id(slot)
+                ),
+            )),
+            _ => Ok(view),
+        }
     }
 
     /// Waits until the guest answers the insertion of `slot`, or the timeout passes.

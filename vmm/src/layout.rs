@@ -32,9 +32,11 @@ pub const APIC_START: u32 = 0xfee0_0000;
 /// x86 page size; guest RAM sizes are whole pages.
 pub const PAGE_SIZE: u64 = 0x1000;
 
-/// Devices in the hole: the Generic Event Device's register and the memory-hotplug block.
+/// Devices in the hole: the Generic Event Device's register, the memory-hotplug block and the
+/// pvpanic register (32 bits: the DSDT describes it with a 32-bit memory descriptor).
 pub const GED_MMIO_START: u64 = 0xfeb0_0000;
 pub const MEMORY_HOTPLUG_MMIO_START: u64 = 0xfeb0_1000;
+pub const PVPANIC_MMIO_START: u32 = 0xfeb0_2000;
 /// The GED's interrupt: a free ISA line, so GSI == IRQ.
 pub const GED_IRQ: u32 = 5;
 

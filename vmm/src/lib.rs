@@ -11,6 +11,8 @@ pub mod memory;
 pub mod options;
 pub mod ram;
 pub mod reset_vector;
+pub mod seccomp;
+pub mod signals;
 pub mod size;
 pub mod vcpu;
 pub mod vm;

@@ -1,5 +1,9 @@
 //! The `tidal` binary: parse the command line, build the VM, run it, and turn the outcome into
 //! an exit code and, on error, one line on stderr.
+//!
+//! Exit codes (README.md, "Exit"): 0 the guest powered off or reset; 1 an error; 2 a command
+//! line clap rejects; 3 the guest kernel panicked; 128 + N stopped by signal N (SIGHUP 129,
+//! SIGINT 130, SIGTERM 143).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -7,17 +11,25 @@ use std::process::ExitCode;
 use clap::Parser;
 use tidal_devices::ExitReason;
 use tidal_vmm::config::{Cli, VmConfig};
-use tidal_vmm::vm::{self, Vm};
+use tidal_vmm::signals;
+use tidal_vmm::vm::{self, Vm, VmExit};
+
+/// The exit code when the guest kernel panicked.
+const GUEST_PANICKED: u8 = 3;
 
 fn main() -> ExitCode {
+    // First of all, while this is the only thread: every thread started later inherits the
+    // mask, so SIGTERM, SIGINT and SIGHUP only ever reach the VM's event loop.
+    let blocked = signals::block_stop_signals();
     let cli = Cli::parse();
     env_logger::Builder::new()
         .filter_level(cli.log_level)
         .parse_default_env()
         .format_timestamp_millis()
         .init();
-    match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
+    let outcome = blocked.map_err(|e| e.to_string()).and_then(|()| run(&cli));
+    match outcome {
+        Ok(code) => code,
         Err(message) => {
             eprintln!("tidal: error: {message}");
             ExitCode::FAILURE
@@ -25,18 +37,30 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: &Cli) -> Result<(), String> {
+fn run(cli: &Cli) -> Result<ExitCode, String> {
     let config = VmConfig::try_from(cli).map_err(|e| e.to_string())?;
     if let Some(dir) = &cli.dump_acpi {
-        return dump_acpi(&config, dir);
+        dump_acpi(&config, dir)?;
+        return Ok(ExitCode::SUCCESS);
     }
     let vm = Vm::new(&config).map_err(|e| e.to_string())?;
-    match vm.run().map_err(|e| e.to_string())? {
-        ExitReason::PowerOff => log::info!("guest powered off"),
-        ExitReason::Reset => log::info!("guest reset; Tidal does not restart guests"),
-        ExitReason::Failed => return Err("the VM failed".into()),
-    }
-    Ok(())
+    Ok(match vm.run().map_err(|e| e.to_string())? {
+        VmExit::Guest(ExitReason::PowerOff) => {
+            log::info!("guest powered off");
+            ExitCode::SUCCESS
+        }
+        VmExit::Guest(ExitReason::Reset) => {
+            log::info!("guest reset; Tidal does not restart guests");
+            ExitCode::SUCCESS
+        }
+        VmExit::Guest(ExitReason::Failed) => return Err("the VM failed".into()),
+        // Logged when it happened (error level), before the VM stopped.
+        VmExit::Guest(ExitReason::GuestPanicked) => ExitCode::from(GUEST_PANICKED),
+        VmExit::Signal(signal) => {
+            log::info!("stopped by {}", signal.name());
+            ExitCode::from(signal.exit_code())
+        }
+    })
 }
 
 /// Writes each ACPI table as DIR/<SIGNATURE>.dat, the form `iasl -d` reads.

@@ -13,6 +13,8 @@ use vm_device::bus::{MmioAddress, PioAddress};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
+use crate::seccomp::ThreadFilter;
+
 #[derive(Debug, Error)]
 pub enum VcpuError {
     #[error("cannot start the thread for vCPU {index}: {source}")]
@@ -38,12 +40,23 @@ pub struct VcpuContext {
     pub io: Arc<IoManager>,
     pub exit: Arc<ExitSignal>,
     pub stop: Arc<AtomicBool>,
+    /// The filter each vCPU thread installs before its first KVM_RUN (`--seccomp on`).
+    pub seccomp: Option<ThreadFilter>,
 }
 
 pub fn spawn(index: u8, mut vcpu: VcpuFd, ctx: VcpuContext) -> Result<JoinHandle<()>, VcpuError> {
     std::thread::Builder::new()
         .name(format!("vcpu{index}"))
-        .spawn(move || run(index, &mut vcpu, &ctx))
+        .spawn(move || {
+            if let Some(filter) = &ctx.seccomp {
+                if let Err(e) = filter.apply() {
+                    log::error!("vCPU {index}: {e}");
+                    ctx.exit.request(ExitReason::Failed);
+                    return;
+                }
+            }
+            run(index, &mut vcpu, &ctx)
+        })
         .map_err(|source| VcpuError::Spawn { index, source })
 }
 

@@ -1,10 +1,10 @@
 //! A VM from a `VmConfig`: the KVM VM with its in-kernel irqchip, guest RAM, devices on the
 //! port bus, ACPI tables, the loaded kernel and the vCPU threads; and the loop that waits for
-//! the guest to power off.
+//! the guest to power off, reset or panic, or for a signal that stops Tidal.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use tidal_devices::power::{
     AcpiPower, POWER_PORT, POWER_PORT_SIZE, RESET_PORT, RESET_VALUE, SLEEP_CONTROL_PORT,
     SLEEP_STATUS_PORT,
 };
+use tidal_devices::pvpanic::{PvPanic, PVPANIC_REGISTER_LEN};
 use tidal_devices::serial::{SerialConsole, COM1_IRQ, COM1_PORT, SERIAL_PORT_SIZE};
 use tidal_devices::{EventFdTrigger, ExitReason, ExitSignal};
 use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
@@ -32,16 +33,19 @@ use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
 use vmm_sys_util::signal::Killable;
 
 use crate::boot::{self, BootError, BootSpec};
+use crate::config::SeccompMode;
 use crate::config::VmConfig;
 use crate::console::{self, ConsoleError};
 use crate::cpu::{self, Topology};
 use crate::hotplug::{HotplugParts, HotplugRegion, MemoryHotplug};
 use crate::layout::{
     ACPI_END, ACPI_START, APIC_START, GED_IRQ, GED_MMIO_START, IOAPIC_START,
-    MEMORY_HOTPLUG_MMIO_START,
+    MEMORY_HOTPLUG_MMIO_START, PVPANIC_MMIO_START,
 };
 use crate::memory::{GuestMemoryLayout, GuestRam, MemoryError};
 use crate::reset_vector;
+use crate::seccomp::{self, Filters, SeccompError};
+use crate::signals::{SignalError, StopSignal, StopSignals};
 use crate::vcpu::{self, VcpuContext, VcpuError};
 
 #[derive(Debug, Error)]
@@ -101,6 +105,10 @@ pub enum VmError {
     EventLoop(event_manager::Error),
     #[error("a vCPU failed; see the log above")]
     VcpuFailed,
+    #[error(transparent)]
+    Signals(#[from] SignalError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -112,6 +120,7 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 const _: () = {
     assert!(tidal_acpi::S5_SLEEP_TYPE == tidal_devices::power::S5_SLEEP_TYPE);
     assert!(tidal_acpi::MEMORY_HOTPLUG_REGISTERS_LEN == HOTPLUG_REGISTERS_LEN);
+    assert!(tidal_acpi::PVPANIC_REGISTER_LEN as u64 == PVPANIC_REGISTER_LEN);
     assert!(ACPI_END <= crate::reset_vector::RESET_VECTOR);
 };
 
@@ -175,6 +184,9 @@ pub fn acpi_tables(config: &VmConfig) -> Result<AcpiTables, tidal_acpi::AcpiErro
             slots: config.memory.slots,
         }),
         numa: region.map(|region| numa_config(config, region)),
+        pvpanic: Some(tidal_acpi::PvPanic {
+            mmio_base: PVPANIC_MMIO_START,
+        }),
     };
     tidal_acpi::build_tables(&acpi, ACPI_START, ACPI_END)
 }
@@ -191,6 +203,30 @@ pub struct Vm {
     serial: Arc<Mutex<SerialConsole>>,
     vcpus: Vec<VcpuFd>,
     read_stdin: bool,
+    seccomp: SeccompMode,
+    /// Made before `run` starts (and confines) any thread; read by its event loop.
+    stop_signals: StopSignals,
+}
+
+/// Why [`Vm::run`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest ended the VM: it powered off, reset or panicked.
+    Guest(ExitReason),
+    /// Tidal received a stop signal (SIGTERM, SIGINT, SIGHUP).
+    Signal(StopSignal),
+}
+
+impl std::fmt::Display for VmExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VmExit::Guest(ExitReason::PowerOff) => write!(f, "the guest powered off"),
+            VmExit::Guest(ExitReason::Reset) => write!(f, "the guest reset"),
+            VmExit::Guest(ExitReason::Failed) => write!(f, "a vCPU failed"),
+            VmExit::Guest(ExitReason::GuestPanicked) => write!(f, "the guest kernel panicked"),
+            VmExit::Signal(signal) => write!(f, "Tidal received {}", signal.name()),
+        }
+    }
 }
 
 impl Vm {
@@ -279,6 +315,12 @@ impl Vm {
             .map_err(kvm_err("connect the GED interrupt"))?;
         let ged = Arc::new(Ged::new(ged_interrupt));
         register_mmio(&mut io, GED_MMIO_START, GED_REGISTER_LEN, ged.clone())?;
+        register_mmio(
+            &mut io,
+            u64::from(PVPANIC_MMIO_START),
+            PVPANIC_REGISTER_LEN,
+            Arc::new(PvPanic::new(exit.clone())),
+        )?;
         let changed = Arc::new(Condvar::new());
         let controller = Arc::new(Mutex::new(MemoryHotplugController::new(
             config.memory.slots,
@@ -351,40 +393,68 @@ impl Vm {
             serial,
             vcpus,
             read_stdin: config.serial == crate::config::SerialMode::Stdio,
+            stop_signals: StopSignals::new()?,
+            seccomp: config.seccomp,
         })
     }
 
-    /// Runs the guest until it powers off or resets; returns why it stopped.
-    pub fn run(self) -> Result<ExitReason, VmError> {
+    /// Runs the guest until it powers off, resets or panics, or a stop signal arrives; returns
+    /// why it stopped.
+    pub fn run(self) -> Result<VmExit, VmError> {
         vcpu::install_kick_handler()?;
+        // Every filter is compiled, and violations reported, before the first thread starts.
+        let filters = match self.seccomp {
+            SeccompMode::On => {
+                seccomp::install_sigsys_handler()?;
+                Some(Filters::new()?)
+            }
+            SeccompMode::Off => None,
+        };
+        let api_thread_start: tidal_api::ThreadStart = match &filters {
+            Some(filters) => {
+                let filter = filters.api.clone();
+                Arc::new(move || filter.apply_or_exit())
+            }
+            None => Arc::new(|| ()),
+        };
         let _api = match &self.api_socket {
             Some(path) => Some(tidal_api::server::start(
                 path,
                 self.hotplug.clone(),
-                Arc::new(|| ()),
+                api_thread_start,
             )?),
             None => None,
         };
         if self.read_stdin {
-            console::spawn_stdin_reader(self.serial.clone())?;
+            let filter = filters.as_ref().map(|f| f.console_in.clone());
+            console::spawn_stdin_reader(self.serial.clone(), filter)?;
         }
         let stop = Arc::new(AtomicBool::new(false));
         let ctx = VcpuContext {
             io: self.io.clone(),
             exit: self.exit.clone(),
             stop: stop.clone(),
+            seccomp: filters.as_ref().map(|f| f.vcpu.clone()),
         };
         let mut threads = Vec::new();
         for (index, vcpu) in (0u8..).zip(self.vcpus) {
             threads.push(vcpu::spawn(index, vcpu, ctx.clone())?);
         }
+        // Every thread runs: from here on this one only waits, stops the others and tears down.
+        if let Some(filters) = &filters {
+            filters.main.apply()?;
+        }
 
-        let reason = wait_for_exit(&self.exit);
+        let exit = wait_for_exit(&self.exit, self.stop_signals);
+        self.hotplug.stop(&exit.as_ref().map_or_else(
+            |_| "the VMM's event loop failed".to_owned(),
+            ToString::to_string,
+        ));
         stop.store(true, Ordering::Release);
         stop_vcpus(threads);
         drop(self.vm);
-        match reason? {
-            ExitReason::Failed => Err(VmError::VcpuFailed),
+        match exit? {
+            VmExit::Guest(ExitReason::Failed) => Err(VmError::VcpuFailed),
             other => Ok(other),
         }
     }
@@ -428,17 +498,60 @@ impl MutEventSubscriber for ExitWatcher {
     }
 }
 
-/// Runs the event loop until a device or vCPU asks the VM to end.
-fn wait_for_exit(exit: &Arc<ExitSignal>) -> Result<ExitReason, VmError> {
+/// Takes the stop signals from their signalfd; the first one is why the VM stops.
+struct SignalWatcher {
+    signals: StopSignals,
+    received: Arc<OnceLock<StopSignal>>,
+}
+
+impl MutEventSubscriber for SignalWatcher {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        while let Some(signal) = self.signals.take() {
+            let _ = self.received.set(signal);
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.signals, EventSet::IN)) {
+            // Blocked and unwatched, they would be ignored: let them end Tidal at once instead.
+            log::error!(
+                "cannot watch for SIGTERM, SIGINT and SIGHUP ({e:?}); they end Tidal at once"
+            );
+            if let Err(e) = crate::signals::unblock_stop_signals() {
+                log::error!("{e}");
+            }
+        }
+    }
+}
+
+/// Runs the event loop until a device or vCPU asks the VM to end or a stop signal arrives,
+/// and says why in the log.
+fn wait_for_exit(exit: &Arc<ExitSignal>, signals: StopSignals) -> Result<VmExit, VmError> {
     let mut events: EventManager<Box<dyn MutEventSubscriber + Send>> =
         EventManager::new().map_err(VmError::EventLoop)?;
     events.add_subscriber(Box::new(ExitWatcher(exit.clone())));
-    loop {
+    let received = Arc::new(OnceLock::new());
+    events.add_subscriber(Box::new(SignalWatcher {
+        signals,
+        received: received.clone(),
+    }));
+    let why = loop {
         events.run().map_err(VmError::EventLoop)?;
         if let Some(reason) = exit.reason() {
-            return Ok(reason);
+            break VmExit::Guest(reason);
         }
+        if let Some(&signal) = received.get() {
+            break VmExit::Signal(signal);
+        }
+    };
+    match why {
+        VmExit::Signal(signal) => log::warn!("received {}; stopping the VM", signal.name()),
+        VmExit::Guest(ExitReason::GuestPanicked) => {
+            log::error!("the guest kernel panicked; stopping the VM");
+        }
+        _ => {}
     }
+    Ok(why)
 }
 
 /// Kicks every vCPU out of KVM_RUN until its thread ends; gives up after a while.
@@ -475,6 +588,7 @@ mod tests {
             serial: SerialMode::Off,
             api_socket: None,
             hotplug_timeout: std::time::Duration::from_secs(1),
+            seccomp: crate::config::SeccompMode::On,
         };
         let tables = acpi_tables(&config).unwrap();
         let end = tables
