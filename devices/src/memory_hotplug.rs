@@ -198,13 +198,12 @@ impl MemoryHotplugController {
     }
 
     /// Marks a DIMM for ejection at the guest's next scan. Asking again for a DIMM already
-    /// being removed (one the guest never answered for) asks the guest again.
+    /// being removed (one the guest never answered for) asks the guest again. A DIMM still
+    /// `Inserting` can be removed too: its `_OST` may have been lost (or never come) while the
+    /// guest uses the memory; its insertion is no longer announced.
     pub fn request_removal(&mut self, slot: u32) -> Result<(), HotplugError> {
         let entry = self.get_mut(slot).ok_or(HotplugError::NoSuchSlot(slot))?;
-        if !matches!(
-            entry.state,
-            SlotState::Added | SlotState::Failed | SlotState::Removing
-        ) {
+        if entry.dimm.is_none() {
             return Err(HotplugError::NotRemovable {
                 slot,
                 state: entry.state,
@@ -212,6 +211,7 @@ impl MemoryHotplugController {
         }
         let old = entry.state;
         entry.state = SlotState::Removing;
+        entry.insert_pending = false;
         entry.remove_pending = true;
         self.report(slot, old, None);
         Ok(())
@@ -608,7 +608,7 @@ mod tests {
     }
 
     #[test]
-    fn removal_needs_an_added_dimm() {
+    fn removal_needs_a_dimm() {
         let (mut c, _) = controller(1);
         assert!(matches!(
             c.request_removal(0),
@@ -616,7 +616,14 @@ mod tests {
         ));
         assert_eq!(c.request_removal(5), Err(HotplugError::NoSuchSlot(5)));
         c.plug(0, DIMM).unwrap();
-        ost(&mut c, 0, OST_EVENT_DEVICE_CHECK, OST_SUCCESS);
+        // Never answered: removable, and no longer announced as an insertion.
+        c.request_removal(0).unwrap();
+        assert_eq!(
+            read(&mut c, reg::STATUS),
+            STATUS_ENABLED | STATUS_REMOVE_PENDING
+        );
+        ost(&mut c, 0, OST_EVENT_EJECT_REQUEST, 1);
+        assert_eq!(c.slot(0).unwrap().state, SlotState::Added);
         c.request_removal(0).unwrap();
         // The guest saw the request (and cleared it) but never answered: ask again.
         write(&mut c, reg::CONTROL, CONTROL_CLEAR_REMOVE);
