@@ -88,6 +88,10 @@ step "fmt" cargo fmt --all -- --check || true
 step "clippy" cargo clippy --workspace --all-targets -- -D warnings || true
 step "build" cargo build --release --workspace || finish
 step "unit" cargo test --workspace --exclude tidal-tests || true
+# Every fuzz target briefly, so none can rot (docs/reliability.md); without AddressSanitizer,
+# which halves the build and finds little in code without unsafe blocks. Longer hunts:
+# ci/fuzz.sh --time SECONDS.
+step "fuzz" env FUZZ_SANITIZER=none ci/fuzz.sh --time 10 || true
 
 host_test_args=()
 for t in "${host_tests[@]}"; do host_test_args+=(--test "$t"); done

@@ -6,14 +6,13 @@
 use std::io;
 use std::sync::Arc;
 
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::routes;
-use crate::server::{Stopping, BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, MAX_HEADER_BYTES};
+use crate::server::{http1_builder, ServerLimits, Stopping};
 use crate::VmApi;
 
 /// Serves one connection on which a client writes `request` (one request, several, or
@@ -31,16 +30,13 @@ pub fn serve_bytes(vm: Arc<dyn VmApi>, request: &[u8]) -> io::Result<Vec<u8>> {
         .build()?;
     // A dropped sender reads as a stop.
     let (_, stopped) = watch::channel(true);
-    let router = routes::router(vm, Stopping(stopped), BODY_READ_TIMEOUT);
+    let limits = ServerLimits::default();
+    let router = routes::router(vm, Stopping(stopped), limits.body_read_timeout);
     runtime.block_on(async move {
-        let (client, server) = tokio::io::duplex(MAX_HEADER_BYTES);
-        let mut http = http1::Builder::new();
-        // As `server::accept_until_stopped` sets it up, plus the half-close.
-        http.timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .max_header_size(MAX_HEADER_BYTES)
-            .keep_alive(true)
-            .half_close(true);
+        let (client, server) = tokio::io::duplex(limits.max_header_bytes);
+        // As the API server sets it up, plus the half-close.
+        let mut http = http1_builder(&limits);
+        http.half_close(true);
         let connection =
             http.serve_connection(TokioIo::new(server), TowerToHyperService::new(router));
         let (mut from_server, mut to_server) = tokio::io::split(client);

@@ -229,11 +229,7 @@ async fn accept_until_stopped(
     connections: &GracefulShutdown,
     stopping: Stopping,
 ) {
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_header_size(limits.max_header_bytes)
-        .keep_alive(true);
+    let http = http1_builder(&limits);
     let slots = Arc::new(Semaphore::new(
         limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
     ));
@@ -255,6 +251,16 @@ async fn accept_until_stopped(
             drop(slot);
         });
     }
+}
+
+/// hyper's HTTP/1 server as every API connection gets it (the fuzz target's too).
+pub(crate) fn http1_builder(limits: &ServerLimits) -> http1::Builder {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(limits.max_header_bytes)
+        .keep_alive(true);
+    http
 }
 
 /// Waits for a free connection slot, then for a connection. While every slot is taken,

@@ -140,16 +140,16 @@ fn step() -> impl Strategy<Value = Vec<Op>> {
 }
 
 /// Runs `steps` against a controller with `slots` slots and against the model, comparing them
-/// after each operation.
+/// after each operation, and every slot after each step.
 fn check(slots: u32, steps: &[Vec<Op>]) -> Result<(), TestCaseError> {
     let mut harness =
         Harness::new(slots).map_err(|e| TestCaseError::fail(format!("no eventfd: {e}")))?;
     for (index, step) in steps.iter().enumerate() {
+        let failed = |mismatch| TestCaseError::fail(format!("step {index}: {mismatch}"));
         for op in step {
-            harness
-                .apply(op)
-                .map_err(|mismatch| TestCaseError::fail(format!("step {index}: {mismatch}")))?;
+            harness.apply(op).map_err(failed)?;
         }
+        harness.check_all().map_err(failed)?;
     }
     Ok(())
 }
