@@ -1,5 +1,5 @@
-//! Memory sizes as `tidalctl` users write them (`512M`, `2G`, `4096`) and as it prints them.
-//! Same syntax as the VMM's own `--memory` sizes; kept here so the API crate stands alone.
+//! Memory sizes as users write them (`512M`, `2G`, `4096`) and as Tidal prints them
+//! (`512 MiB`): one syntax for `tidalctl` and the VMM's `--memory`, whose parser uses this one.
 
 use thiserror::Error;
 

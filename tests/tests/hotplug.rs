@@ -82,7 +82,7 @@ fn bad_hotplug_requests_get_clear_errors_from_the_real_vmm() {
     let add = |vm: &mut ElasticVm, size| vm.api.add_memory(&AddMemoryRequest { size, node: 0 });
     let r = add(&mut vm, 100 * MIB);
     let message = vm.expect_api_error(r, 400);
-    assert!(message.contains("multiple of the 128M"), "{message}");
+    assert!(message.contains("multiple of the 128 MiB"), "{message}");
     let r = add(&mut vm, 4 * GIB);
     let message = vm.expect_api_error(r, 400);
     assert!(message.contains("free"), "{message}");

@@ -12,7 +12,7 @@ use thiserror::Error;
 use crate::layout::{MAX_GUEST_PHYSICAL, MEMORY_BLOCK_SIZE, PAGE_SIZE};
 use crate::memory::GuestMemoryLayout;
 use crate::options::{KeyValues, OptionError};
-use crate::size::format_size;
+use tidal_api::size::format_size;
 
 /// vCPUs are numbered by 8-bit xAPIC ids in the MADT; 255 is the broadcast id.
 pub const MAX_VCPUS: u8 = 254;

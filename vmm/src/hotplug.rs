@@ -21,7 +21,7 @@ use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 use crate::layout::MEMORY_BLOCK_SIZE;
 use crate::memory::{delete_kvm_slot, set_kvm_slot};
 use crate::ram::{GuestMemory, RamRegion};
-use crate::size::format_size;
+use tidal_api::size::format_size;
 
 /// The part of guest physical space DIMMs are carved from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

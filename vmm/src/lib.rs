@@ -13,6 +13,5 @@ pub mod ram;
 pub mod reset_vector;
 pub mod seccomp;
 pub mod signals;
-pub mod size;
 pub mod vcpu;
 pub mod vm;

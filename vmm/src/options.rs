@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use thiserror::Error;
 
-use crate::size::{parse_size, SizeError};
+use tidal_api::size::{parse_size, SizeError};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum OptionError {
