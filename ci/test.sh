@@ -21,8 +21,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo=$(pwd)
 
-# Integration test targets (tests/tests/*.rs) that run on the host: they fail before any KVM is
-# used. Every other target boots guests.
+# Integration test targets (tests/tests/*.rs) that run on the host: command-line errors, the
+# ACPI tables, and signals sent to a tidal whose guest is still booting (any /dev/kvm will do,
+# KVM-PVM too). Every other target boots guests.
 host_tests=(cli acpi_tables)
 
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
