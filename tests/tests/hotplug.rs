@@ -355,13 +355,14 @@ fn long_run_of_add_remove_cycles_under_memory_stress() {
 
 /// A guest loop that copies `bytes` of data over and over and checks each copy, until
 /// /tmp/stress.stop appears: counts its rounds in /tmp/stress.rounds and logs every mismatch to
-/// /tmp/stress.bad.
+/// /tmp/stress.bad. It rests a second between rounds: the guest has one vCPU, which the cycles
+/// need too.
 fn stress_loop_command(bytes: u64) -> String {
     format!(
         "{} && (n=0; want=$(md5sum < /tmp/stress.src); while [ ! -e /tmp/stress.stop ]; do \
          cp /tmp/stress.src /tmp/stress.copy; got=$(md5sum < /tmp/stress.copy); \
          [ \"$got\" = \"$want\" ] || echo \"round $n: $got\" >> /tmp/stress.bad; \
-         n=$((n+1)); echo $n > /tmp/stress.rounds; done; echo done > /tmp/stress.ended) \
+         n=$((n+1)); echo $n > /tmp/stress.rounds; sleep 1; done; echo done > /tmp/stress.ended) \
          > /dev/null 2>&1 &",
         pattern_fill_command("/tmp/stress.src", bytes)
     )
@@ -389,6 +390,7 @@ fn add_remove_cycles(cycles: usize, dimm: u64, fresh: u64, stress: Option<u64>) 
     let fds_start = vm.host_fd_count();
     let maps_start = vm.host_ram_mapping_count();
 
+    let started = std::time::Instant::now();
     for cycle in 1..=cycles {
         vm.resize(GIB + dimm);
         // Fresh data in the new DIMM: the eject below must migrate it, not lose it.
@@ -404,7 +406,11 @@ fn add_remove_cycles(cycles: usize, dimm: u64, fresh: u64, stress: Option<u64>) 
         }
         vm.guest.run_ok("rm /tmp/cycle");
         if cycle % 10 == 0 {
-            eprintln!("tidal-tests: {cycle} of {cycles} cycles done");
+            eprintln!(
+                "tidal-tests: {cycle} of {cycles} cycles done after {} s; tidal's RSS {} KiB",
+                started.elapsed().as_secs(),
+                vm.host_rss_kib()
+            );
         }
     }
 
@@ -433,6 +439,11 @@ fn add_remove_cycles(cycles: usize, dimm: u64, fresh: u64, stress: Option<u64>) 
         "MemTotal {total} KiB: more than boot memory"
     );
     let rss_end = vm.host_rss_kib();
+    eprintln!(
+        "tidal-tests: {cycles} cycles in {} s; tidal's RSS {rss_start} KiB after the warm-up, \
+         {rss_end} KiB at the end",
+        started.elapsed().as_secs()
+    );
     assert!(
         rss_end < rss_start + 64 * 1024,
         "tidal's RSS grew from {rss_start} KiB to {rss_end} KiB over {cycles} cycles"
