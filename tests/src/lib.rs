@@ -943,7 +943,19 @@ fn kernel_stacks(pid: u32) -> String {
 impl Drop for RunningGuest {
     fn drop(&mut self) {
         self.stdin.take();
+        // A test that failed through a plain `expect` (an API call the dying tidal never
+        // answered, say) printed nothing of tidal: say how it ended.
+        let exited_first = thread::panicking()
+            .then(|| self.child.try_wait().ok().flatten())
+            .flatten();
         self.kill();
+        if let Some(status) = exited_first {
+            eprintln!(
+                "tidal-tests: tidal had already exited ({status}) when the test failed; its \
+                 stderr, last {STDERR_TAIL_LINES} lines:\n{}",
+                tail_lines(&self.stderr.text(), STDERR_TAIL_LINES)
+            );
+        }
         if thread::panicking() {
             self.report_triple_fault();
         }

@@ -49,6 +49,8 @@ pub enum SeccompError {
     },
     #[error("cannot install the SIGSYS handler that reports seccomp violations: {0}")]
     Handler(vmm_sys_util::errno::Error),
+    #[error("cannot set glibc's malloc arena limit (mallopt M_ARENA_MAX)")]
+    ArenaLimit,
 }
 
 /// The kinds of threads Tidal runs, each with its own filter.
@@ -489,6 +491,26 @@ extern "C" fn on_sigsys(_signo: libc::c_int, info: *mut libc::siginfo_t, _ctx: *
     unsafe {
         libc::write(2, line.bytes.as_ptr().cast(), line.len);
         libc::_exit(SIGSYS_EXIT_CODE);
+    }
+}
+
+/// Takes away a file glibc would otherwise read later, under a filter. Call it before the first
+/// filter is installed.
+///
+/// glibc's malloc gives each new thread an arena of its own, up to 8, and when a ninth is
+/// wanted it reads `/sys/devices/system/cpu/online` (`openat`, allowed in no filter) to cap them
+/// at 8 per CPU, in whichever thread gets there first: with 4 vCPUs and a few API calls in
+/// flight, a vCPU or API thread, which then dies (seen in the test host as `thread '' made
+/// system call 257`: a new API thread allocates before it names itself). Setting the same cap
+/// now, with `mallopt(M_ARENA_MAX)`, means glibc never looks.
+pub fn fix_malloc_arena_limit() -> Result<(), SeccompError> {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let arenas = libc::c_int::try_from(cpus.saturating_mul(8)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: mallopt changes a malloc tunable; it touches no memory of ours.
+    if unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) } == 1 {
+        Ok(())
+    } else {
+        Err(SeccompError::ArenaLimit)
     }
 }
 

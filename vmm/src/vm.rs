@@ -406,6 +406,7 @@ impl Vm {
         let filters = match self.seccomp {
             SeccompMode::On => {
                 seccomp::install_sigsys_handler()?;
+                seccomp::fix_malloc_arena_limit()?;
                 Some(Filters::new()?)
             }
             SeccompMode::Off => None,

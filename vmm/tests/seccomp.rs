@@ -127,6 +127,12 @@ fn every_thread_kind_can_do_the_common_work() {
     }
 }
 
+/// Found in the test host: glibc reading the CPU count when a ninth malloc arena is wanted.
+#[test]
+fn many_threads_allocating_at_once_stay_within_the_filter() {
+    assert_succeeded(&run_case("arenas", b""));
+}
+
 #[test]
 fn the_console_thread_feeds_stdin_to_the_uart() {
     assert_succeeded(&run_case("console", &console_input()));
@@ -190,6 +196,7 @@ fn case_in_child_process() {
             unsafe { libc::read(3, byte.as_mut_ptr().cast(), 1) };
         }),
         ["common", kind] => in_probe(kind_from(kind), common_work),
+        ["arenas"] => arenas_case(),
         ["console"] => console_case(),
         ["vmm"] => vmm_case(),
         _ => panic!("unknown case {case:?}"),
@@ -230,6 +237,28 @@ fn common_work() {
     let mut map = std::collections::HashMap::new();
     map.insert(small.len(), "entries");
     eprintln!("probe: {} {}", map[&1000], small.iter().sum::<u64>());
+}
+
+/// More threads allocating at once than glibc has malloc arenas before it looks up the CPU
+/// count (8), all under the API filter, as a burst of API calls starts them.
+fn arenas_case() {
+    const THREADS: usize = 16;
+    seccomp::fix_malloc_arena_limit().unwrap();
+    let filter = ThreadFilter::new(ThreadKind::Api).unwrap();
+    filter.apply().unwrap();
+    let all_started = Arc::new(std::sync::Barrier::new(THREADS));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let all_started = all_started.clone();
+            std::thread::spawn(move || {
+                let kept = vec![1u8; 4096];
+                all_started.wait();
+                kept.len()
+            })
+        })
+        .collect();
+    let total: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    eprintln!("arenas: {total}");
 }
 
 /// More than the UART's FIFO holds, so the reader has to wait for the guest.
