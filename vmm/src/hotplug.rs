@@ -15,9 +15,9 @@ use tidal_devices::ged::Ged;
 use tidal_devices::memory_hotplug::{
     Dimm, EjectHandler, MemoryHotplugController, Ost, SlotEvent, SlotListener, SlotState, SlotView,
 };
-use vm_allocator::{AddressAllocator, AllocPolicy, RangeInclusive};
 use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 
+use crate::dimm_space::DimmSpace;
 use crate::layout::MEMORY_BLOCK_SIZE;
 use crate::memory::{delete_kvm_slot, set_kvm_slot};
 use crate::ram::{GuestMemory, RamRegion};
@@ -35,7 +35,7 @@ pub struct HotplugRegion {
 struct DimmMemory {
     vm: Arc<VmFd>,
     memory: GuestMemoryAtomic<GuestMemory>,
-    allocator: AddressAllocator,
+    space: DimmSpace,
     /// DIMM slot `n` uses KVM slot `first_kvm_slot + n`.
     first_kvm_slot: u32,
 }
@@ -43,16 +43,11 @@ struct DimmMemory {
 impl DimmMemory {
     /// Reserves `size` bytes of the region, block aligned.
     fn allocate(&mut self, size: u64) -> Option<u64> {
-        self.allocator
-            .allocate(size, MEMORY_BLOCK_SIZE, AllocPolicy::FirstMatch)
-            .ok()
-            .map(|range| range.start())
+        self.space.allocate(size)
     }
 
     fn free(&mut self, base: u64, size: u64) {
-        let freed = RangeInclusive::new(base, base + size - 1)
-            .and_then(|range| self.allocator.free(&range));
-        if let Err(e) = freed {
+        if let Err(e) = self.space.free(base, size) {
             log::error!("cannot return {base:#x}+{size:#x} to the hotplug allocator: {e}");
         }
     }
@@ -208,11 +203,11 @@ impl MemoryHotplug {
         let (base, size) = parts
             .region
             .map_or((0, MEMORY_BLOCK_SIZE), |r| (r.base, r.size));
-        let allocator = AddressAllocator::new(base, size).map_err(HotplugSetupError)?;
+        let space = DimmSpace::new(base, size).map_err(HotplugSetupError)?;
         let dimms = Arc::new(Mutex::new(DimmMemory {
             vm: parts.vm,
             memory: parts.memory,
-            allocator,
+            space,
             first_kvm_slot: parts.first_kvm_slot,
         }));
         let events = Arc::new(EventHub::default());

@@ -5,6 +5,7 @@ pub mod boot;
 pub mod config;
 pub mod console;
 pub mod cpu;
+pub mod dimm_space;
 pub mod hotplug;
 pub mod layout;
 pub mod memory;
