@@ -6,16 +6,16 @@
 //! controller reports, every slot, the GED's events and its interrupt.
 //!
 //! The host is played here as the VMM plays it (vmm/src/hotplug.rs): a DIMM's range comes from
-//! a `vm_allocator::AddressAllocator` over the hotplug region, block aligned, and goes into the
-//! memory map before the plug; an eject takes it out of the map and gives it back to the
+//! the VMM's own allocator of the hotplug region (`tidal_vmm::dimm_space::DimmSpace`) and goes
+//! into the memory map before the plug; an eject takes it out of the map and gives it back to the
 //! allocator. After every step the map holds exactly the DIMMs in the slots, none overlapping,
 //! all inside the region; the allocator refuses a DIMM only when the map has no gap for it,
 //! never hands out a range in use and takes back every ejected DIMM; at the end, with every
 //! DIMM gone, it gives out the whole region again.
 //!
-//! Not covered: the VMM's own `MemoryHotplug` (its allocator, KVM slots and guest memory map)
-//! needs /dev/kvm, so it is not fuzzed; only the devices crate's controller and GED are, with
-//! the host's part played by this file.
+//! Not covered: the rest of the VMM's `MemoryHotplug` (KVM slots and the guest memory map)
+//! needs /dev/kvm, so it is not fuzzed; the controller, the GED and the allocator are, with
+//! the rest of the host's part played by this file.
 
 #![no_main]
 
@@ -33,8 +33,8 @@ use tidal_devices::model::reg::{
     REMOVE_PENDING, SELECTOR, STATUS,
 };
 use tidal_devices::model::{Applied, Harness, Op};
+use tidal_vmm::dimm_space::DimmSpace;
 use tidal_vmm::layout::{HOTPLUG_ALIGNMENT, MEMORY_BLOCK_SIZE, MMIO_HOLE_END};
-use vm_allocator::{AddressAllocator, AllocPolicy, RangeInclusive};
 
 /// The most DIMM slots a VM has (`--memory slots=`).
 const MAX_SLOTS: u32 = tidal_acpi::MAX_MEMORY_SLOTS;
@@ -220,7 +220,7 @@ struct Machine {
     slots: u32,
     region_base: u64,
     region_size: u64,
-    allocator: AddressAllocator,
+    allocator: DimmSpace,
     /// The DIMMs in the guest memory map: base to (slot, size).
     map: BTreeMap<u64, (u32, u64)>,
 }
@@ -232,7 +232,7 @@ impl Machine {
             slots,
             region_base,
             region_size,
-            allocator: AddressAllocator::new(region_base, region_size)
+            allocator: DimmSpace::new(region_base, region_size)
                 .expect("an allocator over the hotplug region"),
             map: BTreeMap::new(),
         }
@@ -363,25 +363,19 @@ impl Machine {
     /// must find room exactly when the map has a gap for it.
     fn map_dimm(&mut self, slot: u32, size: u64) -> Option<u64> {
         let room = self.has_gap(size);
-        let range = match self
-            .allocator
-            .allocate(size, MEMORY_BLOCK_SIZE, AllocPolicy::FirstMatch)
-        {
-            Ok(range) => range,
-            Err(error) => {
-                assert!(
-                    !room,
-                    "the allocator refused {size:#x} bytes though the map has room: {error}"
-                );
-                return None;
-            }
+        let Some(base) = self.allocator.allocate(size) else {
+            assert!(
+                !room,
+                "the allocator refused {size:#x} bytes though the map has room"
+            );
+            return None;
         };
+        let end = base + size - 1;
+        let range = base..=end;
         assert!(
             room,
             "the allocator gave out {range:?}, which the map has no room for"
         );
-        let (base, end) = (range.start(), range.end());
-        assert_eq!(end - base + 1, size, "the allocator gave out {range:?}");
         assert_eq!(
             base % MEMORY_BLOCK_SIZE,
             0,
@@ -415,9 +409,8 @@ impl Machine {
     }
 
     fn free(&mut self, base: u64, size: u64) {
-        let range = RangeInclusive::new(base, base + size - 1).expect("a DIMM's range");
-        if let Err(error) = self.allocator.free(&range) {
-            panic!("the allocator did not take back {range:?}: {error}");
+        if let Err(error) = self.allocator.free(base, size) {
+            panic!("the allocator did not take back {base:#x}+{size:#x}: {error}");
         }
     }
 
@@ -441,10 +434,10 @@ impl Machine {
         for (base, (_, size)) in std::mem::take(&mut self.map) {
             self.free(base, size);
         }
-        let whole = self
-            .allocator
-            .allocate(self.region_size, MEMORY_BLOCK_SIZE, AllocPolicy::FirstMatch)
-            .unwrap_or_else(|error| panic!("the emptied region is not free in one piece: {error}"));
-        assert_eq!(whole.start(), self.region_base);
+        assert_eq!(
+            self.allocator.allocate(self.region_size),
+            Some(self.region_base),
+            "the emptied region is not free in one piece"
+        );
     }
 }

@@ -20,7 +20,11 @@ fuzz_target!(|data: &[u8]| {
         .flatten()
     {
         let printed = format_size(bytes);
-        assert_eq!(parse_size(&printed), Ok(bytes), "{bytes} printed as {printed:?}");
+        assert_eq!(
+            parse_size(&printed),
+            Ok(bytes),
+            "{bytes} printed as {printed:?}"
+        );
     }
 
     if let Ok(memory) = parse_memory(&text) {
