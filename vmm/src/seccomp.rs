@@ -229,17 +229,22 @@ fn common(rules: &mut Rules) -> Result<(), seccompiler::BackendError> {
     Ok(())
 }
 
+/// An event loop on epoll, the main thread's and tokio's: glibc may wait with any variant.
+const EVENT_LOOP: [libc::c_long; 5] = [
+    libc::SYS_epoll_create1,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_pwait2,
+];
+
 /// The main thread after it started the others: the event loop (epoll on eventfds and the
 /// stop signals' signalfd), kicking the vCPUs out of `KVM_RUN` and joining them, stopping the
 /// API server (which removes its socket file), unmapping guest memory and closing KVM.
 fn main_rules(rules: &mut Rules, kick_signal: i32) -> Result<(), seccompiler::BackendError> {
     use libc::*;
+    rules.allow(&EVENT_LOOP);
     rules.allow(&[
-        SYS_epoll_create1,
-        SYS_epoll_ctl,
-        SYS_epoll_wait,
-        SYS_epoll_pwait,
-        SYS_epoll_pwait2,
         SYS_eventfd2,
         SYS_signalfd4,
         SYS_read,
@@ -284,12 +289,8 @@ fn vcpu_rules(rules: &mut Rules) -> Result<(), seccompiler::BackendError> {
 /// `api` thread starts the pool's threads, which install the filter again at their start.
 fn api_rules(rules: &mut Rules) -> Result<(), seccompiler::BackendError> {
     use libc::*;
+    rules.allow(&EVENT_LOOP);
     rules.allow(&[
-        SYS_epoll_create1,
-        SYS_epoll_ctl,
-        SYS_epoll_wait,
-        SYS_epoll_pwait,
-        SYS_epoll_pwait2,
         SYS_accept4,
         SYS_accept,
         SYS_read,
