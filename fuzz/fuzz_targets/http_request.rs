@@ -161,7 +161,11 @@ fn response(bytes: &[u8]) -> Result<&[u8], String> {
     if chunked {
         return chunks(body);
     }
-    let length = length.unwrap_or(0);
+    // Neither a length nor chunks: the body runs to the end of the connection (the events
+    // stream answered in HTTP/1.0, which has no chunks).
+    let Some(length) = length else {
+        return Ok(&[]);
+    };
     body.get(length..)
         .ok_or_else(|| format!("a body shorter than its {length} bytes"))
 }
