@@ -132,7 +132,13 @@ list_tests() {
 #   command);
 # - the nested guest triple-faults (the harness prints "the guest triple-faulted"): under QEMU
 #   TCG's emulated SVM guests die this way at random, even idle ones with one vCPU and no
-#   hotplug yet (docs/testing.md, "Open"). On hardware KVM this is never retried.
+#   hotplug yet (docs/testing.md, "Open");
+# - the nested guest falls silent halfway through a command's output, answers no input, and no
+#   vCPU thread of tidal waits on a lock (the harness probes it and prints "the guest stopped
+#   answering inside KVM_RUN", see diagnose_silence in tests/src/lib.rs): seen once in CI, a
+#   1-vCPU guest idle but for its shell. A console that resumes after the probe's newline (a
+#   lost serial interrupt: Tidal's bug) and a command that is merely slow are not retried.
+# On hardware KVM nothing is retried.
 # Any other failure is never retried.
 run_in_testhost() {
     local exe=$1 test=$2 rc=0 attempt log
@@ -146,6 +152,8 @@ run_in_testhost() {
             echo "ci/test.sh: WARNING: the test host failed (not the test) running $test (attempt $attempt of 3)" >&2
         elif [ "$rc" -ne 0 ] && grep -q "tidal-tests: the guest triple-faulted:" "$log"; then
             echo "ci/test.sh: WARNING: the nested guest triple-faulted under emulation running $test (attempt $attempt of 3)" >&2
+        elif [ "$rc" -ne 0 ] && grep -q "tidal-tests: the guest stopped answering inside KVM_RUN:" "$log"; then
+            echo "ci/test.sh: WARNING: the nested guest hung under emulation running $test (attempt $attempt of 3)" >&2
         else
             break
         fi

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 pub mod bench;
 pub mod elastic;
+pub mod threads;
 
 /// The one line the guest's `/init` prints when userspace is up.
 pub const READY_LINE: &str = "TIDAL-GUEST-READY";
@@ -608,6 +609,68 @@ impl RunningGuest {
         }
     }
 
+    /// Why the guest did not answer, in a few lines: whether a newline on its input makes its
+    /// console go on (Linux's 8250 driver also transmits from the receive interrupt, so output
+    /// that resumes then had lost a transmit interrupt: a serial emulation bug), and what tidal's
+    /// vCPU threads were doing meanwhile. A command whose output stopped halfway (`output_began`;
+    /// a command that is merely slow prints nothing) in a guest that stays silent while no vCPU
+    /// thread waits on a lock in tidal gets a line of its own that ci/test.sh looks for: under
+    /// nested emulation guests hang at random (docs/testing.md).
+    fn diagnose_silence(&mut self, output_began: bool) -> String {
+        let pid = self.child.id();
+        let before = threads::sample(pid);
+        let console_len = self.console.len();
+        let probe_start = Instant::now();
+        if let Some(stdin) = self.stdin.as_mut() {
+            let _ = stdin.write_all(b"\n").and_then(|()| stdin.flush());
+        }
+        let answered = self
+            .console
+            .wait_until(probe_start + SILENCE_PROBE, |bytes| {
+                (bytes.len() > console_len).then_some(())
+            })
+            .is_ok();
+        // The wait ends early when the console answers: sample over the whole probe anyway.
+        thread::sleep(SILENCE_PROBE.saturating_sub(probe_start.elapsed()));
+        let after = threads::sample(pid);
+        let mut report = String::from("---- why the guest is silent ----\n");
+        for thread in after.iter().filter(|t| t.is_vcpu()) {
+            let used = before
+                .iter()
+                .find(|b| b.tid == thread.tid)
+                .map(|b| thread.cpu_ticks.saturating_sub(b.cpu_ticks));
+            let _ = writeln!(
+                report,
+                "  {} (thread {}): {}, {} ticks of CPU over the probe",
+                thread.name,
+                thread.tid,
+                thread.place(),
+                used.map_or("?".to_owned(), |t| t.to_string())
+            );
+        }
+        let vcpus_free = after.iter().any(|t| t.is_vcpu())
+            && !after.iter().any(|t| t.is_vcpu() && t.waits_on_a_lock());
+        if answered {
+            report.push_str(
+                "  the console went on after a newline was sent to the guest: the command \
+                 ended just then, or the guest's serial transmitter had stalled (a lost \
+                 transmit interrupt)\n",
+            );
+        } else {
+            let _ = writeln!(
+                report,
+                "  a newline sent to the guest got no output within {SILENCE_PROBE:?}"
+            );
+            if vcpus_free && output_began {
+                eprintln!(
+                    "{SILENT_GUEST_MARKER} its output stopped halfway through a command, a \
+                     newline got no answer, no vCPU thread waits on a lock in tidal"
+                );
+            }
+        }
+        report
+    }
+
     /// Panics with `message`, the console tail and the end of tidal's stderr.
     pub fn fail(&self, message: &str) -> ! {
         let mut report = format!("{message}\n  tidal: {}\n", self.description);
@@ -693,9 +756,18 @@ impl RunningGuest {
         });
         let (body_start, e, status_end) = match result {
             Ok(found) => found,
-            Err(WaitError::Timeout) => self.fail(&format!(
-                "timed out after {timeout:?} running {command:?} in the guest"
-            )),
+            Err(WaitError::Timeout) => {
+                let output_began = {
+                    let state = self.console.lock();
+                    find_bytes(&state.bytes, begin.as_bytes(), from)
+                        .and_then(|b| find_bytes(&state.bytes, b"\n", b))
+                        .is_some_and(|newline| state.bytes.len() > newline + 1)
+                };
+                let diagnosis = self.diagnose_silence(output_began);
+                self.fail(&format!(
+                    "timed out after {timeout:?} running {command:?} in the guest\n{diagnosis}"
+                ))
+            }
             Err(WaitError::Closed) => self.fail(&format!(
                 "tidal exited while running {command:?} in the guest"
             )),
@@ -887,7 +959,7 @@ impl RunningGuest {
             "tidal-tests: tidal (pid {}) did not die within {KILL_TIMEOUT:?} of SIGKILL; \
              left behind. Its threads in the kernel:\n{}",
             self.child.id(),
-            kernel_stacks(self.child.id())
+            threads::kernel_stacks(self.child.id())
         );
     }
 }
@@ -906,39 +978,18 @@ pub fn pattern_fill_command(path: &str, bytes: u64) -> String {
 /// memory the guest has now, before a fill that may use hot-added memory.
 pub const GROW_TMPFS: &str = "mount -o remount,size=95% /tmp";
 
+/// Starts the line that reports a guest that stopped answering while tidal's vCPU threads were
+/// free (see [`RunningGuest::diagnose_silence`]).
+const SILENT_GUEST_MARKER: &str = "tidal-tests: the guest stopped answering inside KVM_RUN:";
+
+/// How long [`RunningGuest::diagnose_silence`] waits for the console to answer a newline.
+const SILENCE_PROBE: Duration = Duration::from_secs(10);
+
 /// Starts the line that reports a guest's triple fault after a failed test.
 const TRIPLE_FAULT_MARKER: &str = "tidal-tests: the guest triple-faulted:";
 
 /// How long [`RunningGuest::kill`] waits for a killed tidal to go.
 pub const KILL_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// State, wait channel and kernel stack of each thread of process `pid`, from /proc (stacks need
-/// root), for reports about a process that does not die.
-fn kernel_stacks(pid: u32) -> String {
-    let task_dir = format!("/proc/{pid}/task");
-    let Ok(tasks) = std::fs::read_dir(&task_dir) else {
-        return format!("  (cannot read {task_dir})");
-    };
-    let mut report = String::new();
-    for task in tasks.flatten() {
-        let path = task.path();
-        let read = |name: &str| std::fs::read_to_string(path.join(name)).unwrap_or_default();
-        let state = read("status")
-            .lines()
-            .find(|l| l.starts_with("State:"))
-            .unwrap_or("State: ?")
-            .to_owned();
-        let _ = writeln!(
-            report,
-            "  thread {} ({}): {state}, wchan {}\n{}",
-            task.file_name().to_string_lossy(),
-            read("comm").trim(),
-            read("wchan"),
-            read("stack")
-        );
-    }
-    report
-}
 
 impl Drop for RunningGuest {
     fn drop(&mut self) {
