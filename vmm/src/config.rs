@@ -11,6 +11,7 @@ use thiserror::Error;
 
 use crate::layout::{MAX_GUEST_PHYSICAL, MEMORY_BLOCK_SIZE, PAGE_SIZE};
 use crate::memory::GuestMemoryLayout;
+use crate::numa::{check_nodes, parse_node, NodeConfig, NumaError};
 use crate::options::{KeyValues, OptionError};
 use tidal_api::size::format_size;
 
@@ -26,6 +27,8 @@ pub const DEFAULT_SLOTS: u32 = 32;
 pub const MAX_SLOTS: u32 = 256;
 /// Linux picks 128 MiB memory blocks only while boot memory ends below 64 GiB.
 const MAX_BOOT_END_FOR_HOTPLUG: u64 = 64 << 30;
+/// Guest memory when neither --memory nor --numa says.
+const DEFAULT_MEMORY: &str = "size=512M";
 /// The kernel command line when the user gives none.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=acpi panic=1";
 
@@ -61,15 +64,21 @@ pub struct Cli {
     /// Number of vCPUs (1 to 254).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub cpus: u32,
-    /// Guest memory: size=SIZE[,hotplug_size=SIZE][,slots=N]. Sizes take K, M, G or T suffixes
-    /// (powers of 1024) or plain bytes. hotplug_size reserves a region above boot RAM that DIMMs
-    /// of 128M multiples can be hot-added into, in at most `slots` DIMMs (default 32, at most 256).
+    /// Guest memory: size=SIZE[,hotplug_size=SIZE][,slots=N] (default size=512M). Sizes take K,
+    /// M, G or T suffixes (powers of 1024) or plain bytes. hotplug_size reserves a region above
+    /// boot RAM that DIMMs of 128M multiples can be hot-added into, in at most `slots` DIMMs
+    /// (default 32, at most 256). With --numa, size and hotplug_size are the nodes' sums and
+    /// may be left out.
+    #[arg(long, value_name = "size=SIZE[,hotplug_size=SIZE][,slots=N]")]
+    pub memory: Option<String>,
+    /// A guest NUMA node, once per node (at most 8), ids 0, 1, ... in order: its vCPUs (every
+    /// vCPU in one node), its boot memory and its share of the hotplug region (128M multiples),
+    /// and its distances to other nodes (default 20; 10 to itself).
     #[arg(
         long,
-        default_value = "size=512M",
-        value_name = "size=SIZE[,hotplug_size=SIZE][,slots=N]"
+        value_name = "id=N,cpus=LIST,memory=SIZE[,hotplug_size=SIZE][,distance=[NODE@D,...]]"
     )]
-    pub memory: String,
+    pub numa: Vec<String>,
     /// Guest console: stdio (guest output on stdout, stdin to the guest), file=PATH, or off.
     #[arg(long, default_value = "stdio", value_name = "stdio|file=PATH|off")]
     pub serial: String,
@@ -102,6 +111,8 @@ pub enum SeccompMode {
 pub enum ConfigError {
     #[error(transparent)]
     Option(#[from] OptionError),
+    #[error(transparent)]
+    Numa(#[from] NumaError),
     #[error("--cpus must be between 1 and {MAX_VCPUS}, not {0}")]
     Cpus(u32),
     #[error("--memory: size {} is too small: at least {} is needed", format_size(*.0), format_size(MIN_MEMORY))]
@@ -158,6 +169,8 @@ pub struct VmConfig {
     pub cmdline: String,
     pub cpus: u8,
     pub memory: MemoryConfig,
+    /// The guest's NUMA nodes: one holding everything without --numa.
+    pub nodes: Vec<NodeConfig>,
     pub serial: SerialMode,
     pub api_socket: Option<PathBuf>,
     pub hotplug_timeout: Duration,
@@ -180,7 +193,25 @@ impl TryFrom<&Cli> for VmConfig {
                 source,
             })?;
         }
-        let memory = parse_memory(&cli.memory)?;
+        let (memory, nodes) = if cli.numa.is_empty() {
+            let memory = parse_memory(cli.memory.as_deref().unwrap_or(DEFAULT_MEMORY))?;
+            let node = NodeConfig {
+                id: 0,
+                cpus: (0..cpus).collect(),
+                memory: memory.size,
+                hotplug_size: memory.hotplug_size,
+                distances: Default::default(),
+            };
+            (memory, vec![node])
+        } else {
+            let nodes = cli
+                .numa
+                .iter()
+                .map(|text| parse_node(text))
+                .collect::<Result<Vec<_>, _>>()?;
+            check_nodes(&nodes, cpus)?;
+            (numa_memory(cli.memory.as_deref(), &nodes)?, nodes)
+        };
         if cli.hotplug_timeout == 0 {
             return Err(ConfigError::HotplugTimeout);
         }
@@ -190,6 +221,7 @@ impl TryFrom<&Cli> for VmConfig {
             cmdline: kernel_cmdline(cli.cmdline.as_deref(), memory.hotplug_size > 0),
             cpus,
             memory,
+            nodes,
             serial: parse_serial(&cli.serial)?,
             api_socket: cli.api_socket.clone(),
             hotplug_timeout: Duration::from_secs(cli.hotplug_timeout),
@@ -220,9 +252,41 @@ pub fn kernel_cmdline(user: Option<&str>, hotplug: bool) -> String {
     kernel.join(" ")
 }
 
+/// The keys `--memory` takes.
+const MEMORY_KEYS: [&str; 3] = ["size", "hotplug_size", "slots"];
+
 pub fn parse_memory(text: &str) -> Result<MemoryConfig, ConfigError> {
-    let kv = KeyValues::parse("memory", text, &["size", "hotplug_size", "slots"])?;
-    let size = kv.required_size("size")?;
+    let kv = KeyValues::parse("memory", text, &MEMORY_KEYS)?;
+    memory_config(
+        kv.required_size("size")?,
+        kv.size("hotplug_size")?.unwrap_or(0),
+        kv.number::<u32>("slots")?,
+    )
+}
+
+/// The memory of a VM with `--numa` nodes: their sums, which a `--memory` beside them may
+/// repeat but not contradict; `--memory` alone gives the number of slots.
+fn numa_memory(text: Option<&str>, nodes: &[NodeConfig]) -> Result<MemoryConfig, ConfigError> {
+    let kv = KeyValues::parse("memory", text.unwrap_or_default(), &MEMORY_KEYS)?;
+    let size: u64 = nodes.iter().map(|n| n.memory).sum();
+    let hotplug_size: u64 = nodes.iter().map(|n| n.hotplug_size).sum();
+    for (key, nodes) in [("size", size), ("hotplug_size", hotplug_size)] {
+        match kv.size(key)? {
+            Some(memory) if memory != nodes => {
+                return Err(NumaError::Disagrees { key, memory, nodes }.into())
+            }
+            _ => {}
+        }
+    }
+    memory_config(size, hotplug_size, kv.number::<u32>("slots")?)
+}
+
+/// Checks boot memory, the hotplug region and the slots together.
+fn memory_config(
+    size: u64,
+    hotplug_size: u64,
+    slots: Option<u32>,
+) -> Result<MemoryConfig, ConfigError> {
     if size < MIN_MEMORY {
         return Err(ConfigError::MemoryTooSmall(size));
     }
@@ -232,8 +296,6 @@ pub fn parse_memory(text: &str) -> Result<MemoryConfig, ConfigError> {
     if !size.is_multiple_of(PAGE_SIZE) {
         return Err(ConfigError::MemoryUnaligned(size));
     }
-    let hotplug_size = kv.size("hotplug_size")?.unwrap_or(0);
-    let slots = kv.number::<u32>("slots")?;
     if hotplug_size == 0 {
         if slots.is_some() {
             return Err(ConfigError::SlotsWithoutHotplug);
@@ -424,6 +486,65 @@ mod tests {
         );
         let args = ["tidal", "--kernel", "k", "--seccomp", "maybe"];
         assert!(Cli::try_parse_from(args).is_err());
+    }
+
+    #[test]
+    fn numa_nodes_make_the_memory() {
+        let nodes: Vec<_> = [
+            "id=0,cpus=0,memory=1G,hotplug_size=2G",
+            "id=1,cpus=1,memory=512M",
+        ]
+        .iter()
+        .map(|text| parse_node(text).unwrap())
+        .collect();
+        let memory = numa_memory(None, &nodes).unwrap();
+        assert_eq!(
+            (memory.size, memory.hotplug_size, memory.slots),
+            (1536 << 20, 2 << 30, DEFAULT_SLOTS)
+        );
+        let memory = numa_memory(Some("size=1536M,slots=4"), &nodes).unwrap();
+        assert_eq!(memory.slots, 4);
+        assert_eq!(
+            numa_memory(Some("size=2G"), &nodes)
+                .unwrap_err()
+                .to_string(),
+            "--memory size 2 GiB disagrees with the --numa nodes, which add up to 1536 MiB"
+        );
+        assert!(matches!(
+            numa_memory(Some("hotplug_size=1G"), &nodes),
+            Err(ConfigError::Numa(NumaError::Disagrees { .. }))
+        ));
+    }
+
+    #[test]
+    fn numa_needs_every_vcpu_in_a_node() {
+        // The kernel is checked first: this one is a bzImage only as far as its header goes.
+        let kernel = std::env::temp_dir().join(format!("tidal-numa-{}", std::process::id()));
+        let mut image = vec![0u8; 0x210];
+        image[0x202..0x206].copy_from_slice(b"HdrS");
+        std::fs::write(&kernel, image).unwrap();
+        let kernel_arg = kernel.to_str().unwrap();
+        let two_nodes = [
+            "--kernel",
+            kernel_arg,
+            "--cpus",
+            "3",
+            "--numa",
+            "id=0,cpus=0,memory=1G",
+            "--numa",
+            "id=1,cpus=1,memory=1G",
+        ];
+        let err = VmConfig::try_from(&cli(&two_nodes)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--numa: vCPU 2 is in no node: every vCPU needs one"
+        );
+        let mut args = two_nodes.to_vec();
+        args[3] = "2";
+        let config = VmConfig::try_from(&cli(&args)).unwrap();
+        assert_eq!(config.nodes.len(), 2);
+        assert_eq!(config.memory.size, 2 << 30);
+        std::fs::remove_file(kernel).unwrap();
     }
 
     #[test]

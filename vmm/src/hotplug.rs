@@ -23,7 +23,8 @@ use crate::memory::{delete_kvm_slot, set_kvm_slot};
 use crate::ram::{GuestMemory, RamRegion};
 use tidal_api::size::format_size;
 
-/// The part of guest physical space DIMMs are carved from.
+/// A part of guest physical space DIMMs are carved from: the hotplug region, or one NUMA node's
+/// share of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HotplugRegion {
     pub base: u64,
@@ -35,21 +36,30 @@ pub struct HotplugRegion {
 struct DimmMemory {
     vm: Arc<VmFd>,
     memory: GuestMemoryAtomic<GuestMemory>,
-    space: DimmSpace,
+    /// Each NUMA node's share of the hotplug region (`None`: nothing can be added to it).
+    spaces: Vec<Option<DimmSpace>>,
     /// DIMM slot `n` uses KVM slot `first_kvm_slot + n`.
     first_kvm_slot: u32,
 }
 
 impl DimmMemory {
-    /// Reserves `size` bytes of the region, block aligned.
-    fn allocate(&mut self, size: u64) -> Option<u64> {
-        self.space.allocate(size)
+    /// Reserves `size` bytes of `node`'s share of the region, block aligned.
+    fn allocate(&mut self, node: u32, size: u64) -> Option<u64> {
+        self.space(node)?.allocate(size)
     }
 
-    fn free(&mut self, base: u64, size: u64) {
-        if let Err(e) = self.space.free(base, size) {
+    fn free(&mut self, node: u32, base: u64, size: u64) {
+        let freed = match self.space(node) {
+            Some(space) => space.free(base, size).map_err(|e| e.to_string()),
+            None => Err(format!("node {node} has no hotplug memory")),
+        };
+        if let Err(e) = freed {
             log::error!("cannot return {base:#x}+{size:#x} to the hotplug allocator: {e}");
         }
+    }
+
+    fn space(&mut self, node: u32) -> Option<&mut DimmSpace> {
+        self.spaces.get_mut(usize::try_from(node).ok()?)?.as_mut()
     }
 
     /// Maps fresh host memory at `base` for DIMM slot `slot`: mmap, KVM slot, guest memory map.
@@ -80,7 +90,8 @@ impl DimmMemory {
 
     /// Takes a DIMM's memory away: the KVM slot first, so no vCPU can reach it, then the map
     /// entry; the host memory is unmapped when the last reference to the region is dropped.
-    fn unmap(&mut self, slot: u32, base: u64, size: u64) -> Result<(), String> {
+    fn unmap(&mut self, slot: u32, dimm: Dimm) -> Result<(), String> {
+        let Dimm { base, size, node } = dimm;
         delete_kvm_slot(&self.vm, self.first_kvm_slot + slot, base).map_err(|e| e.to_string())?;
         let guard = self
             .memory
@@ -93,7 +104,7 @@ impl DimmMemory {
             .map_err(|e| format!("DIMM at {base:#x} is not in the guest memory map: {e}"))?;
         guard.replace(map);
         drop(region);
-        self.free(base, size);
+        self.free(node, base, size);
         Ok(())
     }
 }
@@ -104,7 +115,7 @@ struct Ejector(Arc<Mutex<DimmMemory>>);
 impl EjectHandler for Ejector {
     fn eject(&mut self, slot: u32, dimm: Dimm) -> Result<(), String> {
         let mut memory = self.0.lock().map_err(|_| "DIMM memory lock poisoned")?;
-        memory.unmap(slot, dimm.base, dimm.size)?;
+        memory.unmap(slot, dimm)?;
         log::info!(
             "memory slot {slot}: {} returned to the host",
             format_size(dimm.size)
@@ -157,7 +168,8 @@ impl SlotListener for HubListener {
 
 /// Everything the VM exposes about its memory, and the hotplug operations.
 pub struct MemoryHotplug {
-    region: Option<HotplugRegion>,
+    /// Each NUMA node's share of the hotplug region, by node id.
+    regions: Vec<Option<HotplugRegion>>,
     boot_ram: u64,
     cpus: u32,
     dimms: Arc<Mutex<DimmMemory>>,
@@ -179,7 +191,8 @@ pub struct HotplugParts {
     pub vm: Arc<VmFd>,
     pub memory: GuestMemoryAtomic<GuestMemory>,
     pub first_kvm_slot: u32,
-    pub region: Option<HotplugRegion>,
+    /// Each NUMA node's share of the hotplug region, by node id.
+    pub regions: Vec<Option<HotplugRegion>>,
     pub boot_ram: u64,
     pub cpus: u32,
     pub controller: Arc<Mutex<MemoryHotplugController>>,
@@ -199,15 +212,20 @@ fn dimm_id(slot: u32) -> String {
 
 impl MemoryHotplug {
     pub fn new(parts: HotplugParts) -> Result<Self, HotplugSetupError> {
-        // Without a region the allocator spans nothing usable; every add is refused earlier.
-        let (base, size) = parts
-            .region
-            .map_or((0, MEMORY_BLOCK_SIZE), |r| (r.base, r.size));
-        let space = DimmSpace::new(base, size).map_err(HotplugSetupError)?;
+        let spaces = parts
+            .regions
+            .iter()
+            .map(|region| {
+                region
+                    .map(|r| DimmSpace::new(r.base, r.size))
+                    .transpose()
+                    .map_err(HotplugSetupError)
+            })
+            .collect::<Result<_, _>>()?;
         let dimms = Arc::new(Mutex::new(DimmMemory {
             vm: parts.vm,
             memory: parts.memory,
-            space,
+            spaces,
             first_kvm_slot: parts.first_kvm_slot,
         }));
         let events = Arc::new(EventHub::default());
@@ -216,7 +234,7 @@ impl MemoryHotplug {
             controller.set_listener(Box::new(HubListener(events.clone())));
         }
         Ok(Self {
-            region: parts.region,
+            regions: parts.regions,
             boot_ram: parts.boot_ram,
             cpus: parts.cpus,
             dimms,
@@ -275,14 +293,59 @@ impl MemoryHotplug {
             .sum()
     }
 
-    /// Bytes of the region not used by any DIMM.
-    fn region_free(&self, region: HotplugRegion) -> u64 {
+    /// Bytes of `node`'s share of the region not used by any DIMM.
+    fn region_free(&self, node: u32, region: HotplugRegion) -> u64 {
         let used: u64 = self
             .slots()
             .iter()
-            .filter_map(|(_, view)| view.dimm.map(|d| d.size))
+            .filter_map(|(_, view)| view.dimm.filter(|d| d.node == node).map(|d| d.size))
             .sum();
         region.size.saturating_sub(used)
+    }
+
+    /// `node`'s share of the hotplug region, or why memory cannot be added to it.
+    fn node_region(&self, node: u32) -> Result<HotplugRegion, ApiError> {
+        if self.regions.iter().all(Option::is_none) {
+            return Err(ApiError::new(
+                ErrorKind::BadRequest,
+                "this VM has no hotplug region: start it with --memory size=...,hotplug_size=SIZE",
+            ));
+        }
+        let share = usize::try_from(node)
+            .ok()
+            .and_then(|index| self.regions.get(index))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "node {node} does not exist: this VM has NUMA nodes 0 to {}",
+                        self.regions.len().saturating_sub(1)
+                    ),
+                )
+            })?;
+        share.ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "node {node} has no hotplug memory: give it hotplug_size=SIZE in its --numa"
+                ),
+            )
+        })
+    }
+
+    /// The node a resize grows: the first whose share has `size` bytes free, else the first
+    /// with a share at all (whose error then says what is free).
+    fn node_to_grow(&self, size: u64) -> u32 {
+        let nodes = (0u32..).zip(&self.regions);
+        let with_share = nodes.filter_map(|(node, region)| region.map(|r| (node, r)));
+        let mut first = None;
+        for (node, region) in with_share {
+            first.get_or_insert(node);
+            if self.region_free(node, region) >= size {
+                return node;
+            }
+        }
+        first.unwrap_or(0)
     }
 
     /// A request's timeout, or the VM's default.
@@ -314,13 +377,9 @@ impl MemoryHotplug {
         }
     }
 
-    fn check_size(&self, size: u64) -> Result<HotplugRegion, ApiError> {
-        let region = self.region.ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::BadRequest,
-                "this VM has no hotplug region: start it with --memory size=...,hotplug_size=SIZE",
-            )
-        })?;
+    /// `node`'s share of the region, if `size` is a size DIMMs can have.
+    fn check_size(&self, size: u64, node: u32) -> Result<HotplugRegion, ApiError> {
+        let region = self.node_region(node)?;
         if size == 0 || !size.is_multiple_of(MEMORY_BLOCK_SIZE) {
             return Err(ApiError::new(
                 ErrorKind::BadRequest,
@@ -335,13 +394,7 @@ impl MemoryHotplug {
 
     /// Plugs one DIMM of `size` bytes into node `node` and waits for the guest's answer.
     fn add(&self, size: u64, node: u32, timeout: Duration) -> Result<DimmInfo, ApiError> {
-        let region = self.check_size(size)?;
-        if node != 0 {
-            return Err(ApiError::new(
-                ErrorKind::BadRequest,
-                format!("node {node} does not exist: this VM has one NUMA node, 0"),
-            ));
-        }
+        let region = self.check_size(size, node)?;
         let _operation = self.begin_operation()?;
         let slot = self.controller()?.free_slot().ok_or_else(|| {
             ApiError::new(
@@ -354,21 +407,26 @@ impl MemoryHotplug {
                 .dimms
                 .lock()
                 .map_err(|_| ApiError::new(ErrorKind::Internal, "DIMM memory lock poisoned"))?;
-            let Some(base) = dimms.allocate(size) else {
+            let Some(base) = dimms.allocate(node, size) else {
                 // The message reads the controller: not while holding `dimms`, which an eject
                 // on a vCPU thread takes while holding the controller.
                 drop(dimms);
                 return Err(ApiError::new(
                     ErrorKind::BadRequest,
                     format!(
-                        "{} requested but the hotplug region has {} free (in one piece: maybe less)",
+                        "{} requested but {} has {} free (in one piece: maybe less)",
                         format_size(size),
-                        format_size(self.region_free(region))
+                        if self.regions.len() > 1 {
+                            format!("node {node}'s share of the hotplug region")
+                        } else {
+                            "the hotplug region".to_owned()
+                        },
+                        format_size(self.region_free(node, region))
                     ),
                 ));
             };
             if let Err(e) = dimms.map(slot, base, size) {
-                dimms.free(base, size);
+                dimms.free(node, base, size);
                 return Err(ApiError::new(ErrorKind::Internal, e));
             }
             base
@@ -657,7 +715,7 @@ impl VmApi for MemoryHotplug {
             memory: MemoryInfo {
                 boot: self.boot_ram,
                 hotplugged,
-                hotplug_size: self.region.map_or(0, |r| r.size),
+                hotplug_size: self.regions.iter().flatten().map(|r| r.size).sum(),
                 slots: self.controller.lock().map_or(0, |c| c.slot_count()),
                 block_size: MEMORY_BLOCK_SIZE,
             },
@@ -694,7 +752,8 @@ impl VmApi for MemoryHotplug {
             let slots = self.shrink_plan(current - desired)?;
             return self.remove_slots(&slots, timeout);
         }
-        self.add(desired - current, 0, timeout).map(|_| ())
+        let size = desired - current;
+        self.add(size, self.node_to_grow(size), timeout).map(|_| ())
     }
 
     fn add_memory(&self, request: AddMemoryRequest) -> Result<DimmInfo, ApiError> {

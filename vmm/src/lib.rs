@@ -9,6 +9,7 @@ pub mod dimm_space;
 pub mod hotplug;
 pub mod layout;
 pub mod memory;
+pub mod numa;
 pub mod options;
 pub mod ram;
 pub mod reset_vector;

@@ -1,5 +1,5 @@
 //! The `key=value,key=value` option syntax shared by every structured flag (`--memory`,
-//! `--serial`, later `--numa`), with errors that name the flag and the key.
+//! `--numa`), with errors that name the flag and the key.
 
 use std::collections::BTreeMap;
 
@@ -46,10 +46,11 @@ pub struct KeyValues {
 }
 
 impl KeyValues {
-    /// Splits `text` on commas into `key=value` pairs, refusing keys not in `known`.
+    /// Splits `text` on commas into `key=value` pairs, refusing keys not in `known`. A value
+    /// in square brackets is a list and may hold commas: `cpus=[0-1,4]`.
     pub fn parse(flag: &'static str, text: &str, known: &[&str]) -> Result<Self, OptionError> {
         let mut values = BTreeMap::new();
-        for item in text.split(',').filter(|item| !item.is_empty()) {
+        for item in split_outside_brackets(text).filter(|item| !item.is_empty()) {
             let Some((key, value)) = item.split_once('=') else {
                 return Err(OptionError::NotKeyValue {
                     flag,
@@ -89,6 +90,16 @@ impl KeyValues {
             .transpose()
     }
 
+    /// The items of a list value: `[a,b]` or a single `a`.
+    pub fn list(&self, key: &str) -> Option<Vec<&str>> {
+        let value = self.get(key)?;
+        let inner = value
+            .strip_prefix('[')
+            .and_then(|v| v.strip_suffix(']'))
+            .unwrap_or(value);
+        Some(inner.split(',').map(str::trim).collect())
+    }
+
     pub fn required_size(&self, key: &'static str) -> Result<u64, OptionError> {
         self.size(key)?.ok_or(OptionError::Missing {
             flag: self.flag,
@@ -112,6 +123,19 @@ impl KeyValues {
     }
 }
 
+/// Commas that are not inside `[...]`.
+fn split_outside_brackets(text: &str) -> impl Iterator<Item = &str> {
+    let mut depth = 0usize;
+    text.split(move |c| {
+        match c {
+            '[' => depth += 1,
+            ']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        c == ',' && depth == 0
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +146,20 @@ mod tests {
         assert_eq!(kv.required_size("size"), Ok(1 << 30));
         assert_eq!(kv.number::<u32>("slots"), Ok(Some(4)));
         assert_eq!(kv.size("hotplug_size"), Ok(None));
+    }
+
+    #[test]
+    fn lists_in_brackets_keep_their_commas() {
+        let kv = KeyValues::parse(
+            "numa",
+            "id=0,cpus=[0-1,4],memory=1G",
+            &["id", "cpus", "memory"],
+        )
+        .unwrap();
+        assert_eq!(kv.list("cpus"), Some(vec!["0-1", "4"]));
+        assert_eq!(kv.list("id"), Some(vec!["0"]));
+        assert_eq!(kv.list("memory"), Some(vec!["1G"]));
+        assert_eq!(kv.list("nothing"), None);
     }
 
     #[test]

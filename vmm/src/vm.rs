@@ -12,7 +12,7 @@ use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use thiserror::Error;
 use tidal_acpi::{
-    AcpiConfig, AcpiTables, IoApic, LegacySerial, MemoryRange, NumaConfig, PowerRegisters,
+    AcpiConfig, AcpiTables, IoApic, LegacySerial, MemoryRange, NumaConfig, NumaNode, PowerRegisters,
 };
 use tidal_devices::ged::{Ged, GED_REGISTER_LEN};
 use tidal_devices::i8042::{I8042, I8042_PORT, I8042_PORT_SIZE};
@@ -43,6 +43,7 @@ use crate::layout::{
     MEMORY_HOTPLUG_MMIO_START, PVPANIC_MMIO_START,
 };
 use crate::memory::{GuestMemoryLayout, GuestRam, MemoryError};
+use crate::numa;
 use crate::reset_vector;
 use crate::seccomp::{self, Filters, SeccompError};
 use crate::signals::{SignalError, StopSignal, StopSignals};
@@ -127,36 +128,54 @@ const _: () = {
 /// Where the TSS and identity map go: three pages just below the BIOS area, in the hole.
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
-/// The hotplug region `config` asks for, if any.
-pub fn hotplug_region(config: &VmConfig) -> Option<HotplugRegion> {
-    (config.memory.hotplug_size > 0).then(|| HotplugRegion {
-        base: GuestMemoryLayout::new(config.memory.size).hotplug_region_base(),
-        size: config.memory.hotplug_size,
-    })
+/// Each node's share of the hotplug region (`None` for a node without one).
+pub fn hotplug_shares(config: &VmConfig) -> Vec<Option<HotplugRegion>> {
+    let base = GuestMemoryLayout::new(config.memory.size).hotplug_region_base();
+    numa::hotplug_shares(base, &config.nodes)
 }
 
-/// The SRAT's view of memory: boot RAM, and the hotplug region as hotpluggable.
-fn numa_config(config: &VmConfig, region: HotplugRegion) -> NumaConfig {
+/// The SRAT's view of the machine: each node's vCPUs, boot RAM, and share of the hotplug
+/// region as hotpluggable; the SLIT's distances when there is more than one node. `None` for a
+/// machine with one node and nothing to hot-add, which needs neither table.
+fn numa_config(config: &VmConfig) -> Option<NumaConfig> {
+    let shares = hotplug_shares(config);
+    if config.nodes.len() == 1 && shares.iter().all(Option::is_none) {
+        return None;
+    }
     let layout = GuestMemoryLayout::new(config.memory.size);
-    let boot = layout.ranges().iter().map(|&(base, size)| MemoryRange {
-        base,
-        size,
-        hotpluggable: false,
-    });
-    let hotplug = MemoryRange {
-        base: region.base,
-        size: region.size,
-        hotpluggable: true,
-    };
-    NumaConfig::single_node(
-        u32::from(config.cpus),
-        boot.chain(std::iter::once(hotplug)).collect(),
-    )
+    let boot = numa::boot_ranges(&layout, &config.nodes);
+    let nodes = config
+        .nodes
+        .iter()
+        .zip(boot)
+        .zip(&shares)
+        .map(|((node, boot), share)| {
+            let boot = boot.into_iter().map(|(base, size)| MemoryRange {
+                base,
+                size,
+                hotpluggable: false,
+            });
+            let share = share.map(|share| MemoryRange {
+                base: share.base,
+                size: share.size,
+                hotpluggable: true,
+            });
+            NumaNode {
+                proximity_domain: node.id,
+                apic_ids: node.cpus.iter().copied().map(u32::from).collect(),
+                memory: boot.chain(share).collect(),
+            }
+        })
+        .collect();
+    Some(NumaConfig {
+        nodes,
+        distances: (config.nodes.len() > 1).then(|| numa::distance_matrix(&config.nodes)),
+    })
 }
 
 /// The ACPI tables for `config`: also what `--dump-acpi` writes.
 pub fn acpi_tables(config: &VmConfig) -> Result<AcpiTables, tidal_acpi::AcpiError> {
-    let region = hotplug_region(config);
+    let hotplug = config.memory.hotplug_size > 0;
     let acpi = AcpiConfig {
         cpus: u32::from(config.cpus),
         serial: Some(LegacySerial {
@@ -179,11 +198,11 @@ pub fn acpi_tables(config: &VmConfig) -> Result<AcpiTables, tidal_acpi::AcpiErro
             mmio_base: GED_MMIO_START,
             irq: GED_IRQ,
         }),
-        memory_hotplug: region.map(|_| tidal_acpi::MemoryHotplug {
+        memory_hotplug: hotplug.then_some(tidal_acpi::MemoryHotplug {
             mmio_base: MEMORY_HOTPLUG_MMIO_START,
             slots: config.memory.slots,
         }),
-        numa: region.map(|region| numa_config(config, region)),
+        numa: numa_config(config),
         pvpanic: Some(tidal_acpi::PvPanic {
             mmio_base: PVPANIC_MMIO_START,
         }),
@@ -326,8 +345,8 @@ impl Vm {
             config.memory.slots,
             changed.clone(),
         )));
-        let region = hotplug_region(config);
-        if region.is_some() {
+        let regions = hotplug_shares(config);
+        if config.memory.hotplug_size > 0 {
             register_mmio(
                 &mut io,
                 MEMORY_HOTPLUG_MMIO_START,
@@ -339,7 +358,7 @@ impl Vm {
             vm: vm.clone(),
             memory: memory.clone(),
             first_kvm_slot: boot_kvm_slots,
-            region,
+            regions,
             boot_ram: config.memory.size,
             cpus: u32::from(config.cpus),
             controller,
@@ -577,15 +596,24 @@ mod tests {
     use super::*;
     use crate::config::{parse_memory, SerialMode, VmConfig};
 
-    /// The largest machine's tables still fit below the reset-vector area.
+    /// The largest machine's tables still fit below the reset-vector area: most vCPUs, most
+    /// slots, most NUMA nodes.
     #[test]
     fn largest_tables_fit() {
+        let nodes = (0..8u8)
+            .map(|id| {
+                let cpus = format!("{}-{}", id * 32, (id * 32 + 31).min(253));
+                let text = format!("id={id},cpus={cpus},memory=7680M,hotplug_size=64G");
+                crate::numa::parse_node(&text).unwrap()
+            })
+            .collect();
         let config = VmConfig {
             kernel: PathBuf::from("/nonexistent"),
             initramfs: None,
             cmdline: String::new(),
             cpus: 254,
             memory: parse_memory("size=60G,hotplug_size=512G,slots=256").unwrap(),
+            nodes,
             serial: SerialMode::Off,
             api_socket: None,
             hotplug_timeout: std::time::Duration::from_secs(1),

@@ -373,10 +373,10 @@ fn vmm_case() {
             vm,
             memory,
             first_kvm_slot: 1,
-            region: Some(HotplugRegion {
+            regions: vec![Some(HotplugRegion {
                 base: 1 << 32,
                 size: 1 << 30,
-            }),
+            })],
             boot_ram: 2 * MIB,
             cpus: 1,
             controller: controller.clone(),
