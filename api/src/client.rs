@@ -20,7 +20,7 @@ use tokio::runtime::Runtime;
 use crate::endpoints::Endpoint;
 use crate::types::{
     AddMemoryRequest, DimmInfo, ErrorBody, HotplugEvent, PingResponse, RemoveMemoryRequest,
-    ResizeRequest, VmInfo,
+    ResizeRequest, ResizeZoneRequest, VmInfo,
 };
 
 /// Why a call failed. [`ClientError::Api`] is the server's own answer; the rest are failures to
@@ -105,6 +105,12 @@ impl ApiClient {
     /// `PUT /api/v1/vm.resize`; returns once the VMM has finished (or given up).
     pub fn resize(&self, request: &ResizeRequest) -> Result<(), ClientError> {
         self.call(Endpoint::VmResize, Some(encode(request)?))
+            .map(drop)
+    }
+
+    /// `PUT /api/v1/vm.resize-zone`; returns once the VMM has finished (or given up).
+    pub fn resize_zone(&self, request: &ResizeZoneRequest) -> Result<(), ClientError> {
+        self.call(Endpoint::VmResizeZone, Some(encode(request)?))
             .map(drop)
     }
 

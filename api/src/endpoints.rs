@@ -14,6 +14,8 @@ pub enum Endpoint {
     VmMemory,
     /// `PUT /api/v1/vm.resize`: grow or shrink the guest's memory to a total.
     VmResize,
+    /// `PUT /api/v1/vm.resize-zone`: grow or shrink one NUMA node's memory to a total.
+    VmResizeZone,
     /// `PUT /api/v1/vm.memory.add`: plug one DIMM.
     VmAddMemory,
     /// `PUT /api/v1/vm.memory.remove`: eject one DIMM.
@@ -25,11 +27,12 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint the server serves; the router is built from this list.
-    pub const ALL: [Endpoint; 7] = [
+    pub const ALL: [Endpoint; 8] = [
         Endpoint::Ping,
         Endpoint::VmInfo,
         Endpoint::VmMemory,
         Endpoint::VmResize,
+        Endpoint::VmResizeZone,
         Endpoint::VmAddMemory,
         Endpoint::VmRemoveMemory,
         Endpoint::Events,
@@ -42,6 +45,7 @@ impl Endpoint {
             Endpoint::VmInfo => "/api/v1/vm.info",
             Endpoint::VmMemory => "/api/v1/vm.memory",
             Endpoint::VmResize => "/api/v1/vm.resize",
+            Endpoint::VmResizeZone => "/api/v1/vm.resize-zone",
             Endpoint::VmAddMemory => "/api/v1/vm.memory.add",
             Endpoint::VmRemoveMemory => "/api/v1/vm.memory.remove",
             Endpoint::Events => "/api/v1/events",
@@ -54,7 +58,10 @@ impl Endpoint {
             Endpoint::Ping | Endpoint::VmInfo | Endpoint::VmMemory | Endpoint::Events => {
                 Method::GET
             }
-            Endpoint::VmResize | Endpoint::VmAddMemory | Endpoint::VmRemoveMemory => Method::PUT,
+            Endpoint::VmResize
+            | Endpoint::VmResizeZone
+            | Endpoint::VmAddMemory
+            | Endpoint::VmRemoveMemory => Method::PUT,
         }
     }
 }

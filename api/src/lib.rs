@@ -27,6 +27,8 @@ pub trait VmApi: Send + Sync + 'static {
     /// Grows or shrinks the guest's memory to `desired_ram` bytes and waits for the guest to
     /// accept every change, each for up to `timeout_secs` (or the VMM's default).
     fn resize(&self, request: ResizeRequest) -> Result<(), ApiError>;
+    /// [`VmApi::resize`] for one NUMA node: its boot RAM plus its DIMMs.
+    fn resize_zone(&self, request: ResizeZoneRequest) -> Result<(), ApiError>;
     /// Plugs one DIMM and waits for the guest to accept it.
     fn add_memory(&self, request: AddMemoryRequest) -> Result<DimmInfo, ApiError>;
     /// Asks the guest to eject one DIMM and waits, up to `timeout_secs` (or the VMM's default),

@@ -21,7 +21,7 @@ use crate::endpoints::Endpoint;
 use crate::server::Stopping;
 use crate::types::{
     AddMemoryRequest, ApiError, DimmInfo, ErrorBody, HotplugEvent, PingResponse,
-    RemoveMemoryRequest, ResizeRequest, VmInfo,
+    RemoveMemoryRequest, ResizeRequest, ResizeZoneRequest, VmInfo,
 };
 use crate::VmApi;
 
@@ -91,6 +91,7 @@ fn method_router(endpoint: Endpoint) -> MethodRouter<ApiState> {
         Endpoint::VmInfo => on(filter, info),
         Endpoint::VmMemory => on(filter, memory),
         Endpoint::VmResize => on(filter, resize),
+        Endpoint::VmResizeZone => on(filter, resize_zone),
         Endpoint::VmAddMemory => on(filter, add_memory),
         Endpoint::VmRemoveMemory => on(filter, remove_memory),
         Endpoint::Events => on(filter, events),
@@ -116,6 +117,14 @@ async fn resize(
     JsonBody(request): JsonBody<ResizeRequest>,
 ) -> Result<StatusCode, ErrorResponse> {
     call_vm(vm, move |vm| vm.resize(request)).await??;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn resize_zone(
+    State(vm): State<Vm>,
+    JsonBody(request): JsonBody<ResizeZoneRequest>,
+) -> Result<StatusCode, ErrorResponse> {
+    call_vm(vm, move |vm| vm.resize_zone(request)).await??;
     Ok(StatusCode::NO_CONTENT)
 }
 

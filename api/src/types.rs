@@ -30,6 +30,22 @@ pub struct MemoryInfo {
     pub slots: u32,
     /// Block size that every DIMM's size is a multiple of.
     pub block_size: u64,
+    /// The same per NUMA node, by node id (one node without `--numa`).
+    #[serde(default)]
+    pub nodes: Vec<NodeMemory>,
+}
+
+/// One NUMA node's memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMemory {
+    /// The node's id (its proximity domain).
+    pub id: u32,
+    /// Its boot RAM in bytes.
+    pub boot: u64,
+    /// Bytes in plugged DIMMs of this node.
+    pub hotplugged: u64,
+    /// Its share of the hotplug region (0: nothing can be added to it).
+    pub hotplug_size: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +90,19 @@ pub struct DimmInfo {
 #[serde(deny_unknown_fields)]
 pub struct ResizeRequest {
     /// Total guest memory wanted, in bytes.
+    pub desired_ram: u64,
+    /// Seconds to wait for the guest's answer to each DIMM; the VMM's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+/// Grow or shrink one NUMA node ("zone" in Cloud Hypervisor's name for the call).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeZoneRequest {
+    /// The node's id.
+    pub id: u32,
+    /// The node's memory wanted (boot RAM plus its DIMMs), in bytes.
     pub desired_ram: u64,
     /// Seconds to wait for the guest's answer to each DIMM; the VMM's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -183,14 +183,24 @@ impl MemoryHotplugController {
 
     /// Puts `dimm` in an empty slot and marks it for the guest's next scan.
     pub fn plug(&mut self, slot: u32, dimm: Dimm) -> Result<(), HotplugError> {
+        self.place(slot, dimm, SlotState::Inserting)
+    }
+
+    /// Puts `dimm` in an empty slot as memory the guest has from boot (its e820 map lists it):
+    /// added at once, never announced, removable like any DIMM.
+    pub fn plug_at_boot(&mut self, slot: u32, dimm: Dimm) -> Result<(), HotplugError> {
+        self.place(slot, dimm, SlotState::Added)
+    }
+
+    fn place(&mut self, slot: u32, dimm: Dimm, state: SlotState) -> Result<(), HotplugError> {
         let entry = self.get_mut(slot).ok_or(HotplugError::NoSuchSlot(slot))?;
         if entry.state != SlotState::Empty {
             return Err(HotplugError::SlotInUse(slot));
         }
         *entry = Slot {
             dimm: Some(dimm),
-            state: SlotState::Inserting,
-            insert_pending: true,
+            state,
+            insert_pending: state == SlotState::Inserting,
             ..Slot::EMPTY
         };
         self.report(slot, SlotState::Empty, None);
@@ -526,6 +536,23 @@ mod tests {
         );
         assert_eq!(c.free_slot(), None);
         assert_eq!(c.plug(0, DIMM), Err(HotplugError::SlotInUse(0)));
+    }
+
+    #[test]
+    fn boot_memory_is_present_added_and_removable() {
+        let (mut c, recorder) = controller(2);
+        c.plug_at_boot(1, DIMM).unwrap();
+        assert_eq!(c.slot(1).unwrap().state, SlotState::Added);
+        write(&mut c, reg::SELECTOR, 1);
+        // Present for the guest's first scan, with nothing to announce.
+        assert_eq!(read(&mut c, reg::STATUS), STATUS_ENABLED);
+        assert_eq!(c.plug_at_boot(1, DIMM), Err(HotplugError::SlotInUse(1)));
+        c.request_removal(1).unwrap();
+        ost(&mut c, 1, OST_EVENT_EJECT_REQUEST, OST_EJECT_IN_PROGRESS);
+        write(&mut c, reg::CONTROL, CONTROL_EJECT);
+        assert_eq!(recorder.0.lock().unwrap().as_slice(), &[(1, DIMM)]);
+        assert_eq!(c.free_slot(), Some(0));
+        assert_eq!(c.slot(1).unwrap().state, SlotState::Empty);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! ACPI table generation (`tidal_acpi::build_tables`) from arbitrary valid configurations, two
 //! ways:
 //!
-//! - the VMM's machines: a command line `tidal` accepts (any `--cpus`, any `--memory`), through
-//!   `VmConfig` into `tidal_vmm::vm::acpi_tables`, laid out in the VMM's ACPI area;
+//! - the VMM's machines: a command line `tidal` accepts (any `--cpus`, any `--memory`, up to
+//!   eight `--numa` nodes), through `VmConfig` into `tidal_vmm::vm::acpi_tables`, laid out in
+//!   the VMM's ACPI area;
 //! - any configuration `AcpiConfig` documents as valid (1 to 255 vCPUs, 1 to 256 slots, NUMA
 //!   nodes with distinct proximity domains, each vCPU in at most one node, non-empty memory
 //!   ranges, a SLIT with domains 0..n and distances 10 to itself and 11 to 254 to others; any
@@ -58,23 +59,26 @@ fn vmm_machine(input: &mut Unstructured) -> Result<()> {
             memory += &format!(",slots={}", input.int_in_range(1..=MAX_MEMORY_SLOTS)?);
         }
     }
-    let args = [
+    let mut args = vec![
         "tidal".to_owned(),
         "--kernel".to_owned(),
         kernel(),
         "--cpus".to_owned(),
         cpus.to_string(),
-        "--memory".to_owned(),
-        memory.clone(),
     ];
+    let nodes = numa_nodes(input, cpus)?;
+    if nodes.is_empty() {
+        args.extend(["--memory".to_owned(), memory]);
+    } else {
+        args.extend(nodes.iter().flat_map(|node| ["--numa".to_owned(), node.clone()]));
+    }
     let cli = Cli::try_parse_from(&args).expect("a valid command line");
     // Some memory sizes are refused (too large for hotplug, say): not this target's business.
     let Ok(config) = VmConfig::try_from(&cli) else {
         return Ok(());
     };
-    let tables = tidal_vmm::vm::acpi_tables(&config).unwrap_or_else(|error| {
-        panic!("no ACPI tables for --cpus {cpus} --memory {memory}: {error}")
-    });
+    let tables = tidal_vmm::vm::acpi_tables(&config)
+        .unwrap_or_else(|error| panic!("no ACPI tables for {args:?}: {error}"));
     check(&tables, ACPI_START, ACPI_END);
     let madt = table(&tables, b"APIC");
     assert_eq!(
@@ -82,12 +86,37 @@ fn vmm_machine(input: &mut Unstructured) -> Result<()> {
         usize::from(cpus),
         "MADT vCPUs"
     );
+    let has = |signature: &[u8; 4]| tables.tables.iter().any(|t| &t.signature == signature);
     assert_eq!(
-        tables.tables.iter().any(|t| &t.signature == b"SRAT"),
-        config.memory.hotplug_size > 0,
-        "an SRAT exactly when there is a hotplug region"
+        has(b"SRAT"),
+        config.memory.hotplug_size > 0 || config.nodes.len() > 1,
+        "an SRAT exactly when there is a hotplug region or more than one node"
     );
+    assert_eq!(has(b"SLIT"), config.nodes.len() > 1, "a SLIT exactly with nodes");
     Ok(())
+}
+
+/// Up to eight `--numa` options (none: the machine has one node), each node with a share of
+/// the vCPUs, boot memory and maybe a share of the hotplug region and distances.
+fn numa_nodes(input: &mut Unstructured, cpus: u8) -> Result<Vec<String>> {
+    let count = input.int_in_range(0..=cpus.min(8))?;
+    let mut nodes = Vec::new();
+    for id in 0..count {
+        // Node `id` holds vCPUs id, id + count, id + 2 * count, ...
+        let vcpus: Vec<String> = (id..cpus).step_by(usize::from(count)).map(|c| c.to_string()).collect();
+        let memory = input.int_in_range(1..=64_u64)? * MEMORY_BLOCK_SIZE;
+        let hotplug = input.int_in_range(0..=64_u64)? * MEMORY_BLOCK_SIZE;
+        let mut node = format!("id={id},cpus=[{}],memory={memory},hotplug_size={hotplug}", vcpus.join(","));
+        if count > 1 && input.arbitrary()? {
+            let to = (id + 1) % count;
+            node += &format!(",distance={to}@{}", input.int_in_range(11..=254_u8)?);
+        }
+        if id > 0 && input.arbitrary()? {
+            node += ",hotpluggable=on";
+        }
+        nodes.push(node);
+    }
+    Ok(nodes)
 }
 
 /// A kernel file `VmConfig` accepts: the bzImage magic where it belongs. Unnamed, so nothing

@@ -15,7 +15,8 @@ use libfuzzer_sys::fuzz_target;
 use tidal_api::fuzzing::serve_bytes;
 use tidal_api::{
     AddMemoryRequest, ApiError, DimmInfo, DimmState, ErrorKind, EventSink, HotplugEvent,
-    MemoryInfo, OstStatus, RemoveMemoryRequest, ResizeRequest, VmApi, VmInfo,
+    MemoryInfo, NodeMemory, OstStatus, RemoveMemoryRequest, ResizeRequest, ResizeZoneRequest,
+    VmApi, VmInfo,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -69,6 +70,12 @@ impl VmApi for FixedVm {
                 hotplug_size: 8 * GIB,
                 slots: 32,
                 block_size: 128 << 20,
+                nodes: vec![NodeMemory {
+                    id: 0,
+                    boot: GIB,
+                    hotplugged: GIB,
+                    hotplug_size: 8 * GIB,
+                }],
             },
             cpus: 1,
         }
@@ -80,6 +87,10 @@ impl VmApi for FixedVm {
 
     fn resize(&self, request: ResizeRequest) -> Result<(), ApiError> {
         refusal(request.desired_ram)
+    }
+
+    fn resize_zone(&self, request: ResizeZoneRequest) -> Result<(), ApiError> {
+        refusal(request.desired_ram ^ u64::from(request.id))
     }
 
     fn add_memory(&self, request: AddMemoryRequest) -> Result<DimmInfo, ApiError> {

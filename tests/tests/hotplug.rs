@@ -87,7 +87,8 @@ fn bad_hotplug_requests_get_clear_errors_from_the_real_vmm() {
     let message = vm.expect_api_error(r, 400);
     assert!(message.contains("free"), "{message}");
     let r = vm.api.add_memory(&AddMemoryRequest { size: GIB, node: 3 });
-    vm.expect_api_error(r, 400);
+    let message = vm.expect_api_error(r, 404);
+    assert!(message.contains("node 3 does not exist"), "{message}");
     let r = vm.api.send(
         Endpoint::VmResize.method(),
         Endpoint::VmResize.path(),

@@ -61,6 +61,9 @@ pub struct BootSpec<'a> {
     pub initramfs: Option<&'a Path>,
     pub cmdline: &'a str,
     pub layout: &'a GuestMemoryLayout,
+    /// The initramfs goes below this: the end of the boot RAM below 4 GiB that stays (boot
+    /// memory that can be removed, that of hotpluggable NUMA nodes, must not hold it).
+    pub initramfs_ceiling: u64,
     pub rsdp: GuestAddress,
 }
 
@@ -103,8 +106,7 @@ pub fn load<M: GuestMemoryBackend>(mem: &M, spec: &BootSpec) -> Result<BootInfo,
     header.cmdline_size = u32::try_from(cmdline_bytes.as_bytes().len()).unwrap_or(u32::MAX);
     if let Some(path) = spec.initramfs {
         let limit = spec
-            .layout
-            .low_ram_end()
+            .initramfs_ceiling
             .min(u64::from(header.initrd_addr_max) + 1);
         let (addr, size) = load_initramfs(mem, path, limit, loaded.kernel_end)?;
         header.ramdisk_image = low32(addr);
@@ -255,6 +257,7 @@ mod tests {
             initramfs: None,
             cmdline: "",
             layout: &layout,
+            initramfs_ceiling: layout.low_ram_end(),
             rsdp: GuestAddress(0xe0000),
         };
         assert!(matches!(load(&mem, &spec), Err(BootError::Kernel { .. })));

@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use crate::layout::{MAX_GUEST_PHYSICAL, MEMORY_BLOCK_SIZE, PAGE_SIZE};
 use crate::memory::GuestMemoryLayout;
-use crate::numa::{check_nodes, parse_node, NodeConfig, NumaError};
+use crate::numa::{check_nodes, parse_node, split_boot_ranges, NodeConfig, NumaError};
 use crate::options::{KeyValues, OptionError};
 use tidal_api::size::format_size;
 
@@ -131,6 +131,10 @@ pub enum ConfigError {
     BootTooLargeForHotplug(u64),
     #[error("--memory: slots must be between 1 and {MAX_SLOTS}, not {0}")]
     Slots(u32),
+    #[error(
+        "--memory: slots {slots} is too few: the hotpluggable nodes' boot memory takes {needed}"
+    )]
+    SlotsForBootMemory { slots: u32, needed: u32 },
     #[error("--hotplug-timeout must be at least 1 second")]
     HotplugTimeout,
     #[error("--serial: '{0}' is not stdio, off or file=PATH")]
@@ -201,6 +205,7 @@ impl TryFrom<&Cli> for VmConfig {
                 memory: memory.size,
                 hotplug_size: memory.hotplug_size,
                 distances: Default::default(),
+                hotpluggable: false,
             };
             (memory, vec![node])
         } else {
@@ -218,7 +223,11 @@ impl TryFrom<&Cli> for VmConfig {
         Ok(Self {
             kernel: cli.kernel.clone(),
             initramfs: cli.initramfs.clone(),
-            cmdline: kernel_cmdline(cli.cmdline.as_deref(), memory.hotplug_size > 0),
+            cmdline: kernel_cmdline(
+                cli.cmdline.as_deref(),
+                memory.slots > 0,
+                nodes.iter().any(|node| node.hotpluggable),
+            ),
             cpus,
             memory,
             nodes,
@@ -234,10 +243,13 @@ impl TryFrom<&Cli> for VmConfig {
 const REQUIRED_PARAMS: [(&str, &str); 1] = [("pci", "off")];
 /// With a hotplug region the guest onlines new memory itself, as removable memory.
 const HOTPLUG_PARAMS: [(&str, &str); 1] = [("memhp_default_state", "online_movable")];
+/// With hotpluggable boot memory the guest keeps that memory in ZONE_MOVABLE from boot, so
+/// that it can be offlined and removed.
+const MOVABLE_NODE_PARAM: &str = "movable_node";
 
 /// The guest's command line: the user's or the default, plus what the machine needs. Added
 /// parameters go before a `--`, since what follows it is for init, not the kernel.
-pub fn kernel_cmdline(user: Option<&str>, hotplug: bool) -> String {
+pub fn kernel_cmdline(user: Option<&str>, hotplug: bool, movable_node: bool) -> String {
     let words: Vec<&str> = user.unwrap_or(DEFAULT_CMDLINE).split_whitespace().collect();
     let split = words.iter().position(|w| *w == "--").unwrap_or(words.len());
     let (kernel, init) = words.split_at(split);
@@ -247,6 +259,9 @@ pub fn kernel_cmdline(user: Option<&str>, hotplug: bool) -> String {
         if !kernel.iter().any(|w| w.split('=').next() == Some(key)) {
             kernel.push(format!("{key}={value}"));
         }
+    }
+    if movable_node && !kernel.iter().any(|w| w == MOVABLE_NODE_PARAM) {
+        kernel.push(MOVABLE_NODE_PARAM.to_owned());
     }
     kernel.extend(init.iter().map(|w| w.to_string()));
     kernel.join(" ")
@@ -261,6 +276,7 @@ pub fn parse_memory(text: &str) -> Result<MemoryConfig, ConfigError> {
         kv.required_size("size")?,
         kv.size("hotplug_size")?.unwrap_or(0),
         kv.number::<u32>("slots")?,
+        0,
     )
 }
 
@@ -278,14 +294,24 @@ fn numa_memory(text: Option<&str>, nodes: &[NodeConfig]) -> Result<MemoryConfig,
             _ => {}
         }
     }
-    memory_config(size, hotplug_size, kv.number::<u32>("slots")?)
+    let boot_dimms = split_boot_ranges(&GuestMemoryLayout::new(size), nodes)
+        .1
+        .len();
+    memory_config(
+        size,
+        hotplug_size,
+        kv.number::<u32>("slots")?,
+        u32::try_from(boot_dimms).unwrap_or(u32::MAX),
+    )
 }
 
-/// Checks boot memory, the hotplug region and the slots together.
+/// Checks boot memory, the hotplug region and the slots together; `boot_dimms` slots go to
+/// boot memory that can be removed (hotpluggable NUMA nodes).
 fn memory_config(
     size: u64,
     hotplug_size: u64,
     slots: Option<u32>,
+    boot_dimms: u32,
 ) -> Result<MemoryConfig, ConfigError> {
     if size < MIN_MEMORY {
         return Err(ConfigError::MemoryTooSmall(size));
@@ -296,7 +322,7 @@ fn memory_config(
     if !size.is_multiple_of(PAGE_SIZE) {
         return Err(ConfigError::MemoryUnaligned(size));
     }
-    if hotplug_size == 0 {
+    if hotplug_size == 0 && boot_dimms == 0 {
         if slots.is_some() {
             return Err(ConfigError::SlotsWithoutHotplug);
         }
@@ -319,6 +345,12 @@ fn memory_config(
     let slots = slots.unwrap_or(DEFAULT_SLOTS);
     if !(1..=MAX_SLOTS).contains(&slots) {
         return Err(ConfigError::Slots(slots));
+    }
+    if slots < boot_dimms {
+        return Err(ConfigError::SlotsForBootMemory {
+            slots,
+            needed: boot_dimms,
+        });
     }
     Ok(MemoryConfig {
         size,
@@ -438,33 +470,45 @@ mod tests {
     #[test]
     fn cmdline_default_and_user() {
         assert_eq!(
-            kernel_cmdline(None, false),
+            kernel_cmdline(None, false, false),
             format!("{DEFAULT_CMDLINE} pci=off")
         );
         assert_eq!(
-            kernel_cmdline(Some(" console=ttyS0 quiet "), false),
+            kernel_cmdline(Some(" console=ttyS0 quiet "), false, false),
             "console=ttyS0 quiet pci=off"
         );
-        assert_eq!(kernel_cmdline(Some(""), false), "pci=off");
+        assert_eq!(kernel_cmdline(Some(""), false, false), "pci=off");
         assert_eq!(
-            kernel_cmdline(Some("quiet"), true),
+            kernel_cmdline(Some("quiet"), true, false),
             "quiet pci=off memhp_default_state=online_movable"
         );
         assert_eq!(
-            kernel_cmdline(Some("memhp_default_state=online"), true),
+            kernel_cmdline(Some("memhp_default_state=online"), true, false),
             "memhp_default_state=online pci=off"
+        );
+    }
+
+    #[test]
+    fn cmdline_asks_for_movable_nodes_when_boot_memory_can_go() {
+        assert_eq!(
+            kernel_cmdline(Some("quiet"), true, true),
+            "quiet pci=off memhp_default_state=online_movable movable_node"
+        );
+        assert_eq!(
+            kernel_cmdline(Some("movable_node quiet"), true, true),
+            "movable_node quiet pci=off memhp_default_state=online_movable"
         );
     }
 
     #[test]
     fn cmdline_keeps_the_users_choice() {
         assert_eq!(
-            kernel_cmdline(Some("pci=noacpi quiet"), false),
+            kernel_cmdline(Some("pci=noacpi quiet"), false, false),
             "pci=noacpi quiet"
         );
         // After "--" words belong to init, not the kernel.
         assert_eq!(
-            kernel_cmdline(Some("quiet -- pci=1"), false),
+            kernel_cmdline(Some("quiet -- pci=1"), false, false),
             "quiet pci=off -- pci=1"
         );
     }

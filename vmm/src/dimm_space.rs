@@ -10,6 +10,8 @@ use crate::layout::MEMORY_BLOCK_SIZE;
 #[derive(Debug)]
 pub struct DimmSpace {
     allocator: AddressAllocator,
+    base: u64,
+    size: u64,
 }
 
 impl DimmSpace {
@@ -17,7 +19,14 @@ impl DimmSpace {
     pub fn new(base: u64, size: u64) -> Result<Self, vm_allocator::Error> {
         Ok(Self {
             allocator: AddressAllocator::new(base, size)?,
+            base,
+            size,
         })
+    }
+
+    /// Whether `address` is in the region.
+    pub fn holds(&self, address: u64) -> bool {
+        (self.base..self.base + self.size).contains(&address)
     }
 
     /// Reserves `size` bytes, block aligned, at the lowest address where they fit.

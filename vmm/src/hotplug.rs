@@ -9,7 +9,8 @@ use std::time::Duration;
 use kvm_ioctls::VmFd;
 use tidal_api::{
     AddMemoryRequest, ApiError, DimmInfo, DimmState, ErrorKind, EventSink, HotplugEvent,
-    MemoryInfo, OstStatus, RemoveMemoryRequest, ResizeRequest, VmApi, VmInfo,
+    MemoryInfo, NodeMemory, OstStatus, RemoveMemoryRequest, ResizeRequest, ResizeZoneRequest,
+    VmApi, VmInfo,
 };
 use tidal_devices::ged::Ged;
 use tidal_devices::memory_hotplug::{
@@ -20,6 +21,7 @@ use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 use crate::dimm_space::DimmSpace;
 use crate::layout::MEMORY_BLOCK_SIZE;
 use crate::memory::{delete_kvm_slot, set_kvm_slot};
+use crate::numa::BootDimm;
 use crate::ram::{GuestMemory, RamRegion};
 use tidal_api::size::format_size;
 
@@ -48,10 +50,12 @@ impl DimmMemory {
         self.space(node)?.allocate(size)
     }
 
+    /// Gives a DIMM's range back to its node's share of the region; boot memory (of a
+    /// hotpluggable node) was never taken from it.
     fn free(&mut self, node: u32, base: u64, size: u64) {
         let freed = match self.space(node) {
-            Some(space) => space.free(base, size).map_err(|e| e.to_string()),
-            None => Err(format!("node {node} has no hotplug memory")),
+            Some(space) if space.holds(base) => space.free(base, size).map_err(|e| e.to_string()),
+            _ => return,
         };
         if let Err(e) = freed {
             log::error!("cannot return {base:#x}+{size:#x} to the hotplug allocator: {e}");
@@ -170,7 +174,8 @@ impl SlotListener for HubListener {
 pub struct MemoryHotplug {
     /// Each NUMA node's share of the hotplug region, by node id.
     regions: Vec<Option<HotplugRegion>>,
-    boot_ram: u64,
+    /// Each NUMA node's boot RAM, by node id.
+    node_boot: Vec<u64>,
     cpus: u32,
     dimms: Arc<Mutex<DimmMemory>>,
     controller: Arc<Mutex<MemoryHotplugController>>,
@@ -193,7 +198,8 @@ pub struct HotplugParts {
     pub first_kvm_slot: u32,
     /// Each NUMA node's share of the hotplug region, by node id.
     pub regions: Vec<Option<HotplugRegion>>,
-    pub boot_ram: u64,
+    /// Each NUMA node's boot RAM, by node id.
+    pub node_boot: Vec<u64>,
     pub cpus: u32,
     pub controller: Arc<Mutex<MemoryHotplugController>>,
     pub changed: Arc<Condvar>,
@@ -203,8 +209,16 @@ pub struct HotplugParts {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot set up the hotplug region allocator: {0}")]
-pub struct HotplugSetupError(vm_allocator::Error);
+pub enum HotplugSetupError {
+    #[error("cannot set up the hotplug region allocator: {0}")]
+    Allocator(vm_allocator::Error),
+    #[error("cannot map node {node}'s boot memory at {base:#x} as a DIMM: {reason}")]
+    BootMemory {
+        node: u32,
+        base: u64,
+        reason: String,
+    },
+}
 
 fn dimm_id(slot: u32) -> String {
     format!("dimm{slot}")
@@ -219,7 +233,7 @@ impl MemoryHotplug {
                 region
                     .map(|r| DimmSpace::new(r.base, r.size))
                     .transpose()
-                    .map_err(HotplugSetupError)
+                    .map_err(HotplugSetupError::Allocator)
             })
             .collect::<Result<_, _>>()?;
         let dimms = Arc::new(Mutex::new(DimmMemory {
@@ -235,7 +249,7 @@ impl MemoryHotplug {
         }
         Ok(Self {
             regions: parts.regions,
-            boot_ram: parts.boot_ram,
+            node_boot: parts.node_boot,
             cpus: parts.cpus,
             dimms,
             controller: parts.controller,
@@ -247,6 +261,34 @@ impl MemoryHotplug {
             events,
             stopping: OnceLock::new(),
         })
+    }
+
+    /// Maps boot memory that can be removed (the ranges of hotpluggable NUMA nodes) as DIMMs
+    /// the guest has from boot: in the lowest free slots, already added, never announced; the
+    /// guest finds them present when it scans its memory devices, and they go like any DIMM.
+    pub fn plug_boot_memory(&self, dimms: &[BootDimm]) -> Result<(), HotplugSetupError> {
+        for &BootDimm { node, base, size } in dimms {
+            let fail = |reason: String| HotplugSetupError::BootMemory { node, base, reason };
+            let mut controller = self
+                .controller
+                .lock()
+                .map_err(|_| fail("hotplug controller lock poisoned".to_owned()))?;
+            let slot = controller
+                .free_slot()
+                .ok_or_else(|| fail("no free DIMM slot".to_owned()))?;
+            self.dimms
+                .lock()
+                .map_err(|_| fail("DIMM memory lock poisoned".to_owned()))?
+                .map(slot, base, size)
+                .map_err(fail)?;
+            controller
+                .plug_at_boot(slot, Dimm { base, size, node })
+                .map_err(|e| fail(e.to_string()))?;
+            if let Ok(mut order) = self.plug_order.lock() {
+                order.push(slot);
+            }
+        }
+        Ok(())
     }
 
     /// The VM is stopping because `why` (the guest will not answer any more): operations
@@ -284,12 +326,26 @@ impl MemoryHotplug {
             .collect()
     }
 
-    /// Bytes in DIMMs the guest has accepted and still holds.
-    fn hotplugged(&self) -> u64 {
+    /// Boot RAM of node `scope`, or of the whole VM (`None`).
+    fn boot_ram(&self, scope: Option<u32>) -> u64 {
+        match scope {
+            None => self.node_boot.iter().sum(),
+            Some(node) => usize::try_from(node)
+                .ok()
+                .and_then(|node| self.node_boot.get(node))
+                .copied()
+                .unwrap_or(0),
+        }
+    }
+
+    /// Bytes in DIMMs the guest has accepted and still holds: of node `scope`, or all (`None`).
+    fn hotplugged(&self, scope: Option<u32>) -> u64 {
         self.slots()
             .iter()
             .filter(|(_, view)| matches!(view.state, SlotState::Added | SlotState::Removing))
-            .filter_map(|(_, view)| view.dimm.map(|d| d.size))
+            .filter_map(|(_, view)| view.dimm)
+            .filter(|dimm| scope.is_none_or(|node| dimm.node == node))
+            .map(|dimm| dimm.size)
             .sum()
     }
 
@@ -314,15 +370,7 @@ impl MemoryHotplug {
         let share = usize::try_from(node)
             .ok()
             .and_then(|index| self.regions.get(index))
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorKind::BadRequest,
-                    format!(
-                        "node {node} does not exist: this VM has NUMA nodes 0 to {}",
-                        self.regions.len().saturating_sub(1)
-                    ),
-                )
-            })?;
+            .ok_or_else(|| self.no_such_node(node))?;
         share.ok_or_else(|| {
             ApiError::new(
                 ErrorKind::BadRequest,
@@ -331,6 +379,52 @@ impl MemoryHotplug {
                 ),
             )
         })
+    }
+
+    fn no_such_node(&self, node: u32) -> ApiError {
+        ApiError::new(
+            ErrorKind::NotFound,
+            format!(
+                "node {node} does not exist: this VM has NUMA nodes 0 to {}",
+                self.node_boot.len().saturating_sub(1)
+            ),
+        )
+    }
+
+    /// Grows or shrinks node `scope` (the whole VM: `None`) to `desired` bytes: one DIMM for
+    /// the difference, or the newest DIMMs summing exactly to it; waits for the guest.
+    fn resize_memory(
+        &self,
+        scope: Option<u32>,
+        desired: u64,
+        timeout: Duration,
+    ) -> Result<(), ApiError> {
+        let boot = self.boot_ram(scope);
+        let current = boot + self.hotplugged(scope);
+        if desired == current {
+            return Ok(());
+        }
+        if desired < current {
+            if desired < boot {
+                let whose = scope.map_or("the boot memory".to_owned(), |node| {
+                    format!("node {node}'s boot memory")
+                });
+                return Err(ApiError::new(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "desired_ram {} is below {whose} ({}), which is never removed",
+                        format_size(desired),
+                        format_size(boot)
+                    ),
+                ));
+            }
+            let _operation = self.begin_operation()?;
+            let slots = self.shrink_plan(current - desired, scope)?;
+            return self.remove_slots(&slots, timeout);
+        }
+        let size = desired - current;
+        let node = scope.unwrap_or_else(|| self.node_to_grow(size));
+        self.add(size, node, timeout).map(|_| ())
     }
 
     /// The node a resize grows: the first whose share has `size` bytes free, else the first
@@ -549,8 +643,9 @@ impl MemoryHotplug {
         }
     }
 
-    /// Slots to remove so that exactly `amount` bytes go, newest DIMMs first.
-    fn shrink_plan(&self, amount: u64) -> Result<Vec<u32>, ApiError> {
+    /// Slots to remove so that exactly `amount` bytes go, newest DIMMs first: of node `scope`,
+    /// or of any node (`None`).
+    fn shrink_plan(&self, amount: u64, scope: Option<u32>) -> Result<Vec<u32>, ApiError> {
         let order = self
             .plug_order
             .lock()
@@ -564,7 +659,11 @@ impl MemoryHotplug {
                 .filter_map(|&slot| {
                     let view = controller.slot(slot)?;
                     match (view.state, view.dimm) {
-                        (SlotState::Added, Some(dimm)) => Some((slot, dimm.size)),
+                        (SlotState::Added, Some(dimm))
+                            if scope.is_none_or(|node| dimm.node == node) =>
+                        {
+                            Some((slot, dimm.size))
+                        }
                         _ => None,
                     }
                 })
@@ -574,7 +673,7 @@ impl MemoryHotplug {
         match pick_exact(&sizes, amount) {
             Some(picked) => Ok(picked.into_iter().map(|i| removable[i].0).collect()),
             None => {
-                let current = self.boot_ram + self.hotplugged();
+                let current = self.boot_ram(scope) + self.hotplugged(scope);
                 let mut reachable: Vec<String> = subset_sums(&sizes)
                     .into_iter()
                     .map(|sum| format_size(current - sum))
@@ -708,16 +807,27 @@ fn dimm_info(slot: u32, view: SlotView) -> Option<DimmInfo> {
 
 impl VmApi for MemoryHotplug {
     fn info(&self) -> VmInfo {
-        let hotplugged = self.hotplugged();
+        let boot = self.boot_ram(None);
+        let hotplugged = self.hotplugged(None);
+        let nodes = (0u32..)
+            .zip(&self.regions)
+            .map(|(id, region)| NodeMemory {
+                id,
+                boot: self.boot_ram(Some(id)),
+                hotplugged: self.hotplugged(Some(id)),
+                hotplug_size: region.map_or(0, |r| r.size),
+            })
+            .collect();
         VmInfo {
             state: "Running".into(),
-            memory_actual_size: self.boot_ram + hotplugged,
+            memory_actual_size: boot + hotplugged,
             memory: MemoryInfo {
-                boot: self.boot_ram,
+                boot,
                 hotplugged,
                 hotplug_size: self.regions.iter().flatten().map(|r| r.size).sum(),
                 slots: self.controller.lock().map_or(0, |c| c.slot_count()),
                 block_size: MEMORY_BLOCK_SIZE,
+                nodes,
             },
             cpus: self.cpus,
         }
@@ -732,28 +842,15 @@ impl VmApi for MemoryHotplug {
 
     fn resize(&self, request: ResizeRequest) -> Result<(), ApiError> {
         let timeout = self.timeout_for(request.timeout_secs)?;
-        let current = self.boot_ram + self.hotplugged();
-        let desired = request.desired_ram;
-        if desired == current {
-            return Ok(());
+        self.resize_memory(None, request.desired_ram, timeout)
+    }
+
+    fn resize_zone(&self, request: ResizeZoneRequest) -> Result<(), ApiError> {
+        let timeout = self.timeout_for(request.timeout_secs)?;
+        if usize::try_from(request.id).map_or(true, |node| node >= self.node_boot.len()) {
+            return Err(self.no_such_node(request.id));
         }
-        if desired < current {
-            if desired < self.boot_ram {
-                return Err(ApiError::new(
-                    ErrorKind::BadRequest,
-                    format!(
-                        "desired_ram {} is below the boot memory ({}), which is never removed",
-                        format_size(desired),
-                        format_size(self.boot_ram)
-                    ),
-                ));
-            }
-            let _operation = self.begin_operation()?;
-            let slots = self.shrink_plan(current - desired)?;
-            return self.remove_slots(&slots, timeout);
-        }
-        let size = desired - current;
-        self.add(size, self.node_to_grow(size), timeout).map(|_| ())
+        self.resize_memory(Some(request.id), request.desired_ram, timeout)
     }
 
     fn add_memory(&self, request: AddMemoryRequest) -> Result<DimmInfo, ApiError> {

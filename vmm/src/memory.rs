@@ -108,10 +108,10 @@ pub struct GuestRam {
 }
 
 impl GuestRam {
-    /// Maps anonymous host memory for every boot RAM range.
-    pub fn new(layout: &GuestMemoryLayout) -> Result<Self, MemoryError> {
+    /// Maps anonymous host memory for each of `ranges` (base, size): boot RAM that stays.
+    pub fn new(ranges: &[(u64, u64)]) -> Result<Self, MemoryError> {
         let mut regions = Vec::new();
-        for &(base, size) in layout.ranges() {
+        for &(base, size) in ranges {
             let region = usize::try_from(size)
                 .map_err(|e| e.to_string())
                 .and_then(|len| RamRegion::new(GuestAddress(base), len).map_err(|e| e.to_string()))
@@ -120,7 +120,7 @@ impl GuestRam {
         }
         let map = GuestMemory::from_regions(regions).map_err(|e| MemoryError::Allocate {
             base: 0,
-            size: layout.end(),
+            size: ranges.iter().map(|&(_, size)| size).sum(),
             reason: e.to_string(),
         })?;
         Ok(Self {
@@ -233,7 +233,7 @@ mod tests {
 
     #[test]
     fn maps_ranges() {
-        let ram = GuestRam::new(&GuestMemoryLayout::new(64 << 20)).unwrap();
+        let ram = GuestRam::new(GuestMemoryLayout::new(64 << 20).ranges()).unwrap();
         assert_eq!(ram.atomic().memory().num_regions(), 1);
     }
 }

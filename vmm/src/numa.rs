@@ -19,7 +19,14 @@ pub const LOCAL_DISTANCE: u8 = 10;
 pub const REMOTE_DISTANCE: u8 = 20;
 
 /// The keys `--numa` takes.
-const KEYS: [&str; 5] = ["id", "cpus", "memory", "hotplug_size", "distance"];
+const KEYS: [&str; 6] = [
+    "id",
+    "cpus",
+    "memory",
+    "hotplug_size",
+    "distance",
+    "hotpluggable",
+];
 
 /// One node as the command line describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +40,9 @@ pub struct NodeConfig {
     pub hotplug_size: u64,
     /// Distances to other nodes that differ from [`REMOTE_DISTANCE`].
     pub distances: BTreeMap<u32, u8>,
+    /// Its boot memory can be removed: the SRAT marks it hotpluggable (with `movable_node` the
+    /// guest keeps it in ZONE_MOVABLE) and it is a DIMM present from boot.
+    pub hotpluggable: bool,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -61,6 +71,12 @@ pub enum NumaError {
     },
     #[error("--numa: node {0}: memory must be at least one memory block (128 MiB)")]
     NoMemory(u32),
+    #[error("--numa: hotpluggable: '{0}' is not on or off")]
+    Switch(String),
+    #[error(
+        "--numa: node 0 cannot be hotpluggable: the guest kernel needs memory that never goes"
+    )]
+    HotpluggableNodeZero,
     #[error("--numa: node {node}: distance to node {to}: {problem}")]
     Distance { node: u32, to: u32, problem: String },
     #[error("--memory {key} {} disagrees with the --numa nodes, which add up to {}", format_size(*.memory), format_size(*.nodes))]
@@ -104,16 +120,23 @@ pub fn parse_node(text: &str) -> Result<NodeConfig, NumaError> {
             NumaError::DistanceList(kv.get("distance").unwrap_or_default().to_owned())
         })?,
     };
+    let hotpluggable = match kv.get("hotpluggable") {
+        None | Some("off") => false,
+        Some("on") => true,
+        Some(other) => return Err(NumaError::Switch(other.to_owned())),
+    };
     Ok(NodeConfig {
         id,
         cpus,
         memory,
         hotplug_size,
         distances,
+        hotpluggable,
     })
 }
 
-/// `0-1`, `4`: vCPU numbers and inclusive ranges, in any order.
+/// `0-1`, `4`: vCPU numbers and inclusive ranges, in any order; the vCPUs come back sorted,
+/// each once.
 fn parse_cpu_list(items: &[&str]) -> Option<Vec<u8>> {
     let mut cpus = Vec::new();
     for item in items {
@@ -129,6 +152,8 @@ fn parse_cpu_list(items: &[&str]) -> Option<Vec<u8>> {
         }
         cpus.extend(first..=last);
     }
+    cpus.sort_unstable();
+    cpus.dedup();
     Some(cpus)
 }
 
@@ -160,6 +185,9 @@ pub fn check_nodes(nodes: &[NodeConfig], cpus: u8) -> Result<(), NumaError> {
                 expected,
                 found: node.id,
             });
+        }
+        if node.id == 0 && node.hotpluggable {
+            return Err(NumaError::HotpluggableNodeZero);
         }
         for &cpu in &node.cpus {
             if cpu >= cpus {
@@ -246,6 +274,41 @@ pub fn boot_ranges(layout: &GuestMemoryLayout, nodes: &[NodeConfig]) -> Vec<Vec<
         .collect()
 }
 
+/// A range of a hotpluggable node's boot memory: a DIMM present from boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootDimm {
+    pub node: u32,
+    pub base: u64,
+    pub size: u64,
+}
+
+/// Boot RAM split by whether it can go: the (base, size) ranges of nodes that are not
+/// hotpluggable, in address order and merged where they touch (mapped once, for good), and the
+/// ranges of hotpluggable nodes.
+pub fn split_boot_ranges(
+    layout: &GuestMemoryLayout,
+    nodes: &[NodeConfig],
+) -> (Vec<(u64, u64)>, Vec<BootDimm>) {
+    let mut fixed: Vec<(u64, u64)> = Vec::new();
+    let mut removable = Vec::new();
+    for (node, ranges) in nodes.iter().zip(boot_ranges(layout, nodes)) {
+        for (base, size) in ranges {
+            if node.hotpluggable {
+                removable.push(BootDimm {
+                    node: node.id,
+                    base,
+                    size,
+                });
+            } else if let Some(last) = fixed.last_mut().filter(|(b, s)| b + s == base) {
+                last.1 += size;
+            } else {
+                fixed.push((base, size));
+            }
+        }
+    }
+    (fixed, removable)
+}
+
 /// Each node's share of the hotplug region, in id order from its base (`None` for a node
 /// without one).
 pub fn hotplug_shares(region_base: u64, nodes: &[NodeConfig]) -> Vec<Option<HotplugRegion>> {
@@ -275,7 +338,7 @@ mod tests {
 
     #[test]
     fn parses_a_node() {
-        let n = node("id=1,cpus=[2-3,6],memory=2G,hotplug_size=4G,distance=[0@30,2@40]");
+        let n = node("id=1,cpus=[6,2-3,3],memory=2G,hotplug_size=4G,distance=[0@30,2@40]");
         assert_eq!(n.id, 1);
         assert_eq!(n.cpus, vec![2, 3, 6]);
         assert_eq!((n.memory, n.hotplug_size), (2 * G, 4 * G));
@@ -302,7 +365,7 @@ mod tests {
         );
         assert!(err("id=0,cpus=0,memory=1G,distance=1:20").contains("NODE@DISTANCE"));
         assert!(err("id=0,cpus=0,memory=1G,distance=[1@20,1@30]").contains("NODE@DISTANCE"));
-        assert!(err("id=0,cpus=0,memory=1G,hotpluggable=on").contains("unknown key"));
+        assert!(err("id=0,cpus=0,memory=1G,shared=on").contains("unknown key"));
     }
 
     #[test]
@@ -382,6 +445,34 @@ mod tests {
             boot_ranges(&GuestMemoryLayout::new(G), &small),
             vec![vec![(0, G / 2)], vec![(G / 2, G / 2)]]
         );
+    }
+
+    #[test]
+    fn hotpluggable_boot_memory_is_set_apart() {
+        let nodes = [
+            node("id=0,cpus=0,memory=1G"),
+            node("id=1,cpus=1,memory=3G,hotpluggable=on"),
+            node("id=2,cpus=2,memory=1G"),
+        ];
+        assert_eq!(check_nodes(&nodes, 3), Ok(()));
+        let (fixed, removable) = split_boot_ranges(&GuestMemoryLayout::new(5 * G), &nodes);
+        assert_eq!(fixed, vec![(0, G), (5 * G, G)]);
+        let dimm = |base, size| BootDimm {
+            node: 1,
+            base,
+            size,
+        };
+        assert_eq!(removable, vec![dimm(G, 2 * G), dimm(4 * G, G)]);
+        // Nodes that stay are merged where they touch.
+        let both = [node("id=0,cpus=0,memory=1G"), node("id=1,cpus=1,memory=1G")];
+        let (fixed, removable) = split_boot_ranges(&GuestMemoryLayout::new(2 * G), &both);
+        assert_eq!((fixed, removable), (vec![(0, 2 * G)], vec![]));
+        let zero = [node("id=0,cpus=0,memory=1G,hotpluggable=on")];
+        assert_eq!(check_nodes(&zero, 1), Err(NumaError::HotpluggableNodeZero));
+        assert!(parse_node("id=1,cpus=0,memory=1G,hotpluggable=yes")
+            .unwrap_err()
+            .to_string()
+            .contains("'yes' is not on or off"));
     }
 
     #[test]

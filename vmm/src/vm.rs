@@ -153,7 +153,7 @@ fn numa_config(config: &VmConfig) -> Option<NumaConfig> {
             let boot = boot.into_iter().map(|(base, size)| MemoryRange {
                 base,
                 size,
-                hotpluggable: false,
+                hotpluggable: node.hotpluggable,
             });
             let share = share.map(|share| MemoryRange {
                 base: share.base,
@@ -175,7 +175,7 @@ fn numa_config(config: &VmConfig) -> Option<NumaConfig> {
 
 /// The ACPI tables for `config`: also what `--dump-acpi` writes.
 pub fn acpi_tables(config: &VmConfig) -> Result<AcpiTables, tidal_acpi::AcpiError> {
-    let hotplug = config.memory.hotplug_size > 0;
+    let hotplug = config.memory.slots > 0;
     let acpi = AcpiConfig {
         cpus: u32::from(config.cpus),
         serial: Some(LegacySerial {
@@ -269,7 +269,9 @@ impl Vm {
             .map_err(kvm_err("create the in-kernel interrupt controller"))?;
 
         let layout = GuestMemoryLayout::new(config.memory.size);
-        let ram = GuestRam::new(&layout)?;
+        // Hotpluggable nodes' boot memory is mapped as DIMMs present from boot, below.
+        let (fixed_ram, removable_ram) = numa::split_boot_ranges(&layout, &config.nodes);
+        let ram = GuestRam::new(&fixed_ram)?;
         let boot_kvm_slots = ram.register_with_kvm(&vm)?;
         let memory = ram.atomic();
         let mem = memory.memory();
@@ -290,6 +292,8 @@ impl Vm {
                 initramfs: config.initramfs.as_deref(),
                 cmdline: &config.cmdline,
                 layout: &layout,
+                // Node 0 starts at 0 and is never hotpluggable: its first range stays.
+                initramfs_ceiling: fixed_ram.first().map_or(0, |&(base, size)| base + size),
                 rsdp: GuestAddress(tables.rsdp_address),
             },
         )?;
@@ -346,7 +350,7 @@ impl Vm {
             changed.clone(),
         )));
         let regions = hotplug_shares(config);
-        if config.memory.hotplug_size > 0 {
+        if config.memory.slots > 0 {
             register_mmio(
                 &mut io,
                 MEMORY_HOTPLUG_MMIO_START,
@@ -359,13 +363,19 @@ impl Vm {
             memory: memory.clone(),
             first_kvm_slot: boot_kvm_slots,
             regions,
-            boot_ram: config.memory.size,
+            // A hotpluggable node's boot memory is counted with its DIMMs.
+            node_boot: config
+                .nodes
+                .iter()
+                .map(|node| if node.hotpluggable { 0 } else { node.memory })
+                .collect(),
             cpus: u32::from(config.cpus),
             controller,
             changed,
             ged,
             timeout: config.hotplug_timeout,
         })?);
+        hotplug.plug_boot_memory(&removable_ram)?;
 
         let supported = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)

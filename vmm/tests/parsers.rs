@@ -1,13 +1,14 @@
-//! Properties of what users type: sizes and `--memory`. Whatever the text, the parsers answer
-//! with a value or an error and never panic, and every configuration they accept is one the
-//! VMM can build (aligned, in range, with a hotplug region that fits the guest's physical
-//! address space).
+//! Properties of what users type: sizes, `--memory` and `--numa`. Whatever the text, the
+//! parsers answer with a value or an error and never panic, and every configuration they accept
+//! is one the VMM can build (aligned, in range, with a hotplug region that fits the guest's
+//! physical address space).
 
 use proptest::prelude::*;
 use tidal_api::size::{format_size, parse_size};
 use tidal_vmm::config::{parse_memory, MAX_MEMORY, MAX_SLOTS, MIN_MEMORY};
 use tidal_vmm::layout::{MAX_GUEST_PHYSICAL, MEMORY_BLOCK_SIZE, PAGE_SIZE};
 use tidal_vmm::memory::GuestMemoryLayout;
+use tidal_vmm::numa::parse_node;
 
 /// Size-like text: digits with an optional unit, sometimes with noise around it.
 fn size_text() -> impl Strategy<Value = String> {
@@ -34,6 +35,23 @@ fn memory_text() -> impl Strategy<Value = String> {
         prop::collection::vec(pair, 0..4).prop_map(|pairs| pairs.join(",")),
         ".{0,40}",
     ]
+}
+
+/// `--numa` text: mostly a whole node with odd values here and there, else anything.
+fn numa_text() -> impl Strategy<Value = String> {
+    let distance = prop::option::of((0u32..10, 0u16..300));
+    let plausible = (0u32..10, 0u8..8, 0u8..8, 0u64..4096, 0u64..4096, distance).prop_map(
+        |(id, first, last, memory, hotplug, distance)| {
+            let mut text = format!(
+                "id={id},cpus=[{first}-{last},{last}],memory={memory}M,hotplug_size={hotplug}M"
+            );
+            if let Some((to, d)) = distance {
+                text += &format!(",distance={to}@{d}");
+            }
+            text
+        },
+    );
+    prop_oneof![plausible, ".{0,60}"]
 }
 
 proptest! {
@@ -73,5 +91,16 @@ proptest! {
             prop_assert!(base >= layout.end());
             prop_assert!(base + memory.hotplug_size <= MAX_GUEST_PHYSICAL);
         }
+    }
+
+    #[test]
+    fn accepted_numa_nodes_hold_whole_blocks_and_sorted_vcpus(text in numa_text()) {
+        let Ok(node) = parse_node(&text) else {
+            return Ok(());
+        };
+        prop_assert!(node.memory > 0 && node.memory.is_multiple_of(MEMORY_BLOCK_SIZE));
+        prop_assert!(node.hotplug_size.is_multiple_of(MEMORY_BLOCK_SIZE));
+        prop_assert!(!node.cpus.is_empty());
+        prop_assert!(node.cpus.windows(2).all(|pair| pair[0] < pair[1]));
     }
 }

@@ -377,7 +377,7 @@ fn vmm_case() {
                 base: 1 << 32,
                 size: 1 << 30,
             })],
-            boot_ram: 2 * MIB,
+            node_boot: vec![2 * MIB],
             cpus: 1,
             controller: controller.clone(),
             changed,

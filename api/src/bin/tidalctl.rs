@@ -11,7 +11,7 @@ use serde::Serialize;
 use tidal_api::size::{format_size, parse_size};
 use tidal_api::{
     AddMemoryRequest, ApiClient, ClientError, DimmInfo, DimmState, Endpoint, HotplugEvent,
-    OstStatus, PingResponse, RemoveMemoryRequest, ResizeRequest, VmInfo,
+    OstStatus, PingResponse, RemoveMemoryRequest, ResizeRequest, ResizeZoneRequest, VmInfo,
 };
 
 #[derive(Debug, Parser)]
@@ -49,11 +49,14 @@ enum Call {
     Info,
     /// List the DIMMs: id, slot, node, base, size, state and the guest's last _OST report.
     Memory,
-    /// Grow or shrink the guest's memory to a total; waits for the guest.
+    /// Grow or shrink the guest's memory, or one NUMA node's, to a total; waits for the guest.
     Resize {
-        /// Total guest memory wanted: bytes, or a number with K, M, G or T (powers of 1024).
+        /// Total memory wanted: bytes, or a number with K, M, G or T (powers of 1024).
         #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
         memory: u64,
+        /// Resize only this NUMA node: --memory is then the node's total (vm.resize-zone).
+        #[arg(long, value_name = "N")]
+        node: Option<u32>,
         #[command(flatten)]
         wait: Wait,
     },
@@ -145,9 +148,25 @@ fn request(call: &Call) -> Result<(Endpoint, Option<Vec<u8>>), ClientError> {
         Call::Ping => (Endpoint::Ping, None),
         Call::Info => (Endpoint::VmInfo, None),
         Call::Memory => (Endpoint::VmMemory, None),
-        Call::Resize { memory, wait } => (
+        Call::Resize {
+            memory,
+            node: None,
+            wait,
+        } => (
             Endpoint::VmResize,
             Some(to_json(&ResizeRequest {
+                desired_ram: *memory,
+                timeout_secs: wait.timeout_secs,
+            })?),
+        ),
+        Call::Resize {
+            memory,
+            node: Some(node),
+            wait,
+        } => (
+            Endpoint::VmResizeZone,
+            Some(to_json(&ResizeZoneRequest {
+                id: *node,
                 desired_ram: *memory,
                 timeout_secs: wait.timeout_secs,
             })?),
@@ -178,9 +197,14 @@ fn summary(call: &Call, answer: &[u8]) -> Result<String, ClientError> {
         }
         Call::Info => info_summary(&from_json(answer)?),
         Call::Memory => dimm_table(&from_json::<Vec<DimmInfo>>(answer)?),
-        Call::Resize { memory, .. } => {
-            format!("guest memory resized to {}\n", format_size(*memory))
-        }
+        Call::Resize {
+            memory, node: None, ..
+        } => format!("guest memory resized to {}\n", format_size(*memory)),
+        Call::Resize {
+            memory,
+            node: Some(node),
+            ..
+        } => format!("node {node} resized to {}\n", format_size(*memory)),
         Call::Remove { id, .. } => format!("removed {id}\n"),
         Call::Add { .. } => {
             let dimm: DimmInfo = from_json(answer)?;
@@ -198,20 +222,43 @@ fn summary(call: &Call, answer: &[u8]) -> Result<String, ClientError> {
 
 fn info_summary(info: &VmInfo) -> String {
     let memory = &info.memory;
-    let maximum = memory.boot.saturating_add(memory.hotplug_size);
-    format!(
+    let mut text = format!(
         "state:      {}\n\
          cpus:       {}\n\
-         memory:     {} (boot {}, hotplugged {}, max {})\n\
+         memory:     {}\n\
          dimm slots: {} (block size {})\n",
         info.state,
         info.cpus,
-        format_size(info.memory_actual_size),
-        format_size(memory.boot),
-        format_size(memory.hotplugged),
-        format_size(maximum),
+        memory_line(
+            info.memory_actual_size,
+            memory.boot,
+            memory.hotplugged,
+            memory.hotplug_size
+        ),
         memory.slots,
         format_size(memory.block_size),
+    );
+    if memory.nodes.len() > 1 {
+        for node in &memory.nodes {
+            let total = node.boot.saturating_add(node.hotplugged);
+            text += &format!(
+                "node {}:     {}\n",
+                node.id,
+                memory_line(total, node.boot, node.hotplugged, node.hotplug_size)
+            );
+        }
+    }
+    text
+}
+
+/// `4 GiB (boot 1 GiB, hotplugged 3 GiB, max 9 GiB)`.
+fn memory_line(total: u64, boot: u64, hotplugged: u64, hotplug_size: u64) -> String {
+    format!(
+        "{} (boot {}, hotplugged {}, max {})",
+        format_size(total),
+        format_size(boot),
+        format_size(hotplugged),
+        format_size(boot.saturating_add(hotplug_size))
     )
 }
 

@@ -10,8 +10,8 @@ use tempfile::TempDir;
 use tidal_api::client::RawResponse;
 use tidal_api::{
     AddMemoryRequest, ApiClient, ApiError, ApiServer, DimmInfo, DimmState, ErrorBody, EventSink,
-    HotplugEvent, MemoryInfo, OstStatus, RemoveMemoryRequest, ResizeRequest, ServerError,
-    ServerLimits, VmApi, VmInfo,
+    HotplugEvent, MemoryInfo, NodeMemory, OstStatus, RemoveMemoryRequest, ResizeRequest,
+    ResizeZoneRequest, ServerError, ServerLimits, VmApi, VmInfo,
 };
 
 const GIB: u64 = 1 << 30;
@@ -21,6 +21,7 @@ pub enum Call {
     Info,
     Memory,
     Resize(ResizeRequest),
+    ResizeZone(ResizeZoneRequest),
     AddMemory(AddMemoryRequest),
     RemoveMemory(RemoveMemoryRequest),
     Subscribe,
@@ -109,6 +110,11 @@ impl VmApi for MockVm {
         self.outcome()
     }
 
+    fn resize_zone(&self, request: ResizeZoneRequest) -> Result<(), ApiError> {
+        self.record(Call::ResizeZone(request));
+        self.outcome()
+    }
+
     fn add_memory(&self, request: AddMemoryRequest) -> Result<DimmInfo, ApiError> {
         self.record(Call::AddMemory(request.clone()));
         self.outcome()?;
@@ -148,6 +154,20 @@ pub fn sample_info() -> VmInfo {
             hotplug_size: 8 * GIB,
             slots: 8,
             block_size: 128 << 20,
+            nodes: vec![
+                NodeMemory {
+                    id: 0,
+                    boot: GIB,
+                    hotplugged: GIB,
+                    hotplug_size: 4 * GIB,
+                },
+                NodeMemory {
+                    id: 1,
+                    boot: 0,
+                    hotplugged: GIB,
+                    hotplug_size: 4 * GIB,
+                },
+            ],
         },
         cpus: 2,
     }
@@ -214,6 +234,9 @@ impl VmApi for PanickingVm {
     }
     fn resize(&self, _: ResizeRequest) -> Result<(), ApiError> {
         panic!("resize failed");
+    }
+    fn resize_zone(&self, _: ResizeZoneRequest) -> Result<(), ApiError> {
+        panic!("resize_zone failed");
     }
     fn add_memory(&self, _: AddMemoryRequest) -> Result<DimmInfo, ApiError> {
         panic!("add_memory failed");

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tidal_api::{
     AddMemoryRequest, ApiError, DimmInfo, DimmState, ErrorKind, PingResponse, RemoveMemoryRequest,
-    ResizeRequest,
+    ResizeRequest, ResizeZoneRequest,
 };
 
 use crate::mock::{
@@ -79,6 +79,32 @@ fn resize_passes_the_timeout_on() {
             timeout_secs: Some(30),
         })]
     );
+}
+
+#[test]
+fn resize_zone_names_the_node() {
+    let mock = MockVm::new();
+    let server = TestServer::start(mock.clone());
+    let response = server.send(
+        "PUT",
+        "/api/v1/vm.resize-zone",
+        Some(r#"{"id": 1, "desired_ram": 2147483648, "timeout_secs": 30}"#),
+    );
+    assert_eq!(response.status, 204);
+    let request = ResizeZoneRequest {
+        id: 1,
+        desired_ram: 2 << 30,
+        timeout_secs: Some(30),
+    };
+    assert_eq!(mock.calls(), [Call::ResizeZone(request.clone())]);
+    // Without the node's id the request means nothing.
+    let response = server.send(
+        "PUT",
+        "/api/v1/vm.resize-zone",
+        Some(r#"{"desired_ram": 2147483648}"#),
+    );
+    assert_eq!(response.status, 400);
+    assert_eq!(mock.calls(), [Call::ResizeZone(request)]);
 }
 
 #[test]

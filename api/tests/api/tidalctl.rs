@@ -5,7 +5,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use tidal_api::{
-    AddMemoryRequest, ApiError, ErrorKind, HotplugEvent, RemoveMemoryRequest, ResizeRequest, VmInfo,
+    AddMemoryRequest, ApiError, ErrorKind, HotplugEvent, RemoveMemoryRequest, ResizeRequest,
+    ResizeZoneRequest, VmInfo,
 };
 
 use crate::mock::{sample_events, sample_info, Call, MockVm, TestServer};
@@ -62,7 +63,9 @@ fn info_prints_a_summary() {
         "state:      Running\n\
          cpus:       2\n\
          memory:     3 GiB (boot 1 GiB, hotplugged 2 GiB, max 9 GiB)\n\
-         dimm slots: 8 (block size 128 MiB)\n"
+         dimm slots: 8 (block size 128 MiB)\n\
+         node 0:     2 GiB (boot 1 GiB, hotplugged 1 GiB, max 5 GiB)\n\
+         node 1:     1 GiB (boot 0 B, hotplugged 1 GiB, max 4 GiB)\n"
     );
 }
 
@@ -89,6 +92,25 @@ fn resize_sends_the_size_in_bytes() {
         [Call::Resize(ResizeRequest {
             desired_ram: 2_147_483_648,
             timeout_secs: None,
+        })]
+    );
+}
+
+#[test]
+fn resize_of_a_node_is_a_resize_zone() {
+    let mock = MockVm::new();
+    let server = TestServer::start(mock.clone());
+    let output = tidalctl(
+        server.socket(),
+        &["resize", "--node", "1", "--memory", "2G", "--timeout", "30"],
+    );
+    assert_eq!(stdout(&output), "node 1 resized to 2 GiB\n");
+    assert_eq!(
+        mock.calls(),
+        [Call::ResizeZone(ResizeZoneRequest {
+            id: 1,
+            desired_ram: 2 << 30,
+            timeout_secs: Some(30),
         })]
     );
 }
