@@ -94,6 +94,10 @@ pub struct ResizeRequest {
     /// Seconds to wait for the guest's answer to each DIMM; the VMM's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// Add memory even when the host has less available than it asks for (the VM may then
+    /// be killed by the host's OOM killer once the guest uses it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// Grow or shrink one NUMA node ("zone" in Cloud Hypervisor's name for the call).
@@ -107,6 +111,10 @@ pub struct ResizeZoneRequest {
     /// Seconds to wait for the guest's answer to each DIMM; the VMM's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// Add memory even when the host has less available than it asks for (the VM may then
+    /// be killed by the host's OOM killer once the guest uses it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,6 +153,10 @@ pub struct AddMemoryRequest {
     /// NUMA node; 0 when absent.
     #[serde(default)]
     pub node: u32,
+    /// Add memory even when the host has less available than it asks for (the VM may then
+    /// be killed by the host's OOM killer once the guest uses it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// What kind of failure, which decides the HTTP status.
@@ -160,6 +172,8 @@ pub enum ErrorKind {
     GuestRefused,
     /// The guest did not answer in time (504).
     Timeout,
+    /// The host has less memory available than the request would add (507).
+    HostMemory,
     /// Tidal failed (500).
     Internal,
 }
@@ -172,6 +186,7 @@ impl ErrorKind {
             ErrorKind::Conflict => 409,
             ErrorKind::GuestRefused => 422,
             ErrorKind::Timeout => 504,
+            ErrorKind::HostMemory => 507,
             ErrorKind::Internal => 500,
         }
     }

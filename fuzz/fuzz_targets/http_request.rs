@@ -54,6 +54,7 @@ fn refusal(n: u64) -> Result<(), ApiError> {
         3 => ErrorKind::Conflict,
         4 => ErrorKind::GuestRefused,
         5 => ErrorKind::Timeout,
+        6 => ErrorKind::HostMemory,
         _ => return Ok(()),
     };
     Err(ApiError::new(kind, format!("refused {n}")))

@@ -171,5 +171,6 @@ fn resize_request(bytes: u64) -> ResizeRequest {
     ResizeRequest {
         desired_ram: bytes,
         timeout_secs: Some(600),
+        force: false,
     }
 }

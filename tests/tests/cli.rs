@@ -8,7 +8,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tidal_api::{ApiClient, ClientError, DimmState, ResizeRequest};
+use tidal_api::{AddMemoryRequest, ApiClient, ClientError, DimmState, ResizeRequest};
 use tidal_tests::{kvm_kind, run_tidal, Guest, GuestImages, KvmKind, RunningGuest};
 
 /// Runs tidal with `args`, expects a refusal, and returns its one-line error message.
@@ -105,13 +105,22 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Starts tidal with the test guest (1 GiB and a hotplug region, so a resize can be in flight)
 /// and an API socket in `dir`, and waits until the socket answers. The guest is left to boot.
 fn start_with_api(dir: &Path, cmdline_extra: &str) -> (RunningGuest, ApiClient) {
+    start_with_memory_and_api(dir, "size=1G,hotplug_size=1G", cmdline_extra)
+}
+
+/// [`start_with_api`] with `memory` as tidal's `--memory`.
+fn start_with_memory_and_api(
+    dir: &Path,
+    memory: &str,
+    cmdline_extra: &str,
+) -> (RunningGuest, ApiClient) {
     assert!(
         kvm_kind() != KvmKind::None,
         "this test runs tidal, which needs /dev/kvm (hardware or KVM-PVM); there is none here"
     );
     let socket = dir.join("api.sock");
     let mut tidal = Guest::new()
-        .memory("size=1G,hotplug_size=1G")
+        .memory(memory)
         .cmdline_extra(cmdline_extra)
         .arg("--api-socket")
         .arg(&socket)
@@ -187,6 +196,7 @@ fn sigterm_fails_a_resize_in_flight_with_an_error() {
             api.resize(&ResizeRequest {
                 desired_ram: 2 << 30,
                 timeout_secs: Some(600),
+                force: false,
             })
         }
     });
@@ -215,4 +225,43 @@ fn sigterm_fails_a_resize_in_flight_with_an_error() {
             "the resize in flight should have failed with the VM stopping, got {other:?}"
         )),
     }
+}
+
+/// A hot-add of more than the host has available is refused at once, saying what the host has
+/// and how to force it, and nothing is plugged. (The guest, booted with `acpi=off`, plays no
+/// part: the check comes before any memory is mapped.)
+#[test]
+fn a_hot_add_beyond_what_the_host_has_available_is_refused() {
+    let dir = tempfile::tempdir().expect("create the socket directory");
+    let (mut tidal, api) =
+        start_with_memory_and_api(dir.path(), "size=512M,hotplug_size=1T", "acpi=off");
+    let meminfo = std::fs::read_to_string("/proc/meminfo").expect("read /proc/meminfo");
+    let available_kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemAvailable:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .expect("MemAvailable in /proc/meminfo");
+    let too_much = (2 * available_kib * 1024).next_multiple_of(128 << 20);
+    assert!(
+        too_much <= 1 << 40,
+        "this host has {available_kib} KiB available: more than the test's 1 TiB region can outgrow"
+    );
+    let request = AddMemoryRequest {
+        size: too_much,
+        node: 0,
+        force: false,
+    };
+    match api.add_memory(&request) {
+        Err(ClientError::Api { status, message }) if status.as_u16() == 507 => {
+            assert!(
+                message.contains("of memory available, less than the") && message.contains("force"),
+                "{message}"
+            );
+        }
+        other => tidal.fail(&format!(
+            "adding {too_much} bytes should have been refused with a 507, got {other:?}"
+        )),
+    }
+    assert_eq!(api.memory().expect("vm.memory"), []);
+    stop_with(&mut tidal, api.socket(), libc::SIGTERM, "SIGTERM", 143);
 }

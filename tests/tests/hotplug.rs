@@ -79,14 +79,24 @@ fn hot_add_grows_the_guest_through_api_and_tidalctl() {
 fn bad_hotplug_requests_get_clear_errors_from_the_real_vmm() {
     // Four vCPUs: plugging and ejecting work on an SMP guest too.
     let mut vm = ElasticVm::boot(Guest::new().cpus(4), "size=1G,hotplug_size=2G,slots=2");
-    let add = |vm: &mut ElasticVm, size| vm.api.add_memory(&AddMemoryRequest { size, node: 0 });
+    let add = |vm: &mut ElasticVm, size| {
+        vm.api.add_memory(&AddMemoryRequest {
+            size,
+            node: 0,
+            force: false,
+        })
+    };
     let r = add(&mut vm, 100 * MIB);
     let message = vm.expect_api_error(r, 400);
     assert!(message.contains("multiple of the 128 MiB"), "{message}");
     let r = add(&mut vm, 4 * GIB);
     let message = vm.expect_api_error(r, 400);
     assert!(message.contains("free"), "{message}");
-    let r = vm.api.add_memory(&AddMemoryRequest { size: GIB, node: 3 });
+    let r = vm.api.add_memory(&AddMemoryRequest {
+        size: GIB,
+        node: 3,
+        force: false,
+    });
     let message = vm.expect_api_error(r, 404);
     assert!(message.contains("node 3 does not exist"), "{message}");
     let r = vm.api.send(
@@ -116,6 +126,7 @@ fn bad_hotplug_requests_get_clear_errors_from_the_real_vmm() {
         api.resize(&ResizeRequest {
             desired_ram: GIB,
             timeout_secs: None,
+            force: false,
         })
     });
     let mut removing = false;
@@ -130,6 +141,7 @@ fn bad_hotplug_requests_get_clear_errors_from_the_real_vmm() {
     let second = vm.api.add_memory(&AddMemoryRequest {
         size: 128 * MIB,
         node: 0,
+        force: false,
     });
     if let Err(e) = shrink.join().expect("resize thread") {
         vm.guest.fail(&format!("shrink to boot memory: {e}"));
@@ -144,6 +156,7 @@ fn bad_hotplug_requests_get_clear_errors_from_the_real_vmm() {
     let r = vm.api.resize(&ResizeRequest {
         desired_ram: 512 * MIB,
         timeout_secs: None,
+        force: false,
     });
     vm.expect_api_error(r, 400);
     assert_eq!(vm.guest.poweroff().code(), Some(0));
@@ -155,6 +168,7 @@ fn a_vm_without_a_hotplug_region_refuses_resize() {
     let r = vm.api.resize(&ResizeRequest {
         desired_ram: GIB,
         timeout_secs: None,
+        force: false,
     });
     let message = vm.expect_api_error(r, 400);
     assert!(message.contains("no hotplug region"), "{message}");
@@ -250,6 +264,7 @@ fn a_refused_eject_keeps_the_memory_and_a_retry_succeeds() {
     let r = vm.api.resize(&ResizeRequest {
         desired_ram: 512 * MIB,
         timeout_secs: None,
+        force: false,
     });
     let message = vm.expect_api_error(r, 422);
     assert!(
@@ -317,6 +332,7 @@ fn zone_normal_memory_removal_is_answered_either_way() {
     let result = vm.api.resize(&ResizeRequest {
         desired_ram: GIB,
         timeout_secs: Some(120),
+        force: false,
     });
     let dimms = vm.api.memory().expect("vm.memory");
     let total = vm.memtotal_kib();
@@ -549,6 +565,7 @@ fn a_hostile_guest_writing_the_hotplug_registers_cannot_take_memory_away() {
     let added = vm.api.add_memory(&AddMemoryRequest {
         size: 256 * MIB,
         node: 0,
+        force: false,
     });
     let removed = vm.api.remove_memory(&RemoveMemoryRequest {
         id: "dimm2".into(),

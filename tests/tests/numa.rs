@@ -44,19 +44,31 @@ fn two_nodes_show_their_vcpus_memory_and_distances_and_resize_one_at_a_time() {
     }
 
     // Node 0 has no share of the hotplug region, and there is no node 2.
-    let r = vm.api.add_memory(&AddMemoryRequest { size: GIB, node: 0 });
+    let r = vm.api.add_memory(&AddMemoryRequest {
+        size: GIB,
+        node: 0,
+        force: false,
+    });
     let message = vm.expect_api_error(r, 400);
     assert!(
         message.contains("node 0 has no hotplug memory"),
         "{message}"
     );
-    let r = vm.api.add_memory(&AddMemoryRequest { size: GIB, node: 2 });
+    let r = vm.api.add_memory(&AddMemoryRequest {
+        size: GIB,
+        node: 2,
+        force: false,
+    });
     let message = vm.expect_api_error(r, 404);
     assert!(message.contains("node 2 does not exist"), "{message}");
 
     let dimm = vm
         .api
-        .add_memory(&AddMemoryRequest { size: GIB, node: 1 })
+        .add_memory(&AddMemoryRequest {
+            size: GIB,
+            node: 1,
+            force: false,
+        })
         .unwrap_or_else(|e| vm.guest.fail(&format!("adding to node 1: {e}")));
     assert_eq!((dimm.node, dimm.state), (1, DimmState::Added));
     assert_eq!(node_memtotal_kib(&mut vm, 1) - node1_before, GIB / 1024);
@@ -112,6 +124,7 @@ fn two_nodes_show_their_vcpus_memory_and_distances_and_resize_one_at_a_time() {
         id: 0,
         desired_ram: 2 * GIB,
         timeout_secs: None,
+        force: false,
     });
     let message = vm.expect_api_error(r, 400);
     assert!(
@@ -122,6 +135,7 @@ fn two_nodes_show_their_vcpus_memory_and_distances_and_resize_one_at_a_time() {
         id: 1,
         desired_ram: GIB / 2,
         timeout_secs: None,
+        force: false,
     });
     let message = vm.expect_api_error(r, 400);
     assert!(message.contains("below node 1's boot memory"), "{message}");
@@ -179,6 +193,7 @@ fn a_hotpluggable_node_gives_all_its_memory_back_with_its_data_kept_and_grows_ag
         id: 1,
         desired_ram: 0,
         timeout_secs: Some(900),
+        force: false,
     };
     if let Err(e) = vm.api.resize_zone(&zero) {
         vm.guest.fail(&format!("shrinking node 1 to zero: {e}"));

@@ -19,6 +19,7 @@ use tidal_devices::memory_hotplug::{
 use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 
 use crate::dimm_space::DimmSpace;
+use crate::host_memory::HostMemory;
 use crate::layout::MEMORY_BLOCK_SIZE;
 use crate::memory::{delete_kvm_slot, set_kvm_slot};
 use crate::numa::BootDimm;
@@ -176,6 +177,8 @@ pub struct MemoryHotplug {
     regions: Vec<Option<HotplugRegion>>,
     /// Each NUMA node's boot RAM, by node id.
     node_boot: Vec<u64>,
+    /// What the host has left to give.
+    host: HostMemory,
     cpus: u32,
     dimms: Arc<Mutex<DimmMemory>>,
     controller: Arc<Mutex<MemoryHotplugController>>,
@@ -200,6 +203,8 @@ pub struct HotplugParts {
     pub regions: Vec<Option<HotplugRegion>>,
     /// Each NUMA node's boot RAM, by node id.
     pub node_boot: Vec<u64>,
+    /// What the host has left to give, checked before each DIMM is added.
+    pub host: HostMemory,
     pub cpus: u32,
     pub controller: Arc<Mutex<MemoryHotplugController>>,
     pub changed: Arc<Condvar>,
@@ -250,6 +255,7 @@ impl MemoryHotplug {
         Ok(Self {
             regions: parts.regions,
             node_boot: parts.node_boot,
+            host: parts.host,
             cpus: parts.cpus,
             dimms,
             controller: parts.controller,
@@ -391,13 +397,31 @@ impl MemoryHotplug {
         )
     }
 
+    /// Refuses to add `size` bytes the host does not have available (when it can tell).
+    fn check_host_memory(&self, size: u64) -> Result<(), ApiError> {
+        match self.host.available() {
+            Some(available) if available < size => Err(ApiError::new(
+                ErrorKind::HostMemory,
+                format!(
+                    "the host has {} of memory available, less than the {} asked for: the VM \
+                     could be killed once the guest uses it; set force to add it anyway",
+                    format_size(available),
+                    format_size(size)
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Grows or shrinks node `scope` (the whole VM: `None`) to `desired` bytes: one DIMM for
-    /// the difference, or the newest DIMMs summing exactly to it; waits for the guest.
+    /// the difference (see [`MemoryHotplug::add`] for `force`), or the newest DIMMs summing
+    /// exactly to it; waits for the guest.
     fn resize_memory(
         &self,
         scope: Option<u32>,
         desired: u64,
         timeout: Duration,
+        force: bool,
     ) -> Result<(), ApiError> {
         let boot = self.boot_ram(scope);
         let current = boot + self.hotplugged(scope);
@@ -424,7 +448,7 @@ impl MemoryHotplug {
         }
         let size = desired - current;
         let node = scope.unwrap_or_else(|| self.node_to_grow(size));
-        self.add(size, node, timeout).map(|_| ())
+        self.add(size, node, timeout, force).map(|_| ())
     }
 
     /// The node a resize grows: the first whose share has `size` bytes free, else the first
@@ -487,8 +511,18 @@ impl MemoryHotplug {
     }
 
     /// Plugs one DIMM of `size` bytes into node `node` and waits for the guest's answer.
-    fn add(&self, size: u64, node: u32, timeout: Duration) -> Result<DimmInfo, ApiError> {
+    /// Unless `force`, refuses when the host has less memory available than `size`.
+    fn add(
+        &self,
+        size: u64,
+        node: u32,
+        timeout: Duration,
+        force: bool,
+    ) -> Result<DimmInfo, ApiError> {
         let region = self.check_size(size, node)?;
+        if !force {
+            self.check_host_memory(size)?;
+        }
         let _operation = self.begin_operation()?;
         let slot = self.controller()?.free_slot().ok_or_else(|| {
             ApiError::new(
@@ -842,7 +876,7 @@ impl VmApi for MemoryHotplug {
 
     fn resize(&self, request: ResizeRequest) -> Result<(), ApiError> {
         let timeout = self.timeout_for(request.timeout_secs)?;
-        self.resize_memory(None, request.desired_ram, timeout)
+        self.resize_memory(None, request.desired_ram, timeout, request.force)
     }
 
     fn resize_zone(&self, request: ResizeZoneRequest) -> Result<(), ApiError> {
@@ -850,11 +884,16 @@ impl VmApi for MemoryHotplug {
         if usize::try_from(request.id).map_or(true, |node| node >= self.node_boot.len()) {
             return Err(self.no_such_node(request.id));
         }
-        self.resize_memory(Some(request.id), request.desired_ram, timeout)
+        self.resize_memory(
+            Some(request.id),
+            request.desired_ram,
+            timeout,
+            request.force,
+        )
     }
 
     fn add_memory(&self, request: AddMemoryRequest) -> Result<DimmInfo, ApiError> {
-        self.add(request.size, request.node, self.timeout)
+        self.add(request.size, request.node, self.timeout, request.force)
     }
 
     fn remove_memory(&self, request: RemoveMemoryRequest) -> Result<(), ApiError> {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod console;
 pub mod cpu;
 pub mod dimm_space;
+pub mod host_memory;
 pub mod hotplug;
 pub mod layout;
 pub mod memory;

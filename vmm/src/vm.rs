@@ -37,6 +37,7 @@ use crate::config::SeccompMode;
 use crate::config::VmConfig;
 use crate::console::{self, ConsoleError};
 use crate::cpu::{self, Topology};
+use crate::host_memory::HostMemory;
 use crate::hotplug::{HotplugParts, HotplugRegion, MemoryHotplug};
 use crate::layout::{
     ACPI_END, ACPI_START, APIC_START, GED_IRQ, GED_MMIO_START, IOAPIC_START,
@@ -369,6 +370,7 @@ impl Vm {
                 .iter()
                 .map(|node| if node.hotpluggable { 0 } else { node.memory })
                 .collect(),
+            host: HostMemory::open(),
             cpus: u32::from(config.cpus),
             controller,
             changed,

@@ -378,6 +378,7 @@ fn vmm_case() {
                 size: 1 << 30,
             })],
             node_boot: vec![2 * MIB],
+            host: tidal_vmm::host_memory::HostMemory::open(),
             cpus: 1,
             controller: controller.clone(),
             changed,
@@ -446,6 +447,7 @@ fn vmm_case() {
         .add_memory(&AddMemoryRequest {
             size: 128 * MIB,
             node: 0,
+            force: false,
         })
         .unwrap();
     assert_eq!(added.id, "dimm0");
@@ -454,6 +456,7 @@ fn vmm_case() {
         .resize(&ResizeRequest {
             desired_ram: 2 * MIB + 384 * MIB,
             timeout_secs: None,
+            force: false,
         })
         .unwrap();
     assert_eq!(client.memory().unwrap().len(), 2);
@@ -467,6 +470,7 @@ fn vmm_case() {
         .resize(&ResizeRequest {
             desired_ram: 2 * MIB,
             timeout_secs: None,
+            force: false,
         })
         .unwrap();
     assert!(client.memory().unwrap().is_empty());

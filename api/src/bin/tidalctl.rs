@@ -59,6 +59,9 @@ enum Call {
         node: Option<u32>,
         #[command(flatten)]
         wait: Wait,
+        /// Grow even when the host has less memory available than that takes.
+        #[arg(long)]
+        force: bool,
     },
     /// Plug one DIMM; waits for the guest to accept it.
     Add {
@@ -68,6 +71,9 @@ enum Call {
         /// NUMA node of the new memory.
         #[arg(long, value_name = "N", default_value_t = 0)]
         node: u32,
+        /// Add it even when the host has less memory available than that.
+        #[arg(long)]
+        force: bool,
     },
     /// Eject one DIMM; waits until the guest has let it go.
     Remove {
@@ -152,30 +158,35 @@ fn request(call: &Call) -> Result<(Endpoint, Option<Vec<u8>>), ClientError> {
             memory,
             node: None,
             wait,
+            force,
         } => (
             Endpoint::VmResize,
             Some(to_json(&ResizeRequest {
                 desired_ram: *memory,
                 timeout_secs: wait.timeout_secs,
+                force: *force,
             })?),
         ),
         Call::Resize {
             memory,
             node: Some(node),
             wait,
+            force,
         } => (
             Endpoint::VmResizeZone,
             Some(to_json(&ResizeZoneRequest {
                 id: *node,
                 desired_ram: *memory,
                 timeout_secs: wait.timeout_secs,
+                force: *force,
             })?),
         ),
-        Call::Add { size, node } => (
+        Call::Add { size, node, force } => (
             Endpoint::VmAddMemory,
             Some(to_json(&AddMemoryRequest {
                 size: *size,
                 node: *node,
+                force: *force,
             })?),
         ),
         Call::Remove { id, wait } => (

@@ -140,6 +140,7 @@ fn answers_that_take_longer_than_the_timeouts_are_not_cut_off() {
             server.client.resize(&ResizeRequest {
                 desired_ram: 2 << 30,
                 timeout_secs: None,
+                force: false,
             })
         });
         mock.wait_for_calls(2);
@@ -198,6 +199,7 @@ fn a_client_gone_before_its_resize_is_answered_does_not_hold_the_server() {
     let request = ResizeRequest {
         desired_ram: 2 << 30,
         timeout_secs: None,
+        force: false,
     };
     server.client.resize(&request).unwrap();
     assert_eq!(mock.calls().len(), 2);

@@ -284,6 +284,17 @@ fn every_answer_is_documented() {
             assert_eq!(response.status.as_u16(), kind.http_status());
             spec.check_answer(&operation, &response);
         }
+        // Only the calls that add memory can find the host short of it.
+        let adds_memory = ["/vm.resize", "/vm.resize-zone", "/vm.memory.add"]
+            .iter()
+            .any(|path| operation.path.ends_with(path));
+        if adds_memory {
+            let mock = MockVm::new();
+            mock.fail_with(ApiError::new(ErrorKind::HostMemory, "the host is short"));
+            let response = send(&TestServer::start(mock), &operation, example.as_deref());
+            assert_eq!(response.status.as_u16(), 507);
+            spec.check_answer(&operation, &response);
+        }
     }
 }
 

@@ -58,6 +58,7 @@ fn resize_answers_204_once_the_vmm_is_done() {
         [Call::Resize(ResizeRequest {
             desired_ram: 4 << 30,
             timeout_secs: None,
+            force: false,
         })]
     );
 }
@@ -77,6 +78,7 @@ fn resize_passes_the_timeout_on() {
         [Call::Resize(ResizeRequest {
             desired_ram: 4 << 30,
             timeout_secs: Some(30),
+            force: false,
         })]
     );
 }
@@ -95,6 +97,7 @@ fn resize_zone_names_the_node() {
         id: 1,
         desired_ram: 2 << 30,
         timeout_secs: Some(30),
+        force: false,
     };
     assert_eq!(mock.calls(), [Call::ResizeZone(request.clone())]);
     // Without the node's id the request means nothing.
@@ -154,7 +157,8 @@ fn add_answers_200_with_the_new_dimm() {
         mock.calls(),
         [Call::AddMemory(AddMemoryRequest {
             size: 1 << 30,
-            node: 1
+            node: 1,
+            force: false,
         })]
     );
 }
@@ -169,7 +173,8 @@ fn add_without_a_node_uses_node_0() {
         mock.calls(),
         [Call::AddMemory(AddMemoryRequest {
             size: 1024,
-            node: 0
+            node: 0,
+            force: false,
         })]
     );
 }
@@ -203,7 +208,7 @@ fn malformed_json_is_a_bad_request() {
 fn unknown_field_is_a_bad_request() {
     assert_rejected_body(
         Some(r#"{"desired_ram": 1, "foo": 2}"#),
-        "invalid request body: unknown field `foo`, expected `desired_ram` or `timeout_secs`",
+        "invalid request body: unknown field `foo`, expected one of `desired_ram`, `timeout_secs`, `force`",
     );
     assert_rejected_body(Some("42"), "invalid request body: expected a JSON object");
     assert_rejected_body_at(
@@ -274,6 +279,11 @@ fn vmm_errors_keep_their_status_and_message() {
             "the guest refused dimm3 (_OST status 0x80)",
         ),
         (ErrorKind::Internal, 500, "cannot map guest memory"),
+        (
+            ErrorKind::HostMemory,
+            507,
+            "the host has 1 GiB of memory available, less than the 2 GiB asked for",
+        ),
         (
             ErrorKind::Timeout,
             504,
@@ -354,6 +364,7 @@ fn ping_answers_while_a_resize_waits_for_the_guest() {
             server.client.resize(&ResizeRequest {
                 desired_ram: 1 << 30,
                 timeout_secs: None,
+                force: false,
             })
         });
         mock.wait_for_calls(1);

@@ -121,6 +121,7 @@ fn shutdown_does_not_wait_for_a_stuck_vmm_call() {
         client.resize(&ResizeRequest {
             desired_ram: 1,
             timeout_secs: None,
+            force: false,
         })
     });
     mock.wait_for_calls(1);

@@ -92,6 +92,7 @@ fn resize_sends_the_size_in_bytes() {
         [Call::Resize(ResizeRequest {
             desired_ram: 2_147_483_648,
             timeout_secs: None,
+            force: false,
         })]
     );
 }
@@ -111,6 +112,7 @@ fn resize_of_a_node_is_a_resize_zone() {
             id: 1,
             desired_ram: 2 << 30,
             timeout_secs: Some(30),
+            force: false,
         })]
     );
 }
@@ -129,6 +131,7 @@ fn resize_sends_the_timeout() {
         [Call::Resize(ResizeRequest {
             desired_ram: 3 << 30,
             timeout_secs: Some(30),
+            force: false,
         })]
     );
 }
@@ -231,12 +234,27 @@ fn add_sends_size_and_node() {
         stdout(&output),
         "plugged dimm2: 512 MiB on node 1 at 0x180000000 (added)\n"
     );
+    tidalctl(server.socket(), &["add", "--size", "1G", "--force"]);
+    tidalctl(server.socket(), &["resize", "--memory", "8G", "--force"]);
     assert_eq!(
         mock.calls(),
-        [Call::AddMemory(AddMemoryRequest {
-            size: 512 << 20,
-            node: 1
-        })]
+        [
+            Call::AddMemory(AddMemoryRequest {
+                size: 512 << 20,
+                node: 1,
+                force: false,
+            }),
+            Call::AddMemory(AddMemoryRequest {
+                size: 1 << 30,
+                node: 0,
+                force: true,
+            }),
+            Call::Resize(ResizeRequest {
+                desired_ram: 8 << 30,
+                timeout_secs: None,
+                force: true,
+            })
+        ]
     );
 }
 

@@ -161,7 +161,14 @@ impl Vmm for Tidal {
     fn add_dimm(&mut self, size: u64) -> Result<Added, VmmError> {
         let events = self.api.events()?;
         let start = SystemTime::now();
-        let id = self.api.add_memory(&AddMemoryRequest { size, node: 0 })?.id;
+        let id = self
+            .api
+            .add_memory(&AddMemoryRequest {
+                size,
+                node: 0,
+                force: false,
+            })?
+            .id;
         for event in events {
             let event = event?;
             if event.id == id && event.new_state == DimmState::Inserting {
