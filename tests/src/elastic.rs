@@ -126,10 +126,20 @@ impl ElasticVm {
             .unwrap_or_else(|| panic!("no {key} in /proc/PID/status"))
     }
 
-    /// How many guest RAM mappings tidal has: those of a block (128 MiB) or more in
-    /// /proc/PID/maps (its own heap arenas and stacks are smaller). Each DIMM is one, with its
-    /// KVM slot.
+    /// How many guest RAM mappings tidal has. Each DIMM is one, with its KVM slot.
     pub fn host_ram_mapping_count(&mut self) -> usize {
+        self.host_ram_mappings().len()
+    }
+
+    /// KiB of guest RAM tidal has mapped: boot RAM and every DIMM. Unlike `VmSize`, this does
+    /// not move when tidal's threads or malloc arenas (64 MiB of address space each) come and go.
+    pub fn host_ram_mapped_kib(&mut self) -> u64 {
+        self.host_ram_mappings().iter().sum::<u64>() / 1024
+    }
+
+    /// The sizes of tidal's guest RAM mappings: those of a block (128 MiB) or more in
+    /// /proc/PID/maps (its own heap arenas and stacks are smaller).
+    fn host_ram_mappings(&mut self) -> Vec<u64> {
         let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.guest.pid()))
             .expect("read tidal's /proc maps");
         maps.lines()
@@ -137,9 +147,9 @@ impl ElasticVm {
                 let (start, end) = line.split_whitespace().next()?.split_once('-')?;
                 let size =
                     u64::from_str_radix(end, 16).ok()? - u64::from_str_radix(start, 16).ok()?;
-                (size >= BLOCK).then_some(())
+                (size >= BLOCK).then_some(size)
             })
-            .count()
+            .collect()
     }
 
     /// How many file descriptors tidal has open.
