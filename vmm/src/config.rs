@@ -73,10 +73,11 @@ pub struct Cli {
     pub memory: Option<String>,
     /// A guest NUMA node, once per node (at most 8), ids 0, 1, ... in order: its vCPUs (every
     /// vCPU in one node), its boot memory and its share of the hotplug region (128M multiples),
-    /// and its distances to other nodes (default 20; 10 to itself).
+    /// and its distances to other nodes (default 20; 10 to itself). hotpluggable=on (not node 0)
+    /// makes its boot memory removable and adds movable_node to the kernel command line.
     #[arg(
         long,
-        value_name = "id=N,cpus=LIST,memory=SIZE[,hotplug_size=SIZE][,distance=[NODE@D,...]]"
+        value_name = "id=N,cpus=LIST,memory=SIZE[,hotplug_size=SIZE][,distance=[NODE@D,...]][,hotpluggable=on]"
     )]
     pub numa: Vec<String>,
     /// Guest console: stdio (guest output on stdout, stdin to the guest), file=PATH, or off.
@@ -240,12 +241,12 @@ impl TryFrom<&Cli> for VmConfig {
 }
 
 /// Parameters every machine needs, appended unless the line already sets the key.
-const REQUIRED_PARAMS: [(&str, &str); 1] = [("pci", "off")];
+const REQUIRED_PARAMS: [&str; 1] = ["pci=off"];
 /// With a hotplug region the guest onlines new memory itself, as removable memory.
-const HOTPLUG_PARAMS: [(&str, &str); 1] = [("memhp_default_state", "online_movable")];
+const HOTPLUG_PARAMS: [&str; 1] = ["memhp_default_state=online_movable"];
 /// With hotpluggable boot memory the guest keeps that memory in ZONE_MOVABLE from boot, so
 /// that it can be offlined and removed.
-const MOVABLE_NODE_PARAM: &str = "movable_node";
+const MOVABLE_NODE_PARAMS: [&str; 1] = ["movable_node"];
 
 /// The guest's command line: the user's or the default, plus what the machine needs. Added
 /// parameters go before a `--`, since what follows it is for init, not the kernel.
@@ -254,14 +255,21 @@ pub fn kernel_cmdline(user: Option<&str>, hotplug: bool, movable_node: bool) -> 
     let split = words.iter().position(|w| *w == "--").unwrap_or(words.len());
     let (kernel, init) = words.split_at(split);
     let mut kernel: Vec<String> = kernel.iter().map(|w| w.to_string()).collect();
-    let extra = if hotplug { &HOTPLUG_PARAMS[..] } else { &[] };
-    for &(key, value) in REQUIRED_PARAMS.iter().chain(extra) {
-        if !kernel.iter().any(|w| w.split('=').next() == Some(key)) {
-            kernel.push(format!("{key}={value}"));
+    let hotplug_params = if hotplug { &HOTPLUG_PARAMS[..] } else { &[] };
+    let movable_params = if movable_node {
+        &MOVABLE_NODE_PARAMS[..]
+    } else {
+        &[]
+    };
+    let key = |word: &str| word.split('=').next().unwrap_or_default().to_owned();
+    for param in REQUIRED_PARAMS
+        .iter()
+        .chain(hotplug_params)
+        .chain(movable_params)
+    {
+        if !kernel.iter().any(|w| key(w) == key(param)) {
+            kernel.push((*param).to_owned());
         }
-    }
-    if movable_node && !kernel.iter().any(|w| w == MOVABLE_NODE_PARAM) {
-        kernel.push(MOVABLE_NODE_PARAM.to_owned());
     }
     kernel.extend(init.iter().map(|w| w.to_string()));
     kernel.join(" ")
