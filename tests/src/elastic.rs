@@ -6,7 +6,7 @@ use std::process::Command;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use tidal_api::{ApiClient, ClientError, ResizeRequest};
+use tidal_api::{AddMemoryRequest, ApiClient, ClientError, DimmInfo, ResizeRequest};
 
 use crate::{tidal_binary, Guest, RunningGuest, GROW_TMPFS};
 
@@ -67,6 +67,15 @@ impl ElasticVm {
     }
 
     /// Runs tidalctl against this VM; returns its stdout, or fails with its stderr.
+    /// `vm.memory.add` of one DIMM of `size` bytes into NUMA node `node`, not forced.
+    pub fn add(&self, size: u64, node: u32) -> Result<DimmInfo, ClientError> {
+        self.api.add_memory(&AddMemoryRequest {
+            size,
+            node,
+            force: false,
+        })
+    }
+
     pub fn tidalctl(&mut self, args: &[&str]) -> String {
         let output = Command::new(tidal_binary().with_file_name("tidalctl"))
             .arg("--api-socket")

@@ -5,10 +5,7 @@
 
 use std::time::Duration;
 
-use tidal_api::{
-    AddMemoryRequest, ApiClient, ClientError, DimmState, Endpoint, RemoveMemoryRequest,
-    ResizeRequest,
-};
+use tidal_api::{ApiClient, ClientError, DimmState, Endpoint, RemoveMemoryRequest, ResizeRequest};
 use tidal_tests::elastic::{ElasticVm, API_TIMEOUT, BLOCK, GIB, MIB};
 use tidal_tests::{pattern_fill_command, Guest};
 
@@ -79,24 +76,13 @@ fn hot_add_grows_the_guest_through_api_and_tidalctl() {
 fn bad_hotplug_requests_get_clear_errors_from_the_real_vmm() {
     // Four vCPUs: plugging and ejecting work on an SMP guest too.
     let mut vm = ElasticVm::boot(Guest::new().cpus(4), "size=1G,hotplug_size=2G,slots=2");
-    let add = |vm: &mut ElasticVm, size| {
-        vm.api.add_memory(&AddMemoryRequest {
-            size,
-            node: 0,
-            force: false,
-        })
-    };
-    let r = add(&mut vm, 100 * MIB);
+    let r = vm.add(100 * MIB, 0);
     let message = vm.expect_api_error(r, 400);
     assert!(message.contains("multiple of the 128 MiB"), "{message}");
-    let r = add(&mut vm, 4 * GIB);
+    let r = vm.add(4 * GIB, 0);
     let message = vm.expect_api_error(r, 400);
     assert!(message.contains("free"), "{message}");
-    let r = vm.api.add_memory(&AddMemoryRequest {
-        size: GIB,
-        node: 3,
-        force: false,
-    });
+    let r = vm.add(GIB, 3);
     let message = vm.expect_api_error(r, 404);
     assert!(message.contains("node 3 does not exist"), "{message}");
     let r = vm.api.send(
@@ -113,9 +99,9 @@ fn bad_hotplug_requests_get_clear_errors_from_the_real_vmm() {
     vm.expect_api_error(r, 404);
 
     // Two slots: the third DIMM has nowhere to go.
-    add(&mut vm, 512 * MIB).expect("first DIMM");
-    add(&mut vm, 512 * MIB).expect("second DIMM");
-    let r = add(&mut vm, 512 * MIB);
+    vm.add(512 * MIB, 0).expect("first DIMM");
+    vm.add(512 * MIB, 0).expect("second DIMM");
+    let r = vm.add(512 * MIB, 0);
     let message = vm.expect_api_error(r, 400);
     assert!(message.contains("slot"), "{message}");
 
@@ -138,11 +124,7 @@ fn bad_hotplug_requests_get_clear_errors_from_the_real_vmm() {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    let second = vm.api.add_memory(&AddMemoryRequest {
-        size: 128 * MIB,
-        node: 0,
-        force: false,
-    });
+    let second = vm.add(128 * MIB, 0);
     if let Err(e) = shrink.join().expect("resize thread") {
         vm.guest.fail(&format!("shrink to boot memory: {e}"));
     }
@@ -561,11 +543,7 @@ fn a_hostile_guest_writing_the_hotplug_registers_cannot_take_memory_away() {
     vm.guest.run_ok(&format!(
         "(mmio storm {ost_event} 16 200000 3 > /tmp/storm.log 2>&1 &)"
     ));
-    let added = vm.api.add_memory(&AddMemoryRequest {
-        size: 256 * MIB,
-        node: 0,
-        force: false,
-    });
+    let added = vm.add(256 * MIB, 0);
     let removed = vm.api.remove_memory(&RemoveMemoryRequest {
         id: "dimm2".into(),
         timeout_secs: Some(60),

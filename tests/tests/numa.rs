@@ -1,7 +1,7 @@
 //! NUMA guests (`--numa`): the nodes as the guest sees them (vCPUs, memory, distances from the
 //! SLIT), memory hot-added to one node and removed again, and one node resized at a time.
 
-use tidal_api::{AddMemoryRequest, DimmState, RemoveMemoryRequest, ResizeZoneRequest};
+use tidal_api::{DimmState, RemoveMemoryRequest, ResizeZoneRequest};
 use tidal_tests::elastic::{ElasticVm, BLOCK, GIB, MIB};
 use tidal_tests::Guest;
 
@@ -44,31 +44,18 @@ fn two_nodes_show_their_vcpus_memory_and_distances_and_resize_one_at_a_time() {
     }
 
     // Node 0 has no share of the hotplug region, and there is no node 2.
-    let r = vm.api.add_memory(&AddMemoryRequest {
-        size: GIB,
-        node: 0,
-        force: false,
-    });
+    let r = vm.add(GIB, 0);
     let message = vm.expect_api_error(r, 400);
     assert!(
         message.contains("node 0 has no hotplug memory"),
         "{message}"
     );
-    let r = vm.api.add_memory(&AddMemoryRequest {
-        size: GIB,
-        node: 2,
-        force: false,
-    });
+    let r = vm.add(GIB, 2);
     let message = vm.expect_api_error(r, 404);
     assert!(message.contains("node 2 does not exist"), "{message}");
 
     let dimm = vm
-        .api
-        .add_memory(&AddMemoryRequest {
-            size: GIB,
-            node: 1,
-            force: false,
-        })
+        .add(GIB, 1)
         .unwrap_or_else(|e| vm.guest.fail(&format!("adding to node 1: {e}")));
     assert_eq!((dimm.node, dimm.state), (1, DimmState::Added));
     assert_eq!(node_memtotal_kib(&mut vm, 1) - node1_before, GIB / 1024);
