@@ -5,12 +5,13 @@
 //! Whatever the text, each parser answers with a value or an error and never panics; an
 //! accepted size prints (`format_size`) as text that parses back to the same value; and an
 //! accepted `--memory` or `--numa` prints back as an option that parses to the same
-//! configuration. The first eight bytes, as a number, must print and parse back too.
+//! configuration, memory backend included. The first eight bytes, as a number, must print and parse back too.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tidal_api::size::{format_size, parse_size};
+use tidal_vmm::backend::MemoryBackend;
 use tidal_vmm::config::{parse_memory, MemoryConfig};
 use tidal_vmm::numa::{parse_node, NodeConfig};
 
@@ -30,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     if let Ok(memory) = parse_memory(&text) {
-        let printed = print_memory(&memory);
+        let printed = print_memory(&memory.0, &memory.1);
         let reparsed = parse_memory(&printed).map_err(|e| e.to_string());
         assert_eq!(
             reparsed,
@@ -63,6 +64,7 @@ fn print_node(node: &NodeConfig) -> String {
     if node.hotpluggable {
         text += ",hotpluggable=on";
     }
+    with_backend(&mut text, &node.backend);
     if !node.distances.is_empty() {
         let distances = node.distances.iter().map(|(to, d)| format!("{to}@{d}"));
         text += &format!(",distance={}", list(distances.collect()));
@@ -76,14 +78,24 @@ fn leading_number(data: &[u8]) -> Option<u64> {
 }
 
 /// `--memory` as a user would write the configuration, sizes as the VMM prints them.
-fn print_memory(memory: &MemoryConfig) -> String {
-    let size = format!("size={}", format_size(memory.size));
-    if memory.hotplug_size == 0 {
-        return size;
+fn print_memory(memory: &MemoryConfig, backend: &MemoryBackend) -> String {
+    let mut text = format!("size={}", format_size(memory.size));
+    if memory.hotplug_size > 0 {
+        text += &format!(
+            ",hotplug_size={},slots={}",
+            format_size(memory.hotplug_size),
+            memory.slots
+        );
     }
-    format!(
-        "{size},hotplug_size={},slots={}",
-        format_size(memory.hotplug_size),
-        memory.slots
-    )
+    with_backend(&mut text, backend);
+    text
+}
+
+/// Appends the backend's keys, if it has any.
+fn with_backend(text: &mut String, backend: &MemoryBackend) {
+    let keys = backend.to_string();
+    if !keys.is_empty() {
+        *text += ",";
+        *text += &keys;
+    }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use thiserror::Error;
 
+use crate::backend::{BackendError, MemoryBackend, BACKEND_KEYS};
 use crate::layout::{MAX_GUEST_PHYSICAL, MEMORY_BLOCK_SIZE, PAGE_SIZE};
 use crate::memory::GuestMemoryLayout;
 use crate::numa::{check_nodes, parse_node, split_boot_ranges, NodeConfig, NumaError};
@@ -64,20 +65,26 @@ pub struct Cli {
     /// Number of vCPUs (1 to 254).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub cpus: u32,
-    /// Guest memory: size=SIZE[,hotplug_size=SIZE][,slots=N] (default size=512M). Sizes take K,
-    /// M, G or T suffixes (powers of 1024) or plain bytes. hotplug_size reserves a region above
-    /// boot RAM that DIMMs of 128M multiples can be hot-added into, in at most `slots` DIMMs
-    /// (default 32, at most 256). With --numa, size and hotplug_size are the nodes' sums and
-    /// may be left out.
-    #[arg(long, value_name = "size=SIZE[,hotplug_size=SIZE][,slots=N]")]
+    /// Guest memory: size=SIZE[,hotplug_size=SIZE][,slots=N][,BACKEND] (default size=512M).
+    /// Sizes take K, M, G or T suffixes (powers of 1024) or plain bytes. hotplug_size reserves
+    /// a region above boot RAM that DIMMs of 128M multiples can be hot-added into, in at most
+    /// `slots` DIMMs (default 32, at most 256). BACKEND is the host memory behind boot memory
+    /// and DIMMs alike (default: private anonymous memory): shared=on (a memfd mapped shared),
+    /// hugepages=on[,hugepage_size=2M|1G] (from the host's huge page pool, see
+    /// /proc/sys/vm/nr_hugepages), prefault=on (allocated when mapped, not when first used),
+    /// host_node=N (only from host NUMA node N). With --numa, size and hotplug_size are the
+    /// nodes' sums and may be left out, and each node has its own BACKEND.
+    #[arg(long, value_name = "size=SIZE[,hotplug_size=SIZE][,slots=N][,BACKEND]")]
     pub memory: Option<String>,
     /// A guest NUMA node, once per node (at most 8), ids 0, 1, ... in order: its vCPUs (every
     /// vCPU in one node), its boot memory and its share of the hotplug region (128M multiples),
     /// and its distances to other nodes (default 20; 10 to itself). hotpluggable=on (not node 0)
-    /// makes its boot memory removable and adds movable_node to the kernel command line.
+    /// makes its boot memory removable and adds movable_node to the kernel command line. The
+    /// node's memory backend (for its boot memory and its DIMMs) takes the keys --memory
+    /// describes.
     #[arg(
         long,
-        value_name = "id=N,cpus=LIST,memory=SIZE[,hotplug_size=SIZE][,distance=[NODE@D,...]][,hotpluggable=on]"
+        value_name = "id=N,cpus=LIST,memory=SIZE[,hotplug_size=SIZE][,distance=[NODE@D,...]][,hotpluggable=on][,BACKEND]"
     )]
     pub numa: Vec<String>,
     /// Guest console: stdio (guest output on stdout, stdin to the guest), file=PATH, or off.
@@ -114,6 +121,10 @@ pub enum ConfigError {
     Option(#[from] OptionError),
     #[error(transparent)]
     Numa(#[from] NumaError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("--memory: {0} goes on each --numa node when there are nodes")]
+    BackendBesideNodes(&'static str),
     #[error("--cpus must be between 1 and {MAX_VCPUS}, not {0}")]
     Cpus(u32),
     #[error("--memory: size {} is too small: at least {} is needed", format_size(*.0), format_size(MIN_MEMORY))]
@@ -199,7 +210,7 @@ impl TryFrom<&Cli> for VmConfig {
             })?;
         }
         let (memory, nodes) = if cli.numa.is_empty() {
-            let memory = parse_memory(cli.memory.as_deref().unwrap_or(DEFAULT_MEMORY))?;
+            let (memory, backend) = parse_memory(cli.memory.as_deref().unwrap_or(DEFAULT_MEMORY))?;
             let node = NodeConfig {
                 id: 0,
                 cpus: (0..cpus).collect(),
@@ -207,6 +218,7 @@ impl TryFrom<&Cli> for VmConfig {
                 hotplug_size: memory.hotplug_size,
                 distances: Default::default(),
                 hotpluggable: false,
+                backend,
             };
             (memory, vec![node])
         } else {
@@ -275,23 +287,35 @@ pub fn kernel_cmdline(user: Option<&str>, hotplug: bool, movable_node: bool) -> 
     kernel.join(" ")
 }
 
-/// The keys `--memory` takes.
+/// The keys `--memory` takes, beside a memory backend's ([`BACKEND_KEYS`]).
 const MEMORY_KEYS: [&str; 3] = ["size", "hotplug_size", "slots"];
 
-pub fn parse_memory(text: &str) -> Result<MemoryConfig, ConfigError> {
-    let kv = KeyValues::parse("memory", text, &MEMORY_KEYS)?;
-    memory_config(
+/// `--memory` of a VM without `--numa` nodes: its sizes and the backend of its one node.
+pub fn parse_memory(text: &str) -> Result<(MemoryConfig, MemoryBackend), ConfigError> {
+    let kv = memory_options(text)?;
+    let backend = MemoryBackend::parse(&kv, "memory")?;
+    let memory = memory_config(
         kv.required_size("size")?,
         kv.size("hotplug_size")?.unwrap_or(0),
         kv.number::<u32>("slots")?,
         0,
-    )
+    )?;
+    backend.check_size("--memory: size", memory.size)?;
+    Ok((memory, backend))
+}
+
+fn memory_options(text: &str) -> Result<KeyValues, OptionError> {
+    KeyValues::parse("memory", text, &[&MEMORY_KEYS[..], &BACKEND_KEYS].concat())
 }
 
 /// The memory of a VM with `--numa` nodes: their sums, which a `--memory` beside them may
-/// repeat but not contradict; `--memory` alone gives the number of slots.
+/// repeat but not contradict; `--memory` alone gives the number of slots. Backends are the
+/// nodes' own.
 fn numa_memory(text: Option<&str>, nodes: &[NodeConfig]) -> Result<MemoryConfig, ConfigError> {
-    let kv = KeyValues::parse("memory", text.unwrap_or_default(), &MEMORY_KEYS)?;
+    let kv = memory_options(text.unwrap_or_default())?;
+    if let Some(key) = BACKEND_KEYS.into_iter().find(|key| kv.get(key).is_some()) {
+        return Err(ConfigError::BackendBesideNodes(key));
+    }
     let size: u64 = nodes.iter().map(|n| n.memory).sum();
     let hotplug_size: u64 = nodes.iter().map(|n| n.hotplug_size).sum();
     for (key, nodes) in [("size", size), ("hotplug_size", hotplug_size)] {
@@ -407,7 +431,7 @@ mod tests {
 
     #[test]
     fn memory_sizes() {
-        assert_eq!(parse_memory("size=512M").unwrap().size, 512 << 20);
+        assert_eq!(parse_memory("size=512M").unwrap().0.size, 512 << 20);
         assert!(matches!(
             parse_memory("size=0"),
             Err(ConfigError::MemoryTooSmall(0))
@@ -429,14 +453,14 @@ mod tests {
 
     #[test]
     fn hotplug_options() {
-        let memory = parse_memory("size=1G,hotplug_size=16G").unwrap();
+        let (memory, _) = parse_memory("size=1G,hotplug_size=16G").unwrap();
         assert_eq!(
             (memory.hotplug_size, memory.slots),
             (16 << 30, DEFAULT_SLOTS)
         );
-        let memory = parse_memory("size=1G,hotplug_size=8G,slots=4").unwrap();
+        let (memory, _) = parse_memory("size=1G,hotplug_size=8G,slots=4").unwrap();
         assert_eq!(memory.slots, 4);
-        assert_eq!(parse_memory("size=1G").unwrap().slots, 0);
+        assert_eq!(parse_memory("size=1G").unwrap().0.slots, 0);
         assert!(matches!(
             parse_memory("size=1G,slots=4"),
             Err(ConfigError::SlotsWithoutHotplug)

@@ -1,6 +1,7 @@
 //! What the host can still give guest memory: its `MemAvailable`, and the room left under this
 //! process's cgroup memory limit when there is one. Memory that is hot-added beyond that is
 //! only paid for when the guest touches it, and then the host's OOM killer takes the VM.
+//! Huge pages come from their own pools, counted apart.
 //!
 //! The files are opened once, when Tidal starts: the API's threads, which plug DIMMs, may not
 //! open files under their seccomp filter, only re-read open ones (`pread`).
@@ -9,12 +10,16 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
+use crate::backend::HugePageSize;
+
 /// The host's free memory as Tidal can read it.
 #[derive(Debug)]
 pub struct HostMemory {
     meminfo: Option<File>,
     /// This process's cgroup v2 `memory.max` and `memory.current`.
     cgroup: Option<(File, File)>,
+    /// Each huge page pool's `free_hugepages` and `resv_hugepages` (2 MiB, then 1 GiB).
+    pools: [Option<(File, File)>; 2],
 }
 
 impl HostMemory {
@@ -26,10 +31,29 @@ impl HostMemory {
             let current = File::open(dir.join("memory.current")).ok()?;
             Some((max, current))
         });
+        let pool = |page: HugePageSize| {
+            let dir = PathBuf::from("/sys/kernel/mm/hugepages").join(page.sysfs_name());
+            let free = File::open(dir.join("free_hugepages")).ok()?;
+            let reserved = File::open(dir.join("resv_hugepages")).ok()?;
+            Some((free, reserved))
+        };
         Self {
             meminfo: File::open("/proc/meminfo").ok(),
             cgroup,
+            pools: [pool(HugePageSize::TwoMiB), pool(HugePageSize::OneGiB)],
         }
+    }
+
+    /// Huge pages of size `page` that a new mapping can still reserve: the pool's free pages
+    /// less those other mappings reserved but have not touched yet. `None` when unreadable.
+    pub fn free_huge_pages(&self, page: HugePageSize) -> Option<u64> {
+        let index = match page {
+            HugePageSize::TwoMiB => 0,
+            HugePageSize::OneGiB => 1,
+        };
+        let (free, reserved) = self.pools[index].as_ref()?;
+        let count = |file| read_text(file)?.trim().parse::<u64>().ok();
+        Some(count(free)?.saturating_sub(count(reserved)?))
     }
 
     /// Bytes the host can give: the smaller of `MemAvailable` and the cgroup's room, `None`
@@ -111,8 +135,20 @@ mod tests {
     }
 
     #[test]
-    fn this_host_has_memory_available() {
+    fn this_host_has_memory_available_and_counts_its_huge_pages() {
         let host = HostMemory::open();
         assert!(host.available().is_some_and(|bytes| bytes > 0));
+        let pool = |name: &str| -> u64 {
+            let path = format!("/sys/kernel/mm/hugepages/hugepages-2048kB/{name}");
+            std::fs::read_to_string(path)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(
+            host.free_huge_pages(HugePageSize::TwoMiB),
+            Some(pool("free_hugepages") - pool("resv_hugepages"))
+        );
     }
 }

@@ -18,12 +18,13 @@ use tidal_devices::memory_hotplug::{
 };
 use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 
+use crate::backend::MemoryBackend;
 use crate::dimm_space::DimmSpace;
 use crate::host_memory::HostMemory;
 use crate::layout::MEMORY_BLOCK_SIZE;
 use crate::memory::{delete_kvm_slot, set_kvm_slot};
 use crate::numa::BootDimm;
-use crate::ram::{GuestMemory, RamRegion};
+use crate::ram::{GuestMemory, RamError, RamRegion};
 use tidal_api::size::format_size;
 
 /// A part of guest physical space DIMMs are carved from: the hotplug region, or one NUMA node's
@@ -67,18 +68,23 @@ impl DimmMemory {
         self.spaces.get_mut(usize::try_from(node).ok()?)?.as_mut()
     }
 
-    /// Maps fresh host memory at `base` for DIMM slot `slot`: mmap, KVM slot, guest memory map.
-    fn map(&mut self, slot: u32, base: u64, size: u64) -> Result<(), String> {
-        let len = usize::try_from(size).map_err(|e| e.to_string())?;
-        let region = Arc::new(
-            RamRegion::new(GuestAddress(base), len)
-                .map_err(|e| format!("cannot map {} of host memory: {e}", format_size(size)))?,
-        );
-        set_kvm_slot(&self.vm, self.first_kvm_slot + slot, &region).map_err(|e| e.to_string())?;
+    /// Maps fresh host memory from `backend` for DIMM slot `slot`: mmap, KVM slot, guest
+    /// memory map.
+    fn map(&mut self, slot: u32, dimm: Dimm, backend: &MemoryBackend) -> Result<(), MapError> {
+        let Dimm { base, size, .. } = dimm;
+        let len = usize::try_from(size).map_err(|e| MapError::Other(e.to_string()))?;
+        let region = Arc::new(RamRegion::new(GuestAddress(base), len, backend).map_err(
+            |source| MapError::Host {
+                size: format_size(size),
+                source,
+            },
+        )?);
+        set_kvm_slot(&self.vm, self.first_kvm_slot + slot, &region)
+            .map_err(|e| MapError::Other(e.to_string()))?;
         let guard = self
             .memory
             .lock()
-            .map_err(|_| "guest memory map lock poisoned")?;
+            .map_err(|_| MapError::Other("guest memory map lock poisoned".to_owned()))?;
         match self.memory.memory().insert_region(region) {
             Ok(map) => {
                 guard.replace(map);
@@ -88,7 +94,9 @@ impl DimmMemory {
                 drop(guard);
                 // Undo the KVM slot before the mapping behind it goes away.
                 let _ = delete_kvm_slot(&self.vm, self.first_kvm_slot + slot, base);
-                Err(format!("cannot add the DIMM to the guest memory map: {e}"))
+                Err(MapError::Other(format!(
+                    "cannot add the DIMM to the guest memory map: {e}"
+                )))
             }
         }
     }
@@ -111,6 +119,26 @@ impl DimmMemory {
         drop(region);
         self.free(node, base, size);
         Ok(())
+    }
+}
+
+/// Why a DIMM's memory could not be mapped.
+#[derive(Debug, thiserror::Error)]
+enum MapError {
+    #[error("cannot map {size} of host memory: {source}")]
+    Host { size: String, source: RamError },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl MapError {
+    /// The error a request that needed this DIMM gets: 507 when the host lacks the memory.
+    fn into_api_error(self) -> ApiError {
+        let kind = match &self {
+            Self::Host { source, .. } if source.is_host_shortage() => ErrorKind::HostMemory,
+            _ => ErrorKind::Internal,
+        };
+        ApiError::new(kind, self.to_string())
     }
 }
 
@@ -177,6 +205,8 @@ pub struct MemoryHotplug {
     regions: Vec<Option<HotplugRegion>>,
     /// Each NUMA node's boot RAM, by node id.
     node_boot: Vec<u64>,
+    /// Each NUMA node's memory backend, which its DIMMs are mapped with.
+    backends: Vec<MemoryBackend>,
     /// What the host has left to give.
     host: HostMemory,
     cpus: u32,
@@ -203,6 +233,8 @@ pub struct HotplugParts {
     pub regions: Vec<Option<HotplugRegion>>,
     /// Each NUMA node's boot RAM, by node id.
     pub node_boot: Vec<u64>,
+    /// Each NUMA node's memory backend, by node id.
+    pub backends: Vec<MemoryBackend>,
     /// What the host has left to give, checked before each DIMM is added.
     pub host: HostMemory,
     pub cpus: u32,
@@ -255,6 +287,7 @@ impl MemoryHotplug {
         Ok(Self {
             regions: parts.regions,
             node_boot: parts.node_boot,
+            backends: parts.backends,
             host: parts.host,
             cpus: parts.cpus,
             dimms,
@@ -285,8 +318,8 @@ impl MemoryHotplug {
             self.dimms
                 .lock()
                 .map_err(|_| fail("DIMM memory lock poisoned".to_owned()))?
-                .map(slot, base, size)
-                .map_err(fail)?;
+                .map(slot, Dimm { base, size, node }, &self.backend(node))
+                .map_err(|e| fail(e.to_string()))?;
             controller
                 .plug_at_boot(slot, Dimm { base, size, node })
                 .map_err(|e| fail(e.to_string()))?;
@@ -387,6 +420,14 @@ impl MemoryHotplug {
         })
     }
 
+    /// The backend of `node`'s memory (a node that exists: the default for one that does not).
+    fn backend(&self, node: u32) -> MemoryBackend {
+        let backend = usize::try_from(node)
+            .ok()
+            .and_then(|n| self.backends.get(n));
+        backend.copied().unwrap_or_default()
+    }
+
     fn no_such_node(&self, node: u32) -> ApiError {
         ApiError::new(
             ErrorKind::NotFound,
@@ -397,17 +438,28 @@ impl MemoryHotplug {
         )
     }
 
-    /// Refuses to add `size` bytes the host does not have available (when it can tell).
-    fn check_host_memory(&self, size: u64) -> Result<(), ApiError> {
-        match self.host.available() {
-            Some(available) if available < size => Err(ApiError::new(
-                ErrorKind::HostMemory,
-                format!(
-                    "the host has {} of memory available, less than the {} asked for: the VM \
-                     could be killed once the guest uses it; set force to add it anyway",
-                    format_size(available),
+    /// Refuses to add `size` bytes to `node` that the host does not have available (when it
+    /// can tell): free memory, or free huge pages in the pool that backs the node.
+    fn check_host_memory(&self, size: u64, node: u32) -> Result<(), ApiError> {
+        let shortage = |message: String| Err(ApiError::new(ErrorKind::HostMemory, message));
+        if let Some(page) = self.backend(node).huge_pages {
+            let needed = size / page.bytes();
+            return match self.host.free_huge_pages(page) {
+                Some(free) if free < needed => shortage(format!(
+                    "the host's pool of {} huge pages has {free} free, fewer than the {needed} \
+                     that {} needs: raise /proc/sys/vm/nr_hugepages",
+                    format_size(page.bytes()),
                     format_size(size)
-                ),
+                )),
+                _ => Ok(()),
+            };
+        }
+        match self.host.available() {
+            Some(available) if available < size => shortage(format!(
+                "the host has {} of memory available, less than the {} asked for: the VM \
+                 could be killed once the guest uses it; set force to add it anyway",
+                format_size(available),
+                format_size(size)
             )),
             _ => Ok(()),
         }
@@ -507,6 +559,9 @@ impl MemoryHotplug {
                 ),
             ));
         }
+        self.backend(node)
+            .check_size(&format!("a DIMM for node {node}:"), size)
+            .map_err(|e| ApiError::new(ErrorKind::BadRequest, e.to_string()))?;
         Ok(region)
     }
 
@@ -521,7 +576,7 @@ impl MemoryHotplug {
     ) -> Result<DimmInfo, ApiError> {
         let region = self.check_size(size, node)?;
         if !force {
-            self.check_host_memory(size)?;
+            self.check_host_memory(size, node)?;
         }
         let _operation = self.begin_operation()?;
         let slot = self.controller()?.free_slot().ok_or_else(|| {
@@ -553,9 +608,9 @@ impl MemoryHotplug {
                     ),
                 ));
             };
-            if let Err(e) = dimms.map(slot, base, size) {
+            if let Err(e) = dimms.map(slot, Dimm { base, size, node }, &self.backend(node)) {
                 dimms.free(node, base, size);
-                return Err(ApiError::new(ErrorKind::Internal, e));
+                return Err(e.into_api_error());
             }
             base
         };

@@ -1,6 +1,7 @@
 //! Tidal's VMM: configuration, guest memory, Linux boot, vCPUs and the VM that ties them to the
 //! devices and ACPI tables.
 
+pub mod backend;
 pub mod boot;
 pub mod config;
 pub mod console;

@@ -5,16 +5,18 @@
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use thiserror::Error;
+use tidal_api::size::format_size;
 use vm_memory::{
     GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryRegion,
 };
 
+use crate::backend::MemoryBackend;
 use crate::layout::{EBDA_START, HIMEM_START, HOTPLUG_ALIGNMENT, MMIO_HOLE_END, MMIO_HOLE_START};
 use crate::ram::{GuestMemory, RamRegion};
 
 #[derive(Debug, Error)]
 pub enum MemoryError {
-    #[error("cannot allocate {size} bytes of guest memory at {base:#x}: {reason}")]
+    #[error("cannot allocate {} of guest memory at {base:#x}: {reason}", format_size(*.size))]
     Allocate {
         base: u64,
         size: u64,
@@ -102,25 +104,40 @@ impl GuestMemoryLayout {
     }
 }
 
+/// A range of boot RAM and the host memory to map behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RamRange {
+    pub base: u64,
+    pub size: u64,
+    pub backend: MemoryBackend,
+}
+
 /// The guest's boot memory map.
 pub struct GuestRam {
     memory: GuestMemoryAtomic<GuestMemory>,
 }
 
 impl GuestRam {
-    /// Maps anonymous host memory for each of `ranges` (base, size): boot RAM that stays.
-    pub fn new(ranges: &[(u64, u64)]) -> Result<Self, MemoryError> {
+    /// Maps host memory for each of `ranges`: boot RAM that stays.
+    pub fn new(ranges: &[RamRange]) -> Result<Self, MemoryError> {
         let mut regions = Vec::new();
-        for &(base, size) in ranges {
+        for &RamRange {
+            base,
+            size,
+            backend,
+        } in ranges
+        {
             let region = usize::try_from(size)
                 .map_err(|e| e.to_string())
-                .and_then(|len| RamRegion::new(GuestAddress(base), len).map_err(|e| e.to_string()))
+                .and_then(|len| {
+                    RamRegion::new(GuestAddress(base), len, &backend).map_err(|e| e.to_string())
+                })
                 .map_err(|reason| MemoryError::Allocate { base, size, reason })?;
             regions.push(region);
         }
         let map = GuestMemory::from_regions(regions).map_err(|e| MemoryError::Allocate {
             base: 0,
-            size: ranges.iter().map(|&(_, size)| size).sum(),
+            size: ranges.iter().map(|range| range.size).sum(),
             reason: e.to_string(),
         })?;
         Ok(Self {
@@ -233,7 +250,16 @@ mod tests {
 
     #[test]
     fn maps_ranges() {
-        let ram = GuestRam::new(GuestMemoryLayout::new(64 << 20).ranges()).unwrap();
+        let ranges: Vec<RamRange> = GuestMemoryLayout::new(64 << 20)
+            .ranges()
+            .iter()
+            .map(|&(base, size)| RamRange {
+                base,
+                size,
+                backend: MemoryBackend::default(),
+            })
+            .collect();
+        let ram = GuestRam::new(&ranges).unwrap();
         assert_eq!(ram.atomic().memory().num_regions(), 1);
     }
 }

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 use tidal_api::size::format_size;
 
+use crate::backend::{BackendError, MemoryBackend, BACKEND_KEYS};
 use crate::hotplug::HotplugRegion;
 use crate::layout::MEMORY_BLOCK_SIZE;
-use crate::memory::GuestMemoryLayout;
+use crate::memory::{GuestMemoryLayout, RamRange};
 use crate::options::{KeyValues, OptionError};
 
 /// More nodes than this are refused (the SLIT and the tests stop here).
@@ -18,8 +19,8 @@ pub const MAX_NODES: usize = 8;
 pub const LOCAL_DISTANCE: u8 = 10;
 pub const REMOTE_DISTANCE: u8 = 20;
 
-/// The keys `--numa` takes.
-const KEYS: [&str; 6] = [
+/// The keys `--numa` takes, beside a memory backend's ([`BACKEND_KEYS`]).
+const NODE_KEYS: [&str; 6] = [
     "id",
     "cpus",
     "memory",
@@ -43,12 +44,16 @@ pub struct NodeConfig {
     /// Its boot memory can be removed: the SRAT marks it hotpluggable (with `movable_node` the
     /// guest keeps it in ZONE_MOVABLE) and it is a DIMM present from boot.
     pub hotpluggable: bool,
+    /// The host memory behind its boot memory and its DIMMs.
+    pub backend: MemoryBackend,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum NumaError {
     #[error(transparent)]
     Option(#[from] OptionError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
     #[error("--numa: cpus: '{0}' is not a vCPU list such as 0-1 or [0-1,4]")]
     CpuList(String),
     #[error("--numa: distance: '{0}' is not a list of NODE@DISTANCE such as 1@20 or [1@20,2@30]")]
@@ -71,8 +76,6 @@ pub enum NumaError {
     },
     #[error("--numa: node {0}: memory must be at least one memory block (128 MiB)")]
     NoMemory(u32),
-    #[error("--numa: hotpluggable: '{0}' is not on or off")]
-    Switch(String),
     #[error(
         "--numa: node 0 cannot be hotpluggable: the guest kernel needs memory that never goes"
     )]
@@ -89,7 +92,7 @@ pub enum NumaError {
 
 /// One `--numa` value.
 pub fn parse_node(text: &str) -> Result<NodeConfig, NumaError> {
-    let kv = KeyValues::parse("numa", text, &KEYS)?;
+    let kv = KeyValues::parse("numa", text, &[&NODE_KEYS[..], &BACKEND_KEYS].concat())?;
     let id = kv.number::<u32>("id")?.ok_or(OptionError::Missing {
         flag: "numa",
         key: "id",
@@ -120,11 +123,9 @@ pub fn parse_node(text: &str) -> Result<NodeConfig, NumaError> {
             NumaError::DistanceList(kv.get("distance").unwrap_or_default().to_owned())
         })?,
     };
-    let hotpluggable = match kv.get("hotpluggable") {
-        None | Some("off") => false,
-        Some("on") => true,
-        Some(other) => return Err(NumaError::Switch(other.to_owned())),
-    };
+    let hotpluggable = kv.switch("hotpluggable")?;
+    let backend = MemoryBackend::parse(&kv, "numa")?;
+    backend.check_size(&format!("--numa: node {id}: memory"), memory)?;
     Ok(NodeConfig {
         id,
         cpus,
@@ -132,6 +133,7 @@ pub fn parse_node(text: &str) -> Result<NodeConfig, NumaError> {
         hotplug_size,
         distances,
         hotpluggable,
+        backend,
     })
 }
 
@@ -282,14 +284,14 @@ pub struct BootDimm {
     pub size: u64,
 }
 
-/// Boot RAM split by whether it can go: the (base, size) ranges of nodes that are not
-/// hotpluggable, in address order and merged where they touch (mapped once, for good), and the
-/// ranges of hotpluggable nodes.
+/// Boot RAM split by whether it can go: the ranges of nodes that are not hotpluggable, in
+/// address order and merged where they touch and have the same backend (mapped once, for
+/// good), and the ranges of hotpluggable nodes.
 pub fn split_boot_ranges(
     layout: &GuestMemoryLayout,
     nodes: &[NodeConfig],
-) -> (Vec<(u64, u64)>, Vec<BootDimm>) {
-    let mut fixed: Vec<(u64, u64)> = Vec::new();
+) -> (Vec<RamRange>, Vec<BootDimm>) {
+    let mut fixed: Vec<RamRange> = Vec::new();
     let mut removable = Vec::new();
     for (node, ranges) in nodes.iter().zip(boot_ranges(layout, nodes)) {
         for (base, size) in ranges {
@@ -299,10 +301,17 @@ pub fn split_boot_ranges(
                     base,
                     size,
                 });
-            } else if let Some(last) = fixed.last_mut().filter(|(b, s)| b + s == base) {
-                last.1 += size;
+            } else if let Some(last) = fixed
+                .last_mut()
+                .filter(|last| last.base + last.size == base && last.backend == node.backend)
+            {
+                last.size += size;
             } else {
-                fixed.push((base, size));
+                fixed.push(RamRange {
+                    base,
+                    size,
+                    backend: node.backend,
+                });
             }
         }
     }
@@ -331,6 +340,14 @@ mod tests {
     use super::*;
 
     const G: u64 = 1 << 30;
+
+    fn private(base: u64, size: u64) -> RamRange {
+        RamRange {
+            base,
+            size,
+            backend: MemoryBackend::default(),
+        }
+    }
 
     fn node(text: &str) -> NodeConfig {
         parse_node(text).unwrap()
@@ -365,7 +382,11 @@ mod tests {
         );
         assert!(err("id=0,cpus=0,memory=1G,distance=1:20").contains("NODE@DISTANCE"));
         assert!(err("id=0,cpus=0,memory=1G,distance=[1@20,1@30]").contains("NODE@DISTANCE"));
-        assert!(err("id=0,cpus=0,memory=1G,shared=on").contains("unknown key"));
+        assert!(err("id=0,cpus=0,memory=1G,colour=red").contains("unknown key"));
+        assert_eq!(
+            err("id=1,cpus=0,memory=1536M,hugepages=on,hugepage_size=1G"),
+            "--numa: node 1: memory 1536 MiB is not a multiple of its 1 GiB huge pages"
+        );
     }
 
     #[test]
@@ -456,7 +477,7 @@ mod tests {
         ];
         assert_eq!(check_nodes(&nodes, 3), Ok(()));
         let (fixed, removable) = split_boot_ranges(&GuestMemoryLayout::new(5 * G), &nodes);
-        assert_eq!(fixed, vec![(0, G), (5 * G, G)]);
+        assert_eq!(fixed, vec![private(0, G), private(5 * G, G)]);
         let dimm = |base, size| BootDimm {
             node: 1,
             base,
@@ -466,7 +487,15 @@ mod tests {
         // Nodes that stay are merged where they touch.
         let both = [node("id=0,cpus=0,memory=1G"), node("id=1,cpus=1,memory=1G")];
         let (fixed, removable) = split_boot_ranges(&GuestMemoryLayout::new(2 * G), &both);
-        assert_eq!((fixed, removable), (vec![(0, 2 * G)], vec![]));
+        assert_eq!((fixed, removable), (vec![private(0, 2 * G)], vec![]));
+        // Unless their memory is of different kinds.
+        let kinds = [
+            node("id=0,cpus=0,memory=1G"),
+            node("id=1,cpus=1,memory=1G,shared=on"),
+        ];
+        let (fixed, _) = split_boot_ranges(&GuestMemoryLayout::new(2 * G), &kinds);
+        assert_eq!(fixed.len(), 2);
+        assert!(fixed[1].backend.shared && !fixed[0].backend.shared);
         let zero = [node("id=0,cpus=0,memory=1G,hotpluggable=on")];
         assert_eq!(check_nodes(&zero, 1), Err(NumaError::HotpluggableNodeZero));
         assert!(parse_node("id=1,cpus=0,memory=1G,hotpluggable=yes")

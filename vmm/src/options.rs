@@ -30,6 +30,12 @@ pub enum OptionError {
         key: &'static str,
         source: SizeError,
     },
+    #[error("--{flag}: {key}: '{value}' is not on or off")]
+    NotSwitch {
+        flag: &'static str,
+        key: &'static str,
+        value: String,
+    },
     #[error("--{flag}: {key}: '{value}' is not a whole number")]
     BadNumber {
         flag: &'static str,
@@ -105,6 +111,19 @@ impl KeyValues {
             flag: self.flag,
             key,
         })
+    }
+
+    /// An `on`/`off` key; off when it is not given.
+    pub fn switch(&self, key: &'static str) -> Result<bool, OptionError> {
+        match self.get(key) {
+            None | Some("off") => Ok(false),
+            Some("on") => Ok(true),
+            Some(value) => Err(OptionError::NotSwitch {
+                flag: self.flag,
+                key,
+                value: value.to_string(),
+            }),
+        }
     }
 
     pub fn number<T: std::str::FromStr>(
@@ -184,6 +203,12 @@ mod tests {
             kv.required_size("size"),
             Err(OptionError::Missing { .. })
         ));
+        let kv = KeyValues::parse("memory", "shared=yes", &["shared", "prefault"]).unwrap();
+        assert_eq!(
+            kv.switch("shared").unwrap_err().to_string(),
+            "--memory: shared: 'yes' is not on or off"
+        );
+        assert_eq!(kv.switch("prefault"), Ok(false));
         let kv = KeyValues::parse("memory", "slots=x", &["slots"]).unwrap();
         assert!(matches!(
             kv.number::<u32>("slots"),

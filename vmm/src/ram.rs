@@ -1,23 +1,31 @@
-//! Host memory behind guest RAM, mapped at 2 MiB boundaries.
+//! Host memory behind guest RAM, mapped at 2 MiB boundaries, from the backend a node chose.
 //!
 //! KVM backs a guest page with a 2 MiB host page (one nested page-table entry instead of 512)
 //! only where the guest-physical and the host-virtual address are aligned alike. Guest RAM
 //! ranges start on 2 MiB boundaries, but a plain anonymous `mmap` (what vm-memory's
 //! `GuestRegionMmap::from_range` does) is only page-aligned on kernels before 6.7: then no guest
 //! page gets a huge page, every first touch of guest memory costs a 4 KiB fault, and memory
-//! that the guest migrates out of an ejected DIMM lands 4 KiB at a time. [`RamRegion`] maps a
-//! little more, trims it to a 2 MiB-aligned range, asks for transparent huge pages, and owns the
-//! result; vm-memory sees it through a `GuestRegionMmap` that does not own it.
+//! that the guest migrates out of an ejected DIMM lands 4 KiB at a time. [`RamRegion`] reserves
+//! a little more address space, maps the memory at an aligned address inside it (a hugetlb
+//! backend's page size, when larger) as its [`MemoryBackend`] says, asks for transparent huge
+//! pages, and owns the result; vm-memory sees it through a `GuestRegionMmap` that does not own
+//! it. Dropping the region unmaps the memory, which gives it back for every backend.
 
+use std::ffi::CStr;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::null_mut;
 
+use thiserror::Error;
+use tidal_api::size::format_size;
 use vm_memory::bitmap::BS;
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{
     GuestAddress, GuestMemoryRegion, GuestMemoryRegionBytes, GuestRegionCollection,
     GuestRegionMmap, GuestUsize, MemoryRegionAddress, VolatileSlice,
 };
+
+use crate::backend::{HugePageSize, MemoryBackend};
 
 /// The size of an x86 huge page, and so the alignment guest RAM is mapped at.
 pub const HUGE_PAGE_SIZE: usize = 2 << 20;
@@ -28,13 +36,49 @@ pub type GuestMemory = GuestRegionCollection<RamRegion>;
 const PROT: i32 = libc::PROT_READ | libc::PROT_WRITE;
 /// What vm-memory uses for anonymous guest memory: private, and nothing reserved in swap for
 /// memory the guest may never touch.
-const FLAGS: i32 = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+const ANONYMOUS: i32 = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+/// The name memfd-backed guest RAM shows in /proc/PID/maps (`/memfd:tidal-ram (deleted)`).
+const MEMFD_NAME: &CStr = c"tidal-ram";
 
-/// Anonymous host memory at a 2 MiB-aligned address, unmapped when dropped.
+/// Why host memory for guest RAM could not be had.
+#[derive(Debug, Error)]
+pub enum RamError {
+    #[error("cannot create a memfd: {0}")]
+    Memfd(io::Error),
+    #[error("cannot size the memfd: {0}")]
+    Truncate(io::Error),
+    #[error("cannot map it: {0}")]
+    Map(io::Error),
+    #[error(
+        "the host's pool of {} huge pages has fewer than {pages} free: raise \
+         /proc/sys/vm/nr_hugepages (or the pool's nr_hugepages under /sys/kernel/mm/hugepages)",
+        format_size(.page.bytes())
+    )]
+    HugePages { page: HugePageSize, pages: u64 },
+    #[error("cannot bind it to host NUMA node {node}: {source}")]
+    Bind { node: u32, source: io::Error },
+    #[error("cannot allocate it in advance (prefault): {0}")]
+    Prefault(io::Error),
+}
+
+impl RamError {
+    /// The host lacks the memory, as opposed to refusing the request for another reason.
+    pub fn is_host_shortage(&self) -> bool {
+        match self {
+            Self::HugePages { .. } => true,
+            Self::Map(e) | Self::Prefault(e) => e.raw_os_error() == Some(libc::ENOMEM),
+            _ => false,
+        }
+    }
+}
+
+/// Host memory at an address aligned to its pages (2 MiB at least), unmapped when dropped.
 #[derive(Debug)]
 struct AlignedMapping {
     addr: *mut u8,
     len: usize,
+    /// How it is mapped, which vm-memory is told.
+    flags: i32,
 }
 
 // SAFETY: the mapping is plain memory owned by this value; the pointer is never dereferenced
@@ -44,39 +88,142 @@ unsafe impl Send for AlignedMapping {}
 unsafe impl Sync for AlignedMapping {}
 
 impl AlignedMapping {
-    fn new(len: usize) -> io::Result<Self> {
-        let reserved = len
-            .checked_add(HUGE_PAGE_SIZE)
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
-        // SAFETY: a fresh mapping where the kernel chooses; it overlaps nothing of ours.
-        let base = unsafe { libc::mmap(null_mut(), reserved, PROT, FLAGS, -1, 0) };
-        if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+    /// Maps `len` bytes as `backend` says. A memfd's descriptor is closed again at once: the
+    /// mapping holds the file, so unmapping it gives the memory back.
+    fn new(len: usize, backend: &MemoryBackend) -> Result<Self, RamError> {
+        let memfd = backend
+            .uses_memfd()
+            .then(|| memfd(len, backend))
+            .transpose()?;
+        let flags = match (&memfd, backend.shared) {
+            (None, _) => ANONYMOUS,
+            (Some(_), true) => libc::MAP_SHARED,
+            (Some(_), false) => libc::MAP_PRIVATE,
+        };
+        let align = usize::try_from(backend.page_size())
+            .unwrap_or(usize::MAX)
+            .max(HUGE_PAGE_SIZE);
+        let start = reserve_aligned(len, align)?;
+        let fd: RawFd = memfd.as_ref().map_or(-1, AsRawFd::as_raw_fd);
+        // SAFETY: [start, start + len) is the reservation just made (ours alone); MAP_FIXED
+        // replaces it with the memory.
+        let addr = unsafe { libc::mmap(start.cast(), len, PROT, flags | libc::MAP_FIXED, fd, 0) };
+        if addr == libc::MAP_FAILED {
+            let error = io::Error::last_os_error();
+            // SAFETY: the reservation is still ours, and nothing refers to it.
+            unsafe { libc::munmap(start.cast(), len) };
+            return Err(match backend.huge_pages {
+                Some(page) if error.raw_os_error() == Some(libc::ENOMEM) => RamError::HugePages {
+                    page,
+                    pages: len as u64 / page.bytes(),
+                },
+                _ => RamError::Map(error),
+            });
         }
-        let base = base as usize;
-        let start = base.next_multiple_of(HUGE_PAGE_SIZE);
-        let head = start - base;
-        let tail = reserved - head - len;
-        // SAFETY: both ranges lie inside the mapping just made, outside [start, start + len),
-        // and nothing refers to them. munmap of a page-aligned range inside a mapping cannot
-        // fail but for lack of memory to split it, which leaves a little address space mapped.
-        unsafe {
-            if head > 0 {
-                libc::munmap(base as *mut libc::c_void, head);
-            }
-            if tail > 0 {
-                libc::munmap((start + len) as *mut libc::c_void, tail);
-            }
-        }
-        // Huge pages where the host's THP mode is `madvise`; where THP is off this fails, and
-        // the memory simply stays in 4 KiB pages.
-        // SAFETY: advice on our own mapping; it changes no contents.
-        unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
-        Ok(Self {
-            addr: start as *mut u8,
+        let mapping = Self {
+            addr: start,
             len,
-        })
+            flags,
+        };
+        if let Some(node) = backend.host_node {
+            mapping.bind(node)?;
+        }
+        if backend.huge_pages.is_none() {
+            // Huge pages where the host's THP mode is `madvise`; where THP is off this fails,
+            // and the memory simply stays in 4 KiB pages.
+            // SAFETY: advice on our own mapping; it changes no contents.
+            unsafe { libc::madvise(start.cast(), len, libc::MADV_HUGEPAGE) };
+        }
+        if backend.prefault {
+            // SAFETY: as above; populating writes nothing the guest could have seen.
+            let done = unsafe { libc::madvise(start.cast(), len, libc::MADV_POPULATE_WRITE) };
+            if done != 0 {
+                return Err(RamError::Prefault(io::Error::last_os_error()));
+            }
+        }
+        Ok(mapping)
     }
+
+    /// Takes this mapping's pages from host node `node` only; set before any page exists.
+    fn bind(&self, node: u32) -> Result<(), RamError> {
+        const MPOL_BIND: libc::c_long = 2;
+        let mask: u64 = 1 << node;
+        // The kernel reads one bit fewer than `maxnode` says.
+        let maxnode: libc::c_ulong = 65;
+        // SAFETY: mbind reads one word of node mask from `mask`, which lives across the call,
+        // and changes only the policy of our own mapping.
+        let done = unsafe {
+            libc::syscall(
+                libc::SYS_mbind,
+                self.addr,
+                self.len,
+                MPOL_BIND,
+                &mask as *const u64,
+                maxnode,
+                0,
+            )
+        };
+        if done == 0 {
+            Ok(())
+        } else {
+            Err(RamError::Bind {
+                node,
+                source: io::Error::last_os_error(),
+            })
+        }
+    }
+}
+
+/// A memfd of `len` bytes: hugetlb-backed when the backend wants huge pages.
+fn memfd(len: usize, backend: &MemoryBackend) -> Result<OwnedFd, RamError> {
+    let huge = match backend.huge_pages {
+        None => 0,
+        Some(HugePageSize::TwoMiB) => libc::MFD_HUGETLB | libc::MFD_HUGE_2MB,
+        Some(HugePageSize::OneGiB) => libc::MFD_HUGETLB | libc::MFD_HUGE_1GB,
+    };
+    // SAFETY: a NUL-terminated name; the call creates a descriptor we then own.
+    let fd = unsafe { libc::memfd_create(MEMFD_NAME.as_ptr(), libc::MFD_CLOEXEC | huge) };
+    if fd < 0 {
+        return Err(RamError::Memfd(io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let size = libc::off_t::try_from(len)
+        .map_err(|_| RamError::Truncate(io::Error::from_raw_os_error(libc::EFBIG)))?;
+    // SAFETY: sizes the file we own.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } != 0 {
+        return Err(RamError::Truncate(io::Error::last_os_error()));
+    }
+    Ok(fd)
+}
+
+/// Reserves `len` bytes of address space (no memory) at an `align`-aligned address: a larger
+/// reservation, trimmed.
+fn reserve_aligned(len: usize, align: usize) -> Result<*mut u8, RamError> {
+    let reserved = len
+        .checked_add(align)
+        .ok_or_else(|| RamError::Map(io::Error::from_raw_os_error(libc::ENOMEM)))?;
+    // SAFETY: a fresh mapping where the kernel chooses; it overlaps nothing of ours.
+    let base = unsafe { libc::mmap(null_mut(), reserved, libc::PROT_NONE, ANONYMOUS, -1, 0) };
+    if base == libc::MAP_FAILED {
+        return Err(RamError::Map(io::Error::last_os_error()));
+    }
+    let base = base as usize;
+    let start = base.next_multiple_of(align);
+    let head = start - base;
+    let tail = reserved - head - len;
+    // SAFETY: both ranges lie inside the reservation just made, outside [start, start + len),
+    // and nothing refers to them. munmap of a page-aligned range inside a mapping cannot fail
+    // but for lack of memory to split it, which leaves a little address space reserved.
+    unsafe {
+        if head > 0 {
+            libc::munmap(base as *mut libc::c_void, head);
+        }
+        if tail > 0 {
+            libc::munmap((start + len) as *mut libc::c_void, tail);
+        }
+    }
+    Ok(start as *mut u8)
 }
 
 impl Drop for AlignedMapping {
@@ -97,20 +244,20 @@ pub struct RamRegion {
 }
 
 impl RamRegion {
-    /// Maps `len` bytes of fresh host memory for guest RAM at `base`.
-    pub fn new(base: GuestAddress, len: usize) -> io::Result<Self> {
-        let mapping = AlignedMapping::new(len)?;
+    /// Maps `len` bytes of fresh host memory, as `backend` says, for guest RAM at `base`.
+    pub fn new(base: GuestAddress, len: usize, backend: &MemoryBackend) -> Result<Self, RamError> {
+        let mapping = AlignedMapping::new(len, backend)?;
         // SAFETY: `mapping` is a live, page-aligned mapping of `len` bytes with these
         // protection and flags, and `RamRegion` keeps it alive as long as the view.
         let view = unsafe { MmapRegionBuilder::new(len).with_raw_mmap_pointer(mapping.addr) }
             .with_mmap_prot(PROT)
-            .with_mmap_flags(FLAGS)
+            .with_mmap_flags(mapping.flags)
             .build()
-            .map_err(io::Error::other)?;
+            .map_err(|e| RamError::Map(io::Error::other(e)))?;
         let view = GuestRegionMmap::new(view, base).ok_or_else(|| {
-            io::Error::other(format!(
+            RamError::Map(io::Error::other(format!(
                 "{len} bytes at {base:#x?} overflow the address space"
-            ))
+            )))
         })?;
         Ok(Self { view, mapping })
     }
@@ -160,17 +307,123 @@ mod tests {
 
     use super::*;
 
+    const BASE: GuestAddress = GuestAddress(1 << 32);
+
+    /// Maps `len` bytes at 4 GiB as `backend` says, checks the alignment and that the memory
+    /// reads back; returns the map (which owns the region) and the host address.
+    fn map_and_use(len: usize, backend: &MemoryBackend) -> (GuestMemory, usize) {
+        let region = RamRegion::new(BASE, len, backend).unwrap();
+        let host = region.host_address() as usize;
+        assert_eq!(host % HUGE_PAGE_SIZE, 0);
+        assert_eq!(region.len(), len as u64);
+        let memory = GuestMemory::from_regions(vec![region]).unwrap();
+        let last = BASE.unchecked_add(len as u64 - 8);
+        memory.write_obj(0x1234_5678_u64, last).unwrap();
+        assert_eq!(memory.read_obj::<u64>(last).unwrap(), 0x1234_5678);
+        assert!(memory.write_obj(0_u64, last.unchecked_add(8)).is_err());
+        (memory, host)
+    }
+
+    /// The lines /proc/self/`file` has for the mapping that starts at `host`: its header and,
+    /// in smaps, its fields.
+    fn mapping(file: &str, host: usize) -> Option<String> {
+        let text = std::fs::read_to_string(format!("/proc/self/{file}")).unwrap();
+        let head = format!("{host:x}");
+        let mut lines = text.lines().skip_while(|line| !line.starts_with(&head));
+        let first = lines.next()?.to_owned();
+        let fields = lines.take_while(|line| line.contains(':') && !line.contains(" ---p"));
+        Some(fields.fold(first, |all, line| all + "\n" + line))
+    }
+
+    /// A smaps field of the mapping at `host`, in KiB.
+    fn smaps_kib(host: usize, field: &str) -> u64 {
+        let entry = mapping("smaps", host).unwrap();
+        let line = entry.lines().find(|l| l.starts_with(field)).unwrap();
+        line[field.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
     #[test]
-    fn maps_at_huge_page_boundaries_and_reads_back() {
+    fn maps_private_memory_at_huge_page_boundaries_and_reads_back() {
         for len in [HUGE_PAGE_SIZE, 3 * HUGE_PAGE_SIZE + 4096] {
-            let region = RamRegion::new(GuestAddress(1 << 32), len).unwrap();
-            assert_eq!(region.host_address() as usize % HUGE_PAGE_SIZE, 0);
-            assert_eq!(region.len(), len as u64);
-            let memory = GuestMemory::from_regions(vec![region]).unwrap();
-            let last = GuestAddress((1 << 32) + len as u64 - 8);
-            memory.write_obj(0x1234_5678_u64, last).unwrap();
-            assert_eq!(memory.read_obj::<u64>(last).unwrap(), 0x1234_5678);
-            assert!(memory.write_obj(0_u64, last.unchecked_add(8)).is_err());
+            let (_memory, host) = map_and_use(len, &MemoryBackend::default());
+            assert!(!mapping("maps", host).unwrap().contains("memfd"));
         }
+    }
+
+    #[test]
+    fn shared_memory_is_a_memfd_that_goes_when_the_region_does() {
+        let shared = MemoryBackend {
+            shared: true,
+            ..Default::default()
+        };
+        let (memory, host) = map_and_use(4 * HUGE_PAGE_SIZE, &shared);
+        let entry = mapping("maps", host).unwrap();
+        assert!(
+            entry.contains(" rw-s ") && entry.contains("/memfd:tidal-ram"),
+            "{entry}"
+        );
+        drop(memory);
+        assert!(mapping("maps", host).is_none_or(|entry| !entry.contains("memfd:tidal-ram")));
+    }
+
+    #[test]
+    fn prefault_allocates_every_page_before_the_guest_touches_one() {
+        let len = 4 * HUGE_PAGE_SIZE;
+        for shared in [false, true] {
+            let backend = MemoryBackend {
+                shared,
+                prefault: true,
+                ..Default::default()
+            };
+            let region = RamRegion::new(BASE, len, &backend).unwrap();
+            let host = region.host_address() as usize;
+            assert_eq!(smaps_kib(host, "Rss:"), len as u64 >> 10, "shared={shared}");
+        }
+        let region = RamRegion::new(BASE, len, &MemoryBackend::default()).unwrap();
+        assert_eq!(smaps_kib(region.host_address() as usize, "Rss:"), 0);
+    }
+
+    #[test]
+    fn a_host_node_binds_the_memory_to_it() {
+        let bound = MemoryBackend {
+            host_node: Some(0),
+            ..Default::default()
+        };
+        let (_memory, host) = map_and_use(HUGE_PAGE_SIZE, &bound);
+        let policy = mapping("numa_maps", host).unwrap();
+        assert!(policy.starts_with(&format!("{host:x} bind:0 ")), "{policy}");
+    }
+
+    #[test]
+    fn too_few_free_huge_pages_is_a_host_shortage_that_says_so() {
+        let pool = format!(
+            "/sys/kernel/mm/hugepages/{}/",
+            HugePageSize::TwoMiB.sysfs_name()
+        );
+        let count = |file: &str| -> usize {
+            std::fs::read_to_string(format!("{pool}{file}"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        let pages = count("free_hugepages") - count("resv_hugepages") + 1;
+        let huge = MemoryBackend {
+            huge_pages: Some(HugePageSize::TwoMiB),
+            ..Default::default()
+        };
+        let error = RamRegion::new(BASE, pages * HUGE_PAGE_SIZE, &huge).unwrap_err();
+        assert!(error.is_host_shortage());
+        assert!(
+            error.to_string().starts_with(&format!(
+                "the host's pool of 2 MiB huge pages has fewer than {pages} free"
+            )),
+            "{error}"
+        );
     }
 }

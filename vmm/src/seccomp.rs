@@ -285,8 +285,9 @@ fn vcpu_rules(rules: &mut Rules) -> Result<(), seccompiler::BackendError> {
 }
 
 /// The API server (tokio and hyper on a Unix socket) and its blocking-pool threads, which
-/// plug DIMMs (mmap, `madvise`, `KVM_SET_USER_MEMORY_REGION`) and wait for the guest. The
-/// `api` thread starts the pool's threads, which install the filter again at their start.
+/// plug DIMMs (memfd, mmap, `mbind`, `madvise`, `KVM_SET_USER_MEMORY_REGION`) and wait for the
+/// guest. The `api` thread starts the pool's threads, which install the filter again at their
+/// start.
 fn api_rules(rules: &mut Rules) -> Result<(), seccompiler::BackendError> {
     use libc::*;
     rules.allow(&EVENT_LOOP);
@@ -297,6 +298,10 @@ fn api_rules(rules: &mut Rules) -> Result<(), seccompiler::BackendError> {
         SYS_readv,
         // The host's free memory, before a DIMM is added: files opened at start, re-read.
         SYS_pread64,
+        // A DIMM's memory backend: a memfd (shared or huge pages), bound to a host node.
+        SYS_memfd_create,
+        SYS_ftruncate,
+        SYS_mbind,
         SYS_recvfrom,
         SYS_recvmsg,
         SYS_sendto,

@@ -294,7 +294,7 @@ impl Vm {
                 cmdline: &config.cmdline,
                 layout: &layout,
                 // Node 0 starts at 0 and is never hotpluggable: its first range stays.
-                initramfs_ceiling: fixed_ram.first().map_or(0, |&(base, size)| base + size),
+                initramfs_ceiling: fixed_ram.first().map_or(0, |range| range.base + range.size),
                 rsdp: GuestAddress(tables.rsdp_address),
             },
         )?;
@@ -370,6 +370,7 @@ impl Vm {
                 .iter()
                 .map(|node| if node.hotpluggable { 0 } else { node.memory })
                 .collect(),
+            backends: config.nodes.iter().map(|node| node.backend).collect(),
             host: HostMemory::open(),
             cpus: u32::from(config.cpus),
             controller,
@@ -624,7 +625,9 @@ mod tests {
             initramfs: None,
             cmdline: String::new(),
             cpus: 254,
-            memory: parse_memory("size=60G,hotplug_size=512G,slots=256").unwrap(),
+            memory: parse_memory("size=60G,hotplug_size=512G,slots=256")
+                .unwrap()
+                .0,
             nodes,
             serial: SerialMode::Off,
             api_socket: None,

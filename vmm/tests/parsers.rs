@@ -27,9 +27,17 @@ fn memory_text() -> impl Strategy<Value = String> {
     )
         .prop_map(|(key, value)| format!("{key}={value}"));
     // Mostly well-formed, so that many cases are accepted and the properties get checked.
-    let plausible = (1u64..8192, 0u64..2048, 0u32..300).prop_map(|(boot, hotplug, slots)| {
-        format!("size={boot}M,hotplug_size={hotplug}G,slots={slots}")
-    });
+    let backend = prop_oneof![
+        Just(""),
+        Just(",shared=on,prefault=on"),
+        Just(",hugepages=on"),
+        Just(",hugepages=on,hugepage_size=1G,shared=on"),
+        Just(",hugepage_size=2M"),
+    ];
+    let plausible =
+        (1u64..8192, 0u64..2048, 0u32..300, backend).prop_map(|(boot, hotplug, slots, backend)| {
+            format!("size={boot}M,hotplug_size={hotplug}G,slots={slots}{backend}")
+        });
     prop_oneof![
         plausible,
         prop::collection::vec(pair, 0..4).prop_map(|pairs| pairs.join(",")),
@@ -75,10 +83,11 @@ proptest! {
 
     #[test]
     fn accepted_memory_options_describe_a_buildable_guest(text in memory_text()) {
-        let Ok(memory) = parse_memory(&text) else {
+        let Ok((memory, backend)) = parse_memory(&text) else {
             return Ok(());
         };
         prop_assert!((MIN_MEMORY..=MAX_MEMORY).contains(&memory.size));
+        prop_assert_eq!(memory.size % backend.page_size(), 0);
         prop_assert_eq!(memory.size % PAGE_SIZE, 0);
         let layout = GuestMemoryLayout::new(memory.size);
         prop_assert_eq!(layout.ranges().iter().map(|&(_, len)| len).sum::<u64>(), memory.size);

@@ -20,6 +20,7 @@ use tidal_devices::ged::Ged;
 use tidal_devices::memory_hotplug::{MemoryHotplugController, SlotState};
 use tidal_devices::serial::SerialConsole;
 use tidal_devices::{EventFdTrigger, ExitReason, ExitSignal};
+use tidal_vmm::backend::{HugePageSize, MemoryBackend};
 use tidal_vmm::hotplug::{HotplugParts, HotplugRegion, MemoryHotplug};
 use tidal_vmm::memory::set_kvm_slot;
 use tidal_vmm::ram::{GuestMemory, RamRegion};
@@ -363,7 +364,7 @@ fn vmm_case() {
     vcpu::install_kick_handler().unwrap();
     let filters = Filters::new().unwrap();
     let vm = Arc::new(kvm.create_vm().unwrap());
-    let boot = RamRegion::new(GuestAddress(0), 2 << 20).unwrap();
+    let boot = RamRegion::new(GuestAddress(0), 2 << 20, &MemoryBackend::default()).unwrap();
     set_kvm_slot(&vm, 0, &boot).unwrap();
     let memory = GuestMemoryAtomic::new(GuestMemory::from_regions(vec![boot]).unwrap());
     let changed = Arc::new(Condvar::new());
@@ -373,11 +374,31 @@ fn vmm_case() {
             vm,
             memory,
             first_kvm_slot: 1,
-            regions: vec![Some(HotplugRegion {
-                base: 1 << 32,
-                size: 1 << 30,
-            })],
-            node_boot: vec![2 * MIB],
+            regions: vec![
+                Some(HotplugRegion {
+                    base: 1 << 32,
+                    size: 1 << 30,
+                }),
+                Some(HotplugRegion {
+                    base: 5 << 30,
+                    size: 1 << 30,
+                }),
+            ],
+            node_boot: vec![2 * MIB, 0],
+            // Node 0's DIMMs: a shared memfd, allocated in advance, bound to host node 0;
+            // node 1's: huge pages (a pool the test cannot count on, see below).
+            backends: vec![
+                MemoryBackend {
+                    shared: true,
+                    prefault: true,
+                    host_node: Some(0),
+                    huge_pages: None,
+                },
+                MemoryBackend {
+                    huge_pages: Some(HugePageSize::TwoMiB),
+                    ..Default::default()
+                },
+            ],
             host: tidal_vmm::host_memory::HostMemory::open(),
             cpus: 1,
             controller: controller.clone(),
@@ -475,6 +496,20 @@ fn vmm_case() {
         .unwrap();
     assert!(client.memory().unwrap().is_empty());
     assert_eq!(client.info().unwrap().memory_actual_size, 2 * MIB);
+    // More huge pages than the host's pool has, forced past the check: the hugetlb memfd is
+    // made and sized, its mapping refused, and the API says why.
+    let error = client
+        .add_memory(&AddMemoryRequest {
+            size: 1 << 30,
+            node: 1,
+            force: true,
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("huge pages has fewer than 512 free"),
+        "{error}"
+    );
     drop(events);
 
     exit.request(ExitReason::PowerOff);
