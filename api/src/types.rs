@@ -46,6 +46,22 @@ pub struct NodeMemory {
     pub hotplugged: u64,
     /// Its share of the hotplug region (0: nothing can be added to it).
     pub hotplug_size: u64,
+    /// The host memory behind its boot RAM and its DIMMs.
+    pub backend: MemoryBackendInfo,
+}
+
+/// The host memory behind a node's RAM, as its `--memory` or `--numa` keys chose it; all
+/// defaults: private anonymous memory in base pages, allocated as the guest touches it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryBackendInfo {
+    /// A memfd mapped shared (`shared=on`).
+    pub shared: bool,
+    /// Bytes per page from the host's huge page pool (`hugepages=on`); null: base pages.
+    pub hugepage_size: Option<u64>,
+    /// Allocated when mapped (`prefault=on`).
+    pub prefault: bool,
+    /// The host NUMA node it is bound to (`host_node=N`); null: any.
+    pub host_node: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use tidal_api::RemoveMemoryRequest;
+use tidal_api::{MemoryBackendInfo, RemoveMemoryRequest};
 use tidal_tests::elastic::{ElasticVm, MIB};
-use tidal_tests::{in_testhost, Guest};
+use tidal_tests::{in_testhost, require_kvm_for_linux_guests, Guest};
 
 /// The pool of 2 MiB huge pages on the host (where tidal runs).
 const POOL: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
@@ -88,18 +88,46 @@ fn remove(vm: &mut ElasticVm, id: &str) {
 
 #[test]
 fn shared_and_huge_page_nodes_grow_and_shrink_and_the_host_gets_each_backend_back() {
-    // Node 1 boots on 128 huge pages and grows by 128 more; 64 are left over, too few for a
-    // second 256 MiB DIMM.
-    let Some(_pool) = HugePagePool::reserve(320) else {
-        return;
-    };
     let guest = Guest::new()
         .cpus(2)
         .arg("--numa")
         .arg("id=0,cpus=0,memory=512M,hotplug_size=512M,shared=on,prefault=on,host_node=0")
         .arg("--numa")
         .arg("id=1,cpus=1,memory=256M,hotplug_size=512M,hugepages=on");
+    // Node 1 boots on 128 huge pages and grows by 128 more; 64 are left over, too few for a
+    // second 256 MiB DIMM. (The host's pool is only touched where a guest can boot.)
+    require_kvm_for_linux_guests();
+    let Some(_pool) = HugePagePool::reserve(320) else {
+        return;
+    };
     let mut vm = ElasticVm::boot(guest, "slots=4");
+
+    // vm.info and tidalctl say what backs each node.
+    let backends: Vec<_> = vm
+        .api
+        .info()
+        .expect("vm.info")
+        .memory
+        .nodes
+        .iter()
+        .map(|node| node.backend)
+        .collect();
+    let node0 = MemoryBackendInfo {
+        shared: true,
+        prefault: true,
+        host_node: Some(0),
+        hugepage_size: None,
+    };
+    let node1 = MemoryBackendInfo {
+        hugepage_size: Some(2 * MIB),
+        ..Default::default()
+    };
+    assert_eq!(backends, [node0, node1]);
+    let info = vm.tidalctl(&["info"]);
+    assert!(
+        info.contains("; shared, prefault, host node 0\n") && info.contains("; 2 MiB huge pages\n"),
+        "{info}"
+    );
 
     // At boot: node 0 is one shared memfd, every page allocated already (prefault), bound to
     // host node 0; node 1's 256 MiB are reserved from the pool.

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use thiserror::Error;
 use tidal_api::size::format_size;
+use tidal_api::MemoryBackendInfo;
 
 use crate::layout::PAGE_SIZE;
 use crate::options::{KeyValues, OptionError};
@@ -156,6 +157,18 @@ impl std::fmt::Display for MemoryBackend {
             keys.push(format!("host_node={node}"));
         }
         f.write_str(&keys.join(","))
+    }
+}
+
+/// What `vm.info` shows of a node's backend.
+impl From<MemoryBackend> for MemoryBackendInfo {
+    fn from(backend: MemoryBackend) -> Self {
+        Self {
+            shared: backend.shared,
+            hugepage_size: backend.huge_pages.map(HugePageSize::bytes),
+            prefault: backend.prefault,
+            host_node: backend.host_node,
+        }
     }
 }
 

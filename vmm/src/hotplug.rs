@@ -905,6 +905,7 @@ impl VmApi for MemoryHotplug {
                 boot: self.boot_ram(Some(id)),
                 hotplugged: self.hotplugged(Some(id)),
                 hotplug_size: region.map_or(0, |r| r.size),
+                backend: self.backend(id).into(),
             })
             .collect();
         VmInfo {

@@ -11,7 +11,8 @@ use serde::Serialize;
 use tidal_api::size::{format_size, parse_size};
 use tidal_api::{
     AddMemoryRequest, ApiClient, ClientError, DimmInfo, DimmState, Endpoint, HotplugEvent,
-    OstStatus, PingResponse, RemoveMemoryRequest, ResizeRequest, ResizeZoneRequest, VmInfo,
+    MemoryBackendInfo, OstStatus, PingResponse, RemoveMemoryRequest, ResizeRequest,
+    ResizeZoneRequest, VmInfo,
 };
 
 #[derive(Debug, Parser)]
@@ -249,17 +250,41 @@ fn info_summary(info: &VmInfo) -> String {
         memory.slots,
         format_size(memory.block_size),
     );
-    if memory.nodes.len() > 1 {
+    let plain = MemoryBackendInfo::default();
+    if memory.nodes.len() > 1 || memory.nodes.iter().any(|node| node.backend != plain) {
         for node in &memory.nodes {
             let total = node.boot.saturating_add(node.hotplugged);
             text += &format!(
-                "node {}:     {}\n",
+                "node {}:     {}{}\n",
                 node.id,
-                memory_line(total, node.boot, node.hotplugged, node.hotplug_size)
+                memory_line(total, node.boot, node.hotplugged, node.hotplug_size),
+                backend_words(&node.backend)
             );
         }
     }
     text
+}
+
+/// `; shared, 2 MiB huge pages, prefault, host node 1`; nothing for the default backend.
+fn backend_words(backend: &MemoryBackendInfo) -> String {
+    let mut words = Vec::new();
+    if backend.shared {
+        words.push("shared".to_owned());
+    }
+    if let Some(page) = backend.hugepage_size {
+        words.push(format!("{} huge pages", format_size(page)));
+    }
+    if backend.prefault {
+        words.push("prefault".to_owned());
+    }
+    if let Some(node) = backend.host_node {
+        words.push(format!("host node {node}"));
+    }
+    if words.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", words.join(", "))
+    }
 }
 
 /// `4 GiB (boot 1 GiB, hotplugged 3 GiB, max 9 GiB)`.

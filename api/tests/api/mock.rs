@@ -10,8 +10,8 @@ use tempfile::TempDir;
 use tidal_api::client::RawResponse;
 use tidal_api::{
     AddMemoryRequest, ApiClient, ApiError, ApiServer, DimmInfo, DimmState, ErrorBody, EventSink,
-    HotplugEvent, MemoryInfo, NodeMemory, OstStatus, RemoveMemoryRequest, ResizeRequest,
-    ResizeZoneRequest, ServerError, ServerLimits, VmApi, VmInfo,
+    HotplugEvent, MemoryBackendInfo, MemoryInfo, NodeMemory, OstStatus, RemoveMemoryRequest,
+    ResizeRequest, ResizeZoneRequest, ServerError, ServerLimits, VmApi, VmInfo,
 };
 
 const GIB: u64 = 1 << 30;
@@ -160,12 +160,19 @@ pub fn sample_info() -> VmInfo {
                     boot: GIB,
                     hotplugged: GIB,
                     hotplug_size: 4 * GIB,
+                    backend: MemoryBackendInfo::default(),
                 },
                 NodeMemory {
                     id: 1,
                     boot: 0,
                     hotplugged: GIB,
                     hotplug_size: 4 * GIB,
+                    backend: MemoryBackendInfo {
+                        shared: true,
+                        hugepage_size: Some(2 << 20),
+                        prefault: true,
+                        host_node: Some(1),
+                    },
                 },
             ],
         },

@@ -135,6 +135,7 @@ impl Spec {
                 }
             }
             "integer" => assert!(value.is_u64(), "{at}: {value}"),
+            "boolean" => assert!(value.is_boolean(), "{at}: {value}"),
             "string" => {
                 let text = value.as_str().unwrap_or_else(|| panic!("{at}: {value}"));
                 if let Some(allowed) = schema.get("enum") {

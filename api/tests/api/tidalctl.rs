@@ -65,7 +65,8 @@ fn info_prints_a_summary() {
          memory:     3 GiB (boot 1 GiB, hotplugged 2 GiB, max 9 GiB)\n\
          dimm slots: 8 (block size 128 MiB)\n\
          node 0:     2 GiB (boot 1 GiB, hotplugged 1 GiB, max 5 GiB)\n\
-         node 1:     1 GiB (boot 0 B, hotplugged 1 GiB, max 4 GiB)\n"
+         node 1:     1 GiB (boot 0 B, hotplugged 1 GiB, max 4 GiB); shared, 2 MiB huge \
+         pages, prefault, host node 1\n"
     );
 }
 
