@@ -4,7 +4,7 @@
 //! This is what the API's memory calls end up in.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kvm_ioctls::VmFd;
 use tidal_api::{
@@ -105,7 +105,9 @@ impl DimmMemory {
     /// entry; the host memory is unmapped when the last reference to the region is dropped.
     fn unmap(&mut self, slot: u32, dimm: Dimm) -> Result<(), String> {
         let Dimm { base, size, node } = dimm;
+        let started = Instant::now();
         delete_kvm_slot(&self.vm, self.first_kvm_slot + slot, base).map_err(|e| e.to_string())?;
+        let slot_deleted = started.elapsed();
         let guard = self
             .memory
             .lock()
@@ -117,6 +119,11 @@ impl DimmMemory {
             .map_err(|e| format!("DIMM at {base:#x} is not in the guest memory map: {e}"))?;
         guard.replace(map);
         drop(region);
+        // The VMM's share of an eject, for profiling removals (docs/benchmarks.md).
+        log::debug!(
+            "memory slot {slot}: KVM slot deleted in {slot_deleted:?}, host memory unmapped in {:?}",
+            started.elapsed() - slot_deleted
+        );
         self.free(node, base, size);
         Ok(())
     }

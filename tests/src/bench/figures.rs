@@ -259,8 +259,9 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The benchmark proper: 1 GiB and 4 GiB DIMMs added and removed empty and half full, then
-    /// a 128 MiB one (a single memory block) added. Two vCPUs: in the test host QEMU's guest
+    /// The benchmark proper: a 1 GiB DIMM added and removed empty and half full, then a 4 GiB
+    /// one and a 128 MiB one (a single memory block) added. (A 4 GiB removal, `--removed
+    /// 1G,4G`, needs a 2 GiB fill: an hour more per run under emulation.) Two vCPUs: in the test host QEMU's guest
     /// with one vCPU does not boot in useful time.
     pub fn full() -> Self {
         Plan {
@@ -268,8 +269,8 @@ impl Plan {
             boot_memory: GIB,
             hotplug_region: 12 * GIB,
             slots: 8,
-            removed: vec![GIB, 4 * GIB],
-            added_only: vec![128 * MIB],
+            removed: vec![GIB],
+            added_only: vec![4 * GIB, 128 * MIB],
         }
     }
 
@@ -383,8 +384,8 @@ mod tests {
                 figures.iter().map(|f| f.key()).collect();
             assert_eq!(keys.len(), figures.len(), "{keys:?}");
         }
-        // Boot, overhead; add and share of 128M, 1G, 4G; 4 removals and 5 RSS points of 1G, 4G.
-        assert_eq!(Plan::full().figures().len(), 2 + 3 * 2 + 2 * (4 + 5));
+        // Boot, overhead; add and share of 128M, 1G, 4G; 4 removals and 5 RSS points of 1G.
+        assert_eq!(Plan::full().figures().len(), 2 + 3 * 2 + (4 + 5));
         assert_eq!(
             Plan::full().memory_option(),
             "size=1024M,hotplug_size=12288M,slots=8"

@@ -22,11 +22,11 @@ struct Args {
     /// One run of each, no warm-up, a 128 MiB DIMM: checks that every figure is measured.
     #[arg(long)]
     quick: bool,
-    /// DIMM sizes to add and remove, empty and half full, instead of the plan's (1G,4G);
-    /// comma-separated, e.g. `--removed 1G`.
+    /// DIMM sizes to add and remove, empty and half full, instead of the plan's (1G);
+    /// comma-separated, e.g. `--removed 1G,4G`.
     #[arg(long, value_delimiter = ',', value_parser = parse_size)]
     removed: Vec<u64>,
-    /// DIMM sizes only added, at the end of a run, instead of the plan's (128M).
+    /// DIMM sizes only added, at the end of a run, instead of the plan's (4G,128M).
     #[arg(long, value_delimiter = ',', value_parser = parse_size)]
     added_only: Vec<u64>,
     /// Where every run goes, as JSON.
