@@ -56,19 +56,26 @@ impl HugePageSize {
     pub fn sysfs_name(self) -> String {
         format!("hugepages-{}kB", self.bytes() >> 10)
     }
+
+    /// The pool's directory, whose `nr_hugepages` sizes it.
+    pub fn sysfs_path(self) -> String {
+        format!("/sys/kernel/mm/hugepages/{}", self.sysfs_name())
+    }
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum BackendError {
     #[error(transparent)]
     Option(#[from] OptionError),
-    #[error("--{flag}: hugepage_size: '{value}' is not 2M or 1G")]
-    HugePageSize { flag: &'static str, value: String },
-    #[error("--{flag}: hugepage_size needs hugepages=on")]
-    SizeWithoutHugePages { flag: &'static str },
-    #[error("--{flag}: host_node {node}: {reason}")]
+    #[error("{context}: hugepage_size: '{value}' is not 2M or 1G")]
+    HugePageSize { context: String, value: String },
+    #[error("{context}: hugepage_size needs hugepages=on")]
+    SizeWithoutHugePages { context: String },
+    #[error("{context}: hugepages: the host has no pool of {} huge pages (no {})", format_size(.page.bytes()), .page.sysfs_path())]
+    NoPool { context: String, page: HugePageSize },
+    #[error("{context}: host_node {node}: {reason}")]
     HostNode {
-        flag: &'static str,
+        context: String,
         node: u32,
         reason: String,
     },
@@ -77,27 +84,35 @@ pub enum BackendError {
 }
 
 impl MemoryBackend {
-    /// The backend keys of a parsed `--memory` or `--numa` value; a `host_node` must exist.
-    pub fn parse(kv: &KeyValues, flag: &'static str) -> Result<Self, BackendError> {
+    /// The backend keys of a parsed `--memory` or `--numa` value (`context` starts its
+    /// errors: `--memory`, `--numa: node 1`); the huge page pool and the `host_node` must exist.
+    pub fn parse(kv: &KeyValues, context: &str) -> Result<Self, BackendError> {
+        let context = context.to_owned();
         let huge_pages = kv.switch("hugepages")?;
         let huge_page_size = match kv.get("hugepage_size") {
-            Some(_) if !huge_pages => return Err(BackendError::SizeWithoutHugePages { flag }),
+            Some(_) if !huge_pages => return Err(BackendError::SizeWithoutHugePages { context }),
             None => HugePageSize::TwoMiB,
             Some(value) => match kv.size("hugepage_size")? {
                 Some(2_097_152) => HugePageSize::TwoMiB,
                 Some(1_073_741_824) => HugePageSize::OneGiB,
                 _ => {
                     return Err(BackendError::HugePageSize {
-                        flag,
+                        context,
                         value: value.to_owned(),
                     })
                 }
             },
         };
+        if huge_pages && !Path::new(&huge_page_size.sysfs_path()).is_dir() {
+            return Err(BackendError::NoPool {
+                context,
+                page: huge_page_size,
+            });
+        }
         let host_node = kv.number::<u32>("host_node")?;
         if let Some(node) = host_node {
             check_host_node(node).map_err(|reason| BackendError::HostNode {
-                flag,
+                context: context.clone(),
                 node,
                 reason,
             })?;
@@ -197,7 +212,7 @@ mod tests {
     fn backend(text: &str) -> Result<MemoryBackend, BackendError> {
         MemoryBackend::parse(
             &KeyValues::parse("memory", text, &BACKEND_KEYS).unwrap(),
-            "memory",
+            "--memory",
         )
     }
 

@@ -12,7 +12,9 @@ use thiserror::Error;
 use crate::backend::{BackendError, MemoryBackend, BACKEND_KEYS};
 use crate::layout::{MAX_GUEST_PHYSICAL, MEMORY_BLOCK_SIZE, PAGE_SIZE};
 use crate::memory::GuestMemoryLayout;
-use crate::numa::{check_nodes, parse_node, split_boot_ranges, NodeConfig, NumaError};
+use crate::numa::{
+    check_boot_pages, check_nodes, parse_node, split_boot_ranges, NodeConfig, NumaError,
+};
 use crate::options::{KeyValues, OptionError};
 use tidal_api::size::format_size;
 
@@ -70,8 +72,8 @@ pub struct Cli {
     /// a region above boot RAM that DIMMs of 128M multiples can be hot-added into, in at most
     /// `slots` DIMMs (default 32, at most 256). BACKEND is the host memory behind boot memory
     /// and DIMMs alike (default: private anonymous memory): shared=on (a memfd mapped shared),
-    /// hugepages=on[,hugepage_size=2M|1G] (from the host's huge page pool, see
-    /// /proc/sys/vm/nr_hugepages), prefault=on (allocated when mapped, not when first used),
+    /// hugepages=on[,hugepage_size=2M|1G] (from the host's pool of that size, whose
+    /// nr_hugepages is under /sys/kernel/mm/hugepages), prefault=on (allocated when mapped, not when first used),
     /// host_node=N (only from host NUMA node N). With --numa, size and hotplug_size are the
     /// nodes' sums and may be left out, and each node has its own BACKEND.
     #[arg(long, value_name = "size=SIZE[,hotplug_size=SIZE][,slots=N][,BACKEND]")]
@@ -293,7 +295,7 @@ const MEMORY_KEYS: [&str; 3] = ["size", "hotplug_size", "slots"];
 /// `--memory` of a VM without `--numa` nodes: its sizes and the backend of its one node.
 pub fn parse_memory(text: &str) -> Result<(MemoryConfig, MemoryBackend), ConfigError> {
     let kv = memory_options(text)?;
-    let backend = MemoryBackend::parse(&kv, "memory")?;
+    let backend = MemoryBackend::parse(&kv, "--memory")?;
     let memory = memory_config(
         kv.required_size("size")?,
         kv.size("hotplug_size")?.unwrap_or(0),
@@ -326,9 +328,9 @@ fn numa_memory(text: Option<&str>, nodes: &[NodeConfig]) -> Result<MemoryConfig,
             _ => {}
         }
     }
-    let boot_dimms = split_boot_ranges(&GuestMemoryLayout::new(size), nodes)
-        .1
-        .len();
+    let layout = GuestMemoryLayout::new(size);
+    check_boot_pages(&layout, nodes)?;
+    let boot_dimms = split_boot_ranges(&layout, nodes).1.len();
     memory_config(
         size,
         hotplug_size,

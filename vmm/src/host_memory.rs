@@ -18,8 +18,40 @@ pub struct HostMemory {
     meminfo: Option<File>,
     /// This process's cgroup v2 `memory.max` and `memory.current`.
     cgroup: Option<(File, File)>,
-    /// Each huge page pool's `free_hugepages` and `resv_hugepages` (2 MiB, then 1 GiB).
-    pools: [Option<(File, File)>; 2],
+    /// The 2 MiB and the 1 GiB huge page pool.
+    pools: [Option<HugePagePool>; 2],
+}
+
+/// The counters of one huge page pool (`/sys/kernel/mm/hugepages/hugepages-SIZEkB`).
+#[derive(Debug)]
+struct HugePagePool {
+    free: File,
+    reserved: File,
+    /// How many surplus pages the host may make beyond the pool, and how many it has made.
+    overcommit: File,
+    surplus: File,
+}
+
+impl HugePagePool {
+    fn open(page: HugePageSize) -> Option<Self> {
+        let dir = PathBuf::from("/sys/kernel/mm/hugepages").join(page.sysfs_name());
+        let open = |name: &str| File::open(dir.join(name)).ok();
+        Some(Self {
+            free: open("free_hugepages")?,
+            reserved: open("resv_hugepages")?,
+            overcommit: open("nr_overcommit_hugepages")?,
+            surplus: open("surplus_hugepages")?,
+        })
+    }
+
+    /// Pages a new mapping can reserve: free ones that no mapping has reserved, and the
+    /// surplus pages the host may still make.
+    fn available(&self) -> Option<u64> {
+        let count = |file| read_text(file)?.trim().parse::<u64>().ok();
+        let unreserved = count(&self.free)?.saturating_sub(count(&self.reserved)?);
+        let surplus_room = count(&self.overcommit)?.saturating_sub(count(&self.surplus)?);
+        Some(unreserved.saturating_add(surplus_room))
+    }
 }
 
 impl HostMemory {
@@ -31,29 +63,25 @@ impl HostMemory {
             let current = File::open(dir.join("memory.current")).ok()?;
             Some((max, current))
         });
-        let pool = |page: HugePageSize| {
-            let dir = PathBuf::from("/sys/kernel/mm/hugepages").join(page.sysfs_name());
-            let free = File::open(dir.join("free_hugepages")).ok()?;
-            let reserved = File::open(dir.join("resv_hugepages")).ok()?;
-            Some((free, reserved))
-        };
         Self {
             meminfo: File::open("/proc/meminfo").ok(),
             cgroup,
-            pools: [pool(HugePageSize::TwoMiB), pool(HugePageSize::OneGiB)],
+            pools: [
+                HugePagePool::open(HugePageSize::TwoMiB),
+                HugePagePool::open(HugePageSize::OneGiB),
+            ],
         }
     }
 
     /// Huge pages of size `page` that a new mapping can still reserve: the pool's free pages
-    /// less those other mappings reserved but have not touched yet. `None` when unreadable.
+    /// less those other mappings reserved but have not touched yet, plus the surplus pages the
+    /// host may still make. `None` when unreadable.
     pub fn free_huge_pages(&self, page: HugePageSize) -> Option<u64> {
         let index = match page {
             HugePageSize::TwoMiB => 0,
             HugePageSize::OneGiB => 1,
         };
-        let (free, reserved) = self.pools[index].as_ref()?;
-        let count = |file| read_text(file)?.trim().parse::<u64>().ok();
-        Some(count(free)?.saturating_sub(count(reserved)?))
+        self.pools[index].as_ref()?.available()
     }
 
     /// Bytes the host can give: the smaller of `MemAvailable` and the cgroup's room, `None`
@@ -148,7 +176,10 @@ mod tests {
         };
         assert_eq!(
             host.free_huge_pages(HugePageSize::TwoMiB),
-            Some(pool("free_hugepages") - pool("resv_hugepages"))
+            Some(
+                pool("free_hugepages") - pool("resv_hugepages")
+                    + (pool("nr_overcommit_hugepages") - pool("surplus_hugepages"))
+            )
         );
     }
 }

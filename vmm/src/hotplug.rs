@@ -16,7 +16,7 @@ use tidal_devices::ged::Ged;
 use tidal_devices::memory_hotplug::{
     Dimm, EjectHandler, MemoryHotplugController, Ost, SlotEvent, SlotListener, SlotState, SlotView,
 };
-use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryRegion};
 
 use crate::backend::MemoryBackend;
 use crate::dimm_space::DimmSpace;
@@ -68,17 +68,10 @@ impl DimmMemory {
         self.spaces.get_mut(usize::try_from(node).ok()?)?.as_mut()
     }
 
-    /// Maps fresh host memory from `backend` for DIMM slot `slot`: mmap, KVM slot, guest
-    /// memory map.
-    fn map(&mut self, slot: u32, dimm: Dimm, backend: &MemoryBackend) -> Result<(), MapError> {
-        let Dimm { base, size, .. } = dimm;
-        let len = usize::try_from(size).map_err(|e| MapError::Other(e.to_string()))?;
-        let region = Arc::new(RamRegion::new(GuestAddress(base), len, backend).map_err(
-            |source| MapError::Host {
-                size: format_size(size),
-                source,
-            },
-        )?);
+    /// Puts a DIMM's host memory (see [`dimm_memory`]) in slot `slot`: its KVM slot, then the
+    /// guest memory map.
+    fn install(&mut self, slot: u32, region: Arc<RamRegion>) -> Result<(), MapError> {
+        let base = region.start_addr().0;
         set_kvm_slot(&self.vm, self.first_kvm_slot + slot, &region)
             .map_err(|e| MapError::Other(e.to_string()))?;
         let guard = self
@@ -127,6 +120,18 @@ impl DimmMemory {
         self.free(node, base, size);
         Ok(())
     }
+}
+
+/// Fresh host memory from `backend` for `dimm`. Made without holding the DIMM lock: with
+/// `prefault` it takes as long as allocating all of it, and a guest's eject takes that lock.
+fn dimm_memory(dimm: Dimm, backend: &MemoryBackend) -> Result<Arc<RamRegion>, MapError> {
+    let len = usize::try_from(dimm.size).map_err(|e| MapError::Other(e.to_string()))?;
+    RamRegion::new(GuestAddress(dimm.base), len, backend)
+        .map(Arc::new)
+        .map_err(|source| MapError::Host {
+            size: format_size(dimm.size),
+            source,
+        })
 }
 
 /// Why a DIMM's memory could not be mapped.
@@ -322,10 +327,12 @@ impl MemoryHotplug {
             let slot = controller
                 .free_slot()
                 .ok_or_else(|| fail("no free DIMM slot".to_owned()))?;
+            let region = dimm_memory(Dimm { base, size, node }, &self.backend(node))
+                .map_err(|e| fail(e.to_string()))?;
             self.dimms
                 .lock()
                 .map_err(|_| fail("DIMM memory lock poisoned".to_owned()))?
-                .map(slot, Dimm { base, size, node }, &self.backend(node))
+                .install(slot, region)
                 .map_err(|e| fail(e.to_string()))?;
             controller
                 .plug_at_boot(slot, Dimm { base, size, node })
@@ -454,9 +461,10 @@ impl MemoryHotplug {
             return match self.host.free_huge_pages(page) {
                 Some(free) if free < needed => shortage(format!(
                     "the host's pool of {} huge pages has {free} free, fewer than the {needed} \
-                     that {} needs: raise /proc/sys/vm/nr_hugepages",
+                     that {} needs: raise {}/nr_hugepages",
                     format_size(page.bytes()),
-                    format_size(size)
+                    format_size(size),
+                    page.sysfs_path()
                 )),
                 _ => Ok(()),
             };
@@ -615,13 +623,21 @@ impl MemoryHotplug {
                     ),
                 ));
             };
-            if let Err(e) = dimms.map(slot, Dimm { base, size, node }, &self.backend(node)) {
-                dimms.free(node, base, size);
-                return Err(e.into_api_error());
-            }
             base
         };
         let dimm = Dimm { base, size, node };
+        let installed = dimm_memory(dimm, &self.backend(node)).and_then(|region| {
+            self.dimms
+                .lock()
+                .map_err(|_| MapError::Other("DIMM memory lock poisoned".to_owned()))?
+                .install(slot, region)
+        });
+        if let Err(e) = installed {
+            if let Ok(mut dimms) = self.dimms.lock() {
+                dimms.free(node, base, size);
+            }
+            return Err(e.into_api_error());
+        }
         self.controller()?
             .plug(slot, dimm)
             .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;

@@ -124,7 +124,7 @@ pub fn parse_node(text: &str) -> Result<NodeConfig, NumaError> {
         })?,
     };
     let hotpluggable = kv.switch("hotpluggable")?;
-    let backend = MemoryBackend::parse(&kv, "numa")?;
+    let backend = MemoryBackend::parse(&kv, &format!("--numa: node {id}"))?;
     backend.check_size(&format!("--numa: node {id}: memory"), memory)?;
     Ok(NodeConfig {
         id,
@@ -274,6 +274,25 @@ pub fn boot_ranges(layout: &GuestMemoryLayout, nodes: &[NodeConfig]) -> Vec<Vec<
             ranges
         })
         .collect()
+}
+
+/// Refuses a node whose boot memory the device hole cuts into pieces that are not whole pages
+/// of its backend: with 1 GiB huge pages, a node that spans 3 GiB must be cut there on a GiB.
+pub fn check_boot_pages(layout: &GuestMemoryLayout, nodes: &[NodeConfig]) -> Result<(), NumaError> {
+    for (node, ranges) in nodes.iter().zip(boot_ranges(layout, nodes)) {
+        for (base, size) in ranges
+            .into_iter()
+            .filter(|_| node.backend.huge_pages.is_some())
+        {
+            let what = format!(
+                "--numa: node {}: the part of its boot memory at {base:#x} (the device hole \
+                 from 3 GiB to 4 GiB cuts it)",
+                node.id
+            );
+            node.backend.check_size(&what, size)?;
+        }
+    }
+    Ok(())
 }
 
 /// A range of a hotpluggable node's boot memory: a DIMM present from boot.
@@ -502,6 +521,28 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("'yes' is not on or off"));
+    }
+
+    #[test]
+    fn huge_pages_must_survive_the_device_hole() {
+        let across = [
+            node("id=0,cpus=0,memory=1536M"),
+            node("id=1,cpus=1,memory=2G,hugepages=on,hugepage_size=1G"),
+        ];
+        let layout = GuestMemoryLayout::new(3584 << 20);
+        assert_eq!(
+            check_boot_pages(&layout, &across).unwrap_err().to_string(),
+            "--numa: node 1: the part of its boot memory at 0x60000000 (the device hole from \
+             3 GiB to 4 GiB cuts it) 1536 MiB is not a multiple of its 1 GiB huge pages"
+        );
+        let aligned = [
+            node("id=0,cpus=0,memory=1G"),
+            node("id=1,cpus=1,memory=3G,hugepages=on,hugepage_size=1G"),
+        ];
+        assert_eq!(
+            check_boot_pages(&GuestMemoryLayout::new(4 * G), &aligned),
+            Ok(())
+        );
     }
 
     #[test]

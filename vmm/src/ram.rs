@@ -6,10 +6,11 @@
 //! `GuestRegionMmap::from_range` does) is only page-aligned on kernels before 6.7: then no guest
 //! page gets a huge page, every first touch of guest memory costs a 4 KiB fault, and memory
 //! that the guest migrates out of an ejected DIMM lands 4 KiB at a time. [`RamRegion`] reserves
-//! a little more address space, maps the memory at an aligned address inside it (a hugetlb
-//! backend's page size, when larger) as its [`MemoryBackend`] says, asks for transparent huge
-//! pages, and owns the result; vm-memory sees it through a `GuestRegionMmap` that does not own
-//! it. Dropping the region unmaps the memory, which gives it back for every backend.
+//! a little more address space, maps the memory at a 2 MiB-aligned address inside it as its
+//! [`MemoryBackend`] says (hugetlb memory the kernel places at its page size by itself), asks
+//! for transparent huge pages, and owns the result; vm-memory sees it through a
+//! `GuestRegionMmap` that does not own it. Dropping the region unmaps the memory, which gives
+//! it back for every backend.
 
 use std::ffi::CStr;
 use std::io;
@@ -47,11 +48,11 @@ pub enum RamError {
     Memfd(io::Error),
     #[error("cannot size the memfd: {0}")]
     Truncate(io::Error),
-    #[error("cannot map it: {0}")]
+    #[error("mmap failed: {0}")]
     Map(io::Error),
     #[error(
-        "the host's pool of {} huge pages has fewer than {pages} free: raise \
-         /proc/sys/vm/nr_hugepages (or the pool's nr_hugepages under /sys/kernel/mm/hugepages)",
+        "the host's pool of {} huge pages has fewer than {pages} free (or a hugetlb cgroup \
+         limit is reached): raise the pool's nr_hugepages under /sys/kernel/mm/hugepages",
         format_size(.page.bytes())
     )]
     HugePages { page: HugePageSize, pages: u64 },
@@ -65,8 +66,9 @@ impl RamError {
     /// The host lacks the memory, as opposed to refusing the request for another reason.
     pub fn is_host_shortage(&self) -> bool {
         match self {
-            Self::HugePages { .. } => true,
-            Self::Map(e) | Self::Prefault(e) => e.raw_os_error() == Some(libc::ENOMEM),
+            // Allocating in advance fails only for want of pages (hugetlb: EFAULT).
+            Self::HugePages { .. } | Self::Prefault(_) => true,
+            Self::Map(e) => e.raw_os_error() == Some(libc::ENOMEM),
             _ => false,
         }
     }
@@ -100,26 +102,41 @@ impl AlignedMapping {
             (Some(_), true) => libc::MAP_SHARED,
             (Some(_), false) => libc::MAP_PRIVATE,
         };
-        let align = usize::try_from(backend.page_size())
-            .unwrap_or(usize::MAX)
-            .max(HUGE_PAGE_SIZE);
-        let start = reserve_aligned(len, align)?;
         let fd: RawFd = memfd.as_ref().map_or(-1, AsRawFd::as_raw_fd);
-        // SAFETY: [start, start + len) is the reservation just made (ours alone); MAP_FIXED
-        // replaces it with the memory.
-        let addr = unsafe { libc::mmap(start.cast(), len, PROT, flags | libc::MAP_FIXED, fd, 0) };
-        if addr == libc::MAP_FAILED {
-            let error = io::Error::last_os_error();
-            // SAFETY: the reservation is still ours, and nothing refers to it.
-            unsafe { libc::munmap(start.cast(), len) };
-            return Err(match backend.huge_pages {
-                Some(page) if error.raw_os_error() == Some(libc::ENOMEM) => RamError::HugePages {
-                    page,
-                    pages: len as u64 / page.bytes(),
-                },
-                _ => RamError::Map(error),
-            });
-        }
+        let start = match backend.huge_pages {
+            // The kernel places a hugetlb mapping at a multiple of its page size by itself,
+            // and reserves its pages as it maps: a pool too small fails here, leaving nothing.
+            Some(page) => {
+                // SAFETY: a fresh mapping where the kernel chooses; it overlaps nothing of ours.
+                let addr = unsafe { libc::mmap(null_mut(), len, PROT, flags, fd, 0) };
+                if addr == libc::MAP_FAILED {
+                    let error = io::Error::last_os_error();
+                    return Err(if error.raw_os_error() == Some(libc::ENOMEM) {
+                        RamError::HugePages {
+                            page,
+                            pages: len as u64 / page.bytes(),
+                        }
+                    } else {
+                        RamError::Map(error)
+                    });
+                }
+                addr.cast()
+            }
+            None => {
+                let start = reserve_aligned(len)?;
+                // SAFETY: [start, start + len) is the reservation just made (ours alone);
+                // MAP_FIXED replaces it with the memory.
+                let addr =
+                    unsafe { libc::mmap(start.cast(), len, PROT, flags | libc::MAP_FIXED, fd, 0) };
+                if addr == libc::MAP_FAILED {
+                    // The reservation may be gone already (the kernel unmaps it first), and
+                    // another thread may have mapped something there since: leave the range
+                    // alone. This fails only when the kernel is out of memory for itself.
+                    return Err(RamError::Map(io::Error::last_os_error()));
+                }
+                start
+            }
+        };
         let mapping = Self {
             addr: start,
             len,
@@ -134,7 +151,10 @@ impl AlignedMapping {
             // SAFETY: advice on our own mapping; it changes no contents.
             unsafe { libc::madvise(start.cast(), len, libc::MADV_HUGEPAGE) };
         }
-        if backend.prefault {
+        // The pool reserves huge pages for the whole host, not per node: a node bound to one
+        // host node takes its pages at once, so that a node short of them fails here rather
+        // than at the guest's first touch.
+        if backend.prefault || (backend.huge_pages.is_some() && backend.host_node.is_some()) {
             // SAFETY: as above; populating writes nothing the guest could have seen.
             let done = unsafe { libc::madvise(start.cast(), len, libc::MADV_POPULATE_WRITE) };
             if done != 0 {
@@ -147,6 +167,7 @@ impl AlignedMapping {
     /// Takes this mapping's pages from host node `node` only; set before any page exists.
     fn bind(&self, node: u32) -> Result<(), RamError> {
         const MPOL_BIND: libc::c_long = 2;
+        const NO_FLAGS: libc::c_ulong = 0;
         let mask: u64 = 1 << node;
         // The kernel reads one bit fewer than `maxnode` says.
         let maxnode: libc::c_ulong = 65;
@@ -160,7 +181,7 @@ impl AlignedMapping {
                 MPOL_BIND,
                 &mask as *const u64,
                 maxnode,
-                0,
+                NO_FLAGS,
             )
         };
         if done == 0 {
@@ -197,11 +218,11 @@ fn memfd(len: usize, backend: &MemoryBackend) -> Result<OwnedFd, RamError> {
     Ok(fd)
 }
 
-/// Reserves `len` bytes of address space (no memory) at an `align`-aligned address: a larger
+/// Reserves `len` bytes of address space (no memory) at a 2 MiB-aligned address: a larger
 /// reservation, trimmed.
-fn reserve_aligned(len: usize, align: usize) -> Result<*mut u8, RamError> {
+fn reserve_aligned(len: usize) -> Result<*mut u8, RamError> {
     let reserved = len
-        .checked_add(align)
+        .checked_add(HUGE_PAGE_SIZE)
         .ok_or_else(|| RamError::Map(io::Error::from_raw_os_error(libc::ENOMEM)))?;
     // SAFETY: a fresh mapping where the kernel chooses; it overlaps nothing of ours.
     let base = unsafe { libc::mmap(null_mut(), reserved, libc::PROT_NONE, ANONYMOUS, -1, 0) };
@@ -209,7 +230,7 @@ fn reserve_aligned(len: usize, align: usize) -> Result<*mut u8, RamError> {
         return Err(RamError::Map(io::Error::last_os_error()));
     }
     let base = base as usize;
-    let start = base.next_multiple_of(align);
+    let start = base.next_multiple_of(HUGE_PAGE_SIZE);
     let head = start - base;
     let tail = reserved - head - len;
     // SAFETY: both ranges lie inside the reservation just made, outside [start, start + len),
@@ -325,13 +346,21 @@ mod tests {
     }
 
     /// The lines /proc/self/`file` has for the mapping that starts at `host`: its header and,
-    /// in smaps, its fields.
+    /// in smaps, its fields (up to the next mapping's header: `START-END ...` in maps and
+    /// smaps, `START policy ...` in numa_maps).
     fn mapping(file: &str, host: usize) -> Option<String> {
         let text = std::fs::read_to_string(format!("/proc/self/{file}")).unwrap();
-        let head = format!("{host:x}");
-        let mut lines = text.lines().skip_while(|line| !line.starts_with(&head));
+        let start = |line: &str| {
+            let first = line.split([' ', '-']).next().unwrap_or_default();
+            let hex = !first.is_empty() && first.chars().all(|c| c.is_ascii_hexdigit());
+            hex.then(|| first.to_owned())
+        };
+        let ours = format!("{host:x}");
+        let mut lines = text
+            .lines()
+            .skip_while(|line| start(line).as_ref() != Some(&ours));
         let first = lines.next()?.to_owned();
-        let fields = lines.take_while(|line| line.contains(':') && !line.contains(" ---p"));
+        let fields = lines.take_while(|line| start(line).is_none());
         Some(fields.fold(first, |all, line| all + "\n" + line))
     }
 
@@ -361,14 +390,17 @@ mod tests {
             shared: true,
             ..Default::default()
         };
-        let (memory, host) = map_and_use(4 * HUGE_PAGE_SIZE, &shared);
+        let len = 4 * HUGE_PAGE_SIZE;
+        let (memory, host) = map_and_use(len, &shared);
         let entry = mapping("maps", host).unwrap();
+        let range = format!("{host:x}-{:x} rw-s ", host + len);
         assert!(
-            entry.contains(" rw-s ") && entry.contains("/memfd:tidal-ram"),
+            entry.starts_with(&range) && entry.contains("/memfd:tidal-ram"),
             "{entry}"
         );
         drop(memory);
-        assert!(mapping("maps", host).is_none_or(|entry| !entry.contains("memfd:tidal-ram")));
+        // Gone: whatever the address holds now (another test's mapping, say) is not it.
+        assert!(mapping("maps", host).is_none_or(|entry| !entry.starts_with(&range)));
     }
 
     #[test]
@@ -412,7 +444,10 @@ mod tests {
                 .parse()
                 .unwrap()
         };
-        let pages = count("free_hugepages") - count("resv_hugepages") + 1;
+        // Free and unreserved pages, and the surplus pages the host may still make.
+        let pages = count("free_hugepages") - count("resv_hugepages")
+            + (count("nr_overcommit_hugepages") - count("surplus_hugepages"))
+            + 1;
         let huge = MemoryBackend {
             huge_pages: Some(HugePageSize::TwoMiB),
             ..Default::default()

@@ -21,6 +21,7 @@ use tidal_devices::memory_hotplug::{MemoryHotplugController, SlotState};
 use tidal_devices::serial::SerialConsole;
 use tidal_devices::{EventFdTrigger, ExitReason, ExitSignal};
 use tidal_vmm::backend::{HugePageSize, MemoryBackend};
+use tidal_vmm::host_memory::HostMemory;
 use tidal_vmm::hotplug::{HotplugParts, HotplugRegion, MemoryHotplug};
 use tidal_vmm::memory::set_kvm_slot;
 use tidal_vmm::ram::{GuestMemory, RamRegion};
@@ -379,9 +380,10 @@ fn vmm_case() {
                     base: 1 << 32,
                     size: 1 << 30,
                 }),
+                // Room for a DIMM beyond any pool of huge pages a test machine has.
                 Some(HotplugRegion {
                     base: 5 << 30,
-                    size: 1 << 30,
+                    size: 1 << 40,
                 }),
             ],
             node_boot: vec![2 * MIB, 0],
@@ -399,7 +401,7 @@ fn vmm_case() {
                     ..Default::default()
                 },
             ],
-            host: tidal_vmm::host_memory::HostMemory::open(),
+            host: HostMemory::open(),
             cpus: 1,
             controller: controller.clone(),
             changed,
@@ -496,18 +498,24 @@ fn vmm_case() {
         .unwrap();
     assert!(client.memory().unwrap().is_empty());
     assert_eq!(client.info().unwrap().memory_actual_size, 2 * MIB);
-    // More huge pages than the host's pool has, forced past the check: the hugetlb memfd is
-    // made and sized, its mapping refused, and the API says why.
+    // More huge pages than the host's pool can give, forced past the check: the hugetlb
+    // memfd is made and sized, its mapping refused, and the API says why.
+    let pages = HostMemory::open()
+        .free_huge_pages(HugePageSize::TwoMiB)
+        .unwrap()
+        + 1;
+    let size = (pages * 2 * MIB).next_multiple_of(128 * MIB);
     let error = client
         .add_memory(&AddMemoryRequest {
-            size: 1 << 30,
+            size,
             node: 1,
             force: true,
         })
         .unwrap_err()
         .to_string();
+    let needed = size / (2 * MIB);
     assert!(
-        error.contains("huge pages has fewer than 512 free"),
+        error.contains(&format!("huge pages has fewer than {needed} free")),
         "{error}"
     );
     drop(events);
