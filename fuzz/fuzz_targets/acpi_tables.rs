@@ -70,7 +70,11 @@ fn vmm_machine(input: &mut Unstructured) -> Result<()> {
     if nodes.is_empty() {
         args.extend(["--memory".to_owned(), memory]);
     } else {
-        args.extend(nodes.iter().flat_map(|node| ["--numa".to_owned(), node.clone()]));
+        args.extend(
+            nodes
+                .iter()
+                .flat_map(|node| ["--numa".to_owned(), node.clone()]),
+        );
     }
     let cli = Cli::try_parse_from(&args).expect("a valid command line");
     // Some memory sizes are refused (too large for hotplug, say): not this target's business.
@@ -92,7 +96,11 @@ fn vmm_machine(input: &mut Unstructured) -> Result<()> {
         config.memory.hotplug_size > 0 || config.nodes.len() > 1,
         "an SRAT exactly when there is a hotplug region or more than one node"
     );
-    assert_eq!(has(b"SLIT"), config.nodes.len() > 1, "a SLIT exactly with nodes");
+    assert_eq!(
+        has(b"SLIT"),
+        config.nodes.len() > 1,
+        "a SLIT exactly with nodes"
+    );
     Ok(())
 }
 
@@ -103,10 +111,16 @@ fn numa_nodes(input: &mut Unstructured, cpus: u8) -> Result<Vec<String>> {
     let mut nodes = Vec::new();
     for id in 0..count {
         // Node `id` holds vCPUs id, id + count, id + 2 * count, ...
-        let vcpus: Vec<String> = (id..cpus).step_by(usize::from(count)).map(|c| c.to_string()).collect();
+        let vcpus: Vec<String> = (id..cpus)
+            .step_by(usize::from(count))
+            .map(|c| c.to_string())
+            .collect();
         let memory = input.int_in_range(1..=64_u64)? * MEMORY_BLOCK_SIZE;
         let hotplug = input.int_in_range(0..=64_u64)? * MEMORY_BLOCK_SIZE;
-        let mut node = format!("id={id},cpus=[{}],memory={memory},hotplug_size={hotplug}", vcpus.join(","));
+        let mut node = format!(
+            "id={id},cpus=[{}],memory={memory},hotplug_size={hotplug}",
+            vcpus.join(",")
+        );
         if count > 1 && input.arbitrary()? {
             let to = (id + 1) % count;
             node += &format!(",distance={to}@{}", input.int_in_range(11..=254_u8)?);

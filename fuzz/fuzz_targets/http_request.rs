@@ -15,8 +15,8 @@ use libfuzzer_sys::fuzz_target;
 use tidal_api::fuzzing::serve_bytes;
 use tidal_api::{
     AddMemoryRequest, ApiError, DimmInfo, DimmState, ErrorKind, EventSink, HotplugEvent,
-    MemoryInfo, NodeMemory, OstStatus, RemoveMemoryRequest, ResizeRequest, ResizeZoneRequest,
-    VmApi, VmInfo,
+    MemoryBackendInfo, MemoryInfo, NodeMemory, OstStatus, RemoveMemoryRequest, ResizeRequest,
+    ResizeZoneRequest, VmApi, VmInfo,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -76,6 +76,7 @@ impl VmApi for FixedVm {
                     boot: GIB,
                     hotplugged: GIB,
                     hotplug_size: 8 * GIB,
+                    backend: MemoryBackendInfo::default(),
                 }],
             },
             cpus: 1,
