@@ -34,7 +34,7 @@ struct HugePagePool {
 
 impl HugePagePool {
     fn open(page: HugePageSize) -> Option<Self> {
-        let dir = PathBuf::from("/sys/kernel/mm/hugepages").join(page.sysfs_name());
+        let dir = PathBuf::from(page.sysfs_path());
         let open = |name: &str| File::open(dir.join(name)).ok();
         Some(Self {
             free: open("free_hugepages")?,

@@ -327,6 +327,7 @@ mod tests {
     use vm_memory::{Address, Bytes};
 
     use super::*;
+    use crate::host_memory::HostMemory;
 
     const BASE: GuestAddress = GuestAddress(1 << 32);
 
@@ -433,21 +434,11 @@ mod tests {
 
     #[test]
     fn too_few_free_huge_pages_is_a_host_shortage_that_says_so() {
-        let pool = format!(
-            "/sys/kernel/mm/hugepages/{}/",
-            HugePageSize::TwoMiB.sysfs_name()
-        );
-        let count = |file: &str| -> usize {
-            std::fs::read_to_string(format!("{pool}{file}"))
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap()
-        };
-        // Free and unreserved pages, and the surplus pages the host may still make.
-        let pages = count("free_hugepages") - count("resv_hugepages")
-            + (count("nr_overcommit_hugepages") - count("surplus_hugepages"))
-            + 1;
+        // One more page than the pool can give (free, unreserved, and surplus still allowed).
+        let available = HostMemory::open()
+            .free_huge_pages(HugePageSize::TwoMiB)
+            .unwrap();
+        let pages = usize::try_from(available).unwrap() + 1;
         let huge = MemoryBackend {
             huge_pages: Some(HugePageSize::TwoMiB),
             ..Default::default()
