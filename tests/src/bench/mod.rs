@@ -22,7 +22,9 @@ pub mod report;
 pub mod stats;
 pub mod vmm;
 
+use std::any::Any;
 use std::collections::BTreeMap;
+use std::panic::{self, AssertUnwindSafe};
 
 use thiserror::Error;
 
@@ -31,7 +33,7 @@ pub use report::Report;
 pub use vmm::VmmKind;
 
 use figures::Figures;
-use report::Run;
+use report::{Retried, Run};
 use vmm::{Vmm, VmmError};
 
 /// The program QEMU is run as (by `ci/qemu-as-tidal.sh`).
@@ -47,6 +49,9 @@ pub struct Options {
     /// Whether each VMM first runs once unrecorded (page cache, the host's first KVM use).
     pub warm_up: bool,
     pub plan: Plan,
+    /// Fresh boots a run that failed gets before the benchmark stops: the emulated test host
+    /// hangs now and then, and an hour of runs should not be lost to one hang.
+    pub retries: usize,
 }
 
 impl Options {
@@ -56,6 +61,7 @@ impl Options {
             runs,
             warm_up: true,
             plan: Plan::full(),
+            retries: 1,
         }
     }
 
@@ -65,6 +71,7 @@ impl Options {
             runs: 1,
             warm_up: false,
             plan: Plan::quick(),
+            retries: 0,
         }
     }
 }
@@ -88,6 +95,10 @@ pub enum BenchError {
         console: String,
         stderr: String,
     },
+    /// The harness panicked (it does when the guest does not boot or a guest command times
+    /// out, after printing the console).
+    #[error("the run stopped: {0}")]
+    Panic(String),
 }
 
 /// Runs the benchmark: the warm-ups if asked for, then `runs` rounds of Tidal then QEMU, each
@@ -103,16 +114,17 @@ pub fn run(options: &Options) -> Result<Report, BenchError> {
         warm_up: options.warm_up,
         versions: BTreeMap::new(),
         runs: Vec::new(),
+        retried: Vec::new(),
     };
     if options.warm_up {
         for vmm in VmmKind::ALL {
-            run_once(vmm, &options.plan, "warm-up (not recorded)")?;
+            run_with_retries(vmm, options, "warm-up (not recorded)", &mut report.retried)?;
         }
     }
     for index in 1..=options.runs {
         for vmm in VmmKind::ALL {
             let stage = format!("run {index} of {}", options.runs);
-            let (version, figures) = run_once(vmm, &options.plan, &stage)?;
+            let (version, figures) = run_with_retries(vmm, options, &stage, &mut report.retried)?;
             report.versions.insert(vmm, version);
             report.runs.push(Run {
                 vmm,
@@ -122,6 +134,47 @@ pub fn run(options: &Options) -> Result<Report, BenchError> {
         }
     }
     Ok(report)
+}
+
+/// [`run_once`], again on a fresh boot after a failure (an error or a harness panic, such as
+/// a guest command that timed out) up to `options.retries` times; each failure is noted in
+/// `retried`, and the last one is returned.
+fn run_with_retries(
+    vmm: VmmKind,
+    options: &Options,
+    stage: &str,
+    retried: &mut Vec<Retried>,
+) -> Result<(String, Figures), BenchError> {
+    let mut attempt = 0;
+    loop {
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| run_once(vmm, &options.plan, stage)))
+            .unwrap_or_else(|payload| Err(BenchError::Panic(panic_message(payload.as_ref()))));
+        match outcome {
+            Err(error) if attempt < options.retries => {
+                attempt += 1;
+                eprintln!("tidal-bench: {vmm}, {stage} failed, booting again: {error}");
+                retried.push(Retried {
+                    vmm,
+                    stage: stage.to_owned(),
+                    reason: first_line(&error.to_string()).to_owned(),
+                });
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// What a panic said, when it said it with a string (as `panic!` and `expect` do).
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
 }
 
 /// Boots `vmm`, measures one run and powers the guest off; returns the VMM's version and the

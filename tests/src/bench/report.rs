@@ -29,6 +29,16 @@ pub struct Run {
     pub figures: Figures,
 }
 
+/// A run that failed and was run again on a fresh boot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Retried {
+    pub vmm: VmmKind,
+    /// Which run: "run 2 of 5", or the warm-up.
+    pub stage: String,
+    /// The first line of why it failed.
+    pub reason: String,
+}
+
 /// Everything a benchmark measured, and where.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
@@ -42,6 +52,8 @@ pub struct Report {
     pub versions: BTreeMap<VmmKind, String>,
     /// In the order they ran: Tidal and QEMU alternately.
     pub runs: Vec<Run>,
+    /// Failed runs that were run again, in order.
+    pub retried: Vec<Retried>,
 }
 
 /// Why a result file could not be written.
@@ -128,6 +140,16 @@ impl Report {
             env.cpus,
             env.kernel,
         );
+        for retried in &self.retried {
+            let _ = writeln!(
+                text,
+                "{}, {}, failed and ran again on a fresh boot: {}",
+                retried.vmm, retried.stage, retried.reason
+            );
+        }
+        if !self.retried.is_empty() {
+            text.push('\n');
+        }
         text.push_str(
             "| figure | Tidal: median (min–max) | QEMU: median (min–max) | Tidal/QEMU |\n\
              | --- | ---: | ---: | ---: |\n",
@@ -199,6 +221,7 @@ impl Report {
                 .collect::<Vec<_>>(),
             "summary": summaries,
             "runs": runs,
+            "retried": self.retried,
         })
     }
 
@@ -382,6 +405,7 @@ mod tests {
                 (VmmKind::Qemu, "QEMU 7.2.0 (Debian)".to_owned()),
             ]),
             runs,
+            retried: Vec::new(),
         }
     }
 
@@ -415,6 +439,22 @@ mod tests {
         );
         let rows = table.lines().filter(|l| l.starts_with("| ")).count();
         assert_eq!(rows, 2 + Plan::quick().figures().len()); // with the header and its rule
+    }
+
+    #[test]
+    fn says_which_runs_ran_again_and_why() {
+        let mut report = report();
+        report.retried.push(Retried {
+            vmm: VmmKind::Tidal,
+            stage: "run 2 of 3".to_owned(),
+            reason: "the guest did not answer".to_owned(),
+        });
+        assert!(report.table().contains(
+            "Tidal, run 2 of 3, failed and ran again on a fresh boot: the guest did not answer\n"
+        ));
+        let json = report.json();
+        assert_eq!(json["retried"][0]["stage"], "run 2 of 3");
+        assert_eq!(json["retried"][0]["vmm"], "tidal");
     }
 
     #[test]
