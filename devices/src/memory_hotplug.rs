@@ -140,6 +140,10 @@ pub struct MemoryHotplugController {
     /// cannot flood the host's log.
     warned_bad_access: bool,
     warned_bad_eject: bool,
+    /// Guest register accesses since the host last plugged a DIMM or asked for one's removal:
+    /// each is an exit to the VMM, so this is what the guest's scans cost (logged at debug
+    /// level with each answer of the guest, for profiling).
+    accesses: u64,
 }
 
 impl MemoryHotplugController {
@@ -153,6 +157,7 @@ impl MemoryHotplugController {
             changed,
             warned_bad_access: false,
             warned_bad_eject: false,
+            accesses: 0,
         }
     }
 
@@ -203,6 +208,7 @@ impl MemoryHotplugController {
             insert_pending: state == SlotState::Inserting,
             ..Slot::EMPTY
         };
+        self.accesses = 0;
         self.report(slot, SlotState::Empty, None);
         Ok(())
     }
@@ -223,6 +229,7 @@ impl MemoryHotplugController {
         entry.state = SlotState::Removing;
         entry.insert_pending = false;
         entry.remove_pending = true;
+        self.accesses = 0;
         self.report(slot, old, None);
         Ok(())
     }
@@ -254,6 +261,9 @@ impl MemoryHotplugController {
                 entry.state
             ),
             None => log::info!("memory slot {slot}: {old:?} -> {:?}", entry.state),
+        }
+        if ost.is_some() {
+            self.log_accesses(slot);
         }
         if let Some(listener) = &self.listener {
             listener.slot_changed(event);
@@ -398,6 +408,7 @@ impl MemoryHotplugController {
     /// The slot is empty now, but the event still names the DIMM that left.
     fn report_eject(&self, slot: u32, dimm: Dimm) {
         log::info!("memory slot {slot}: Removing -> Empty (ejected)");
+        self.log_accesses(slot);
         if let Some(listener) = &self.listener {
             listener.slot_changed(SlotEvent {
                 slot,
@@ -408,6 +419,14 @@ impl MemoryHotplugController {
             });
         }
         self.changed.notify_all();
+    }
+
+    fn log_accesses(&self, slot: u32) {
+        log::debug!(
+            "memory slot {slot}: {} guest register accesses since the host's last plug or \
+             removal request",
+            self.accesses
+        );
     }
 
     fn warn_bad_access(&mut self, offset: u64, len: usize) {
@@ -421,6 +440,7 @@ impl MemoryHotplugController {
     }
 
     fn decode(&mut self, offset: u64, len: usize) -> bool {
+        self.accesses = self.accesses.saturating_add(1);
         let valid = len == 4 && offset.is_multiple_of(4) && offset < REGISTERS_LEN;
         if !valid {
             self.warn_bad_access(offset, len);
