@@ -202,10 +202,10 @@ mod tests {
 
     #[test]
     fn reads_the_time_of_one_register_read() {
-        let output = "mmio: 0xfeb01000: 1000 reads, 5301 ns each\n";
+        let output = "mmio: read of 0xfeb01000: 1000 reads, 5301 ns each\n";
         assert_eq!(nanoseconds_each(output), Some(5301.0));
         assert_eq!(
-            nanoseconds_each("mmio: iopl: Operation not permitted"),
+            nanoseconds_each("mmio: ioperm: Operation not permitted"),
             None
         );
     }

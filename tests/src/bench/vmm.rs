@@ -48,7 +48,7 @@ impl HotplugRegisters {
     pub fn timing_command(self, count: u32) -> String {
         match self {
             HotplugRegisters::Mmio(address) => format!("mmio time {address:#x} {count}"),
-            HotplugRegisters::Port(port) => format!("mmio time io:{port:#x} {count}"),
+            HotplugRegisters::Port(port) => format!("mmio time-port {port:#x} {count}"),
         }
     }
 }
@@ -371,7 +371,7 @@ mod tests {
         );
         assert_eq!(
             HotplugRegisters::Port(0xa00).timing_command(5),
-            "mmio time io:0xa00 5"
+            "mmio time-port 0xa00 5"
         );
     }
 
