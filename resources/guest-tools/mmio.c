@@ -6,9 +6,6 @@
  *   mmio write ADDR WIDTH VALUE
  *   mmio storm ADDR LEN COUNT SEED   COUNT accesses at random offsets in [ADDR, ADDR+LEN),
  *                                    random widths, random values, reads and writes mixed
- *   mmio time ADDR COUNT             COUNT 4-byte reads of ADDR; prints the time each took
- *   mmio time-port PORT COUNT        the same with port I/O (inl): what one exit to the VMM
- *                                    costs through each path, for the benchmark's profile
  *
  * busybox's devmem cannot do this: it maps /dev/mem with O_SYNC (uncached), and the kernel
  * refuses that mapping because its ACPI code already maps Tidal's register pages write-back
@@ -20,9 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/io.h>
 #include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 
 static volatile uint8_t *map_page(uint64_t addr, uint64_t len, uint64_t *offset)
@@ -63,41 +58,6 @@ static int width_arg(const char *s)
 	return w;
 }
 
-static double now_ns(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec * 1e9 + (double)t.tv_nsec;
-}
-
-/* Reads COUNT times through `read_once` and prints the mean time of one read. */
-static int time_reads(const char *what, uint64_t where, long count,
-		      uint32_t (*read_once)(uint64_t where, volatile uint8_t *p), volatile uint8_t *p)
-{
-	if (count <= 0) {
-		fprintf(stderr, "mmio: COUNT must be positive\n");
-		return 2;
-	}
-	double start = now_ns();
-	for (long i = 0; i < count; i++)
-		read_once(where, p);
-	printf("mmio: %s 0x%llx: %ld reads, %.0f ns each\n", what, (unsigned long long)where, count,
-	       (now_ns() - start) / (double)count);
-	return 0;
-}
-
-static uint32_t read_mapped(uint64_t where, volatile uint8_t *p)
-{
-	(void)where;
-	return *(volatile uint32_t *)p;
-}
-
-static uint32_t read_port(uint64_t where, volatile uint8_t *p)
-{
-	(void)p;
-	return inl((unsigned short)where);
-}
-
 int main(int argc, char **argv)
 {
 	uint64_t offset;
@@ -131,24 +91,6 @@ int main(int argc, char **argv)
 		printf("mmio: %ld accesses\n", count);
 		return 0;
 	}
-	if (argc == 4 && !strcmp(argv[1], "time")) {
-		uint64_t addr = strtoull(argv[2], NULL, 0);
-		volatile uint8_t *p = map_page(addr, 4, &offset);
-		return time_reads("read of", addr, atol(argv[3]), read_mapped, p + offset);
-	}
-	if (argc == 4 && !strcmp(argv[1], "time-port")) {
-		uint64_t port = strtoull(argv[2], NULL, 0);
-		if (port > 0xfffc) {
-			fprintf(stderr, "mmio: no 4-byte port at 0x%llx\n", (unsigned long long)port);
-			return 2;
-		}
-		if (ioperm((unsigned long)port, 4, 1) != 0) {
-			perror("mmio: ioperm");
-			return 1;
-		}
-		return time_reads("port", port, atol(argv[3]), read_port, NULL);
-	}
-	fprintf(stderr, "usage: mmio read ADDR WIDTH | write ADDR WIDTH VALUE | "
-			"storm ADDR LEN COUNT SEED | time ADDR COUNT | time-port PORT COUNT\n");
+	fprintf(stderr, "usage: mmio read ADDR WIDTH | write ADDR WIDTH VALUE | storm ADDR LEN COUNT SEED\n");
 	return 2;
 }

@@ -51,9 +51,6 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet reboot=acpi panic=1";
 /// `TIDAL_TEST_BOOT_TIMEOUT`, in seconds, overrides it). A nested boot in the test host takes
 /// 10 to 30 s.
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-/// The guest-physical address of Tidal's memory-hotplug registers (vmm/src/layout.rs; the
-/// guest learns it from the DSDT), for tests and the benchmark that read them from the guest.
-pub const HOTPLUG_REGISTERS: u64 = 0xfeb0_1000;
 /// How long [`RunningGuest::run`] waits for a command by default.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long [`RunningGuest::poweroff`] and [`RunningGuest::reboot`] wait for tidal to exit.

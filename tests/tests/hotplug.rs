@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tidal_api::{ApiClient, ClientError, DimmState, Endpoint, RemoveMemoryRequest, ResizeRequest};
 use tidal_tests::elastic::{ElasticVm, API_TIMEOUT, BLOCK, GIB, MIB};
-use tidal_tests::{pattern_fill_command, Guest, HOTPLUG_REGISTERS};
+use tidal_tests::{pattern_fill_command, Guest};
 
 // SMP_UNDER_EMULATION: the tests that move a lot of data in and out of DIMMs boot one vCPU.
 // In the test host (QEMU TCG emulating SVM, with kvm_amd inside) guests die of a triple fault at
@@ -454,8 +454,9 @@ fn add_remove_cycles(cycles: usize, dimm: u64, fresh: u64, stress: Option<u64>) 
     assert_eq!(vm.guest.poweroff().code(), Some(0));
 }
 
-/// The memory-hotplug register block's length, and the guest-physical address of the GED's
-/// registers (vmm/src/layout.rs; the guest learns them from the DSDT).
+/// The guest-physical addresses of the memory-hotplug registers and the GED's (vmm/src/layout.rs;
+/// the guest learns them from the DSDT), and the hotplug block's length.
+const HOTPLUG_REGISTERS: u64 = 0xfeb0_1000;
 const HOTPLUG_REGISTERS_LEN: u64 = 0x18;
 const GED_REGISTERS: u64 = 0xfeb0_0000;
 

@@ -60,7 +60,6 @@ impl RssPoint {
 /// How a figure is counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
-    Us,
     Ms,
     Mib,
     Percent,
@@ -70,7 +69,6 @@ impl Unit {
     /// The suffix of JSON keys and the unit shown in the table.
     pub fn symbol(self) -> &'static str {
         match self {
-            Unit::Us => "µs",
             Unit::Ms => "ms",
             Unit::Mib => "MiB",
             Unit::Percent => "%",
@@ -85,10 +83,6 @@ pub enum Figure {
     Boot,
     /// The VMM's resident memory outside guest RAM, right after boot: its own overhead.
     VmmOverhead,
-    /// One read of the VMM's memory-hotplug register block by the guest, mean of many: an exit
-    /// to the VMM and back, the unit the guest's hotplug scans are made of (Tidal's block is
-    /// MMIO, QEMU's port I/O).
-    RegisterRead,
     /// Hot-add of a DIMM of this many bytes: request → the guest's `MemTotal` shows it.
     HotAdd(u64),
     /// The VMM's own share of a hot-add: request → the guest's hotplug interrupt raised
@@ -108,7 +102,6 @@ pub enum Figure {
 impl Figure {
     pub fn unit(self) -> Unit {
         match self {
-            Figure::RegisterRead => Unit::Us,
             Figure::Boot
             | Figure::HotAdd(_)
             | Figure::HotAddVmmShare(_)
@@ -126,7 +119,6 @@ impl Figure {
         let name = match self {
             Figure::Boot => "boot".to_owned(),
             Figure::VmmOverhead => "vmm_overhead".to_owned(),
-            Figure::RegisterRead => "hotplug_register_read".to_owned(),
             Figure::HotAdd(size) => format!("hot_add_{}", short_size(size).to_lowercase()),
             Figure::HotAddVmmShare(size) => {
                 format!("hot_add_{}_vmm_share", short_size(size).to_lowercase())
@@ -161,7 +153,6 @@ impl Figure {
         };
         let unit = match self.unit() {
             Unit::Percent => "pct",
-            Unit::Us => "us",
             unit => unit.symbol(),
         };
         format!("{name}_{}", unit.to_lowercase())
@@ -172,9 +163,6 @@ impl Figure {
         let text = match self {
             Figure::Boot => "boot: VMM start → first userspace line".to_owned(),
             Figure::VmmOverhead => "VMM RSS beside guest RAM".to_owned(),
-            Figure::RegisterRead => {
-                "hotplug register read: guest → VMM → guest (Tidal MMIO, QEMU port I/O)".to_owned()
-            }
             Figure::HotAdd(size) => format!("hot-add {}: request → MemTotal", long_size(size)),
             Figure::HotAddVmmShare(size) => format!(
                 "hot-add {}: request → interrupt (VMM's share)",
@@ -320,7 +308,7 @@ impl Plan {
 
     /// Every figure a run of this plan measures, in the order the table shows them.
     pub fn figures(&self) -> Vec<Figure> {
-        let mut figures = vec![Figure::Boot, Figure::VmmOverhead, Figure::RegisterRead];
+        let mut figures = vec![Figure::Boot, Figure::VmmOverhead];
         for size in self.added() {
             figures.extend([Figure::HotAdd(size), Figure::HotAddVmmShare(size)]);
         }
@@ -385,7 +373,6 @@ mod tests {
             "hot_add_4g_vmm_share_ms"
         );
         assert_eq!(Figure::VmmOverhead.key(), "vmm_overhead_mib");
-        assert_eq!(Figure::RegisterRead.key(), "hotplug_register_read_us");
         assert_eq!(Figure::Boot.plot_label(), None);
     }
 
@@ -397,9 +384,8 @@ mod tests {
                 figures.iter().map(|f| f.key()).collect();
             assert_eq!(keys.len(), figures.len(), "{keys:?}");
         }
-        // Boot, overhead, register read; add and share of 128M, 1G, 4G; 4 removals and 5 RSS
-        // points of 1G.
-        assert_eq!(Plan::full().figures().len(), 3 + 3 * 2 + (4 + 5));
+        // Boot, overhead; add and share of 128M, 1G, 4G; 4 removals and 5 RSS points of 1G.
+        assert_eq!(Plan::full().figures().len(), 2 + 3 * 2 + (4 + 5));
         assert_eq!(
             Plan::full().memory_option(),
             "size=1024M,hotplug_size=12288M,slots=8"

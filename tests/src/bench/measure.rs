@@ -12,17 +12,13 @@ use std::time::{Duration, Instant};
 use super::figures::{Contents, Figure, Figures, Plan, RssPoint, Until};
 use super::host::Rss;
 use super::vmm::{Vmm, VmmError, REMOVE_TIMEOUT};
-use crate::{pattern_fill_command, RunningGuest, DEFAULT_COMMAND_TIMEOUT, GROW_TMPFS};
+use crate::{pattern_fill_command, RunningGuest, GROW_TMPFS};
 
 /// How long the guest may take to write the fill: under emulation a first touch of hot-added
 /// memory runs at a few MB/s.
 const FILL_TIMEOUT: Duration = Duration::from_secs(1800);
 
 const MIB: f64 = (1u64 << 20) as f64;
-
-/// Reads of the hotplug register whose mean time is recorded: enough to average out the
-/// clock's granularity, few enough to take under a second even emulated.
-const REGISTER_READS: u32 = 1000;
 
 /// Measures every figure of `plan` on the booted `vm`.
 pub(super) fn run(vm: &mut dyn Vmm, plan: &Plan) -> Result<Figures, VmmError> {
@@ -33,7 +29,6 @@ pub(super) fn run(vm: &mut dyn Vmm, plan: &Plan) -> Result<Figures, VmmError> {
         .expect("Guest::boot records the boot time");
     figures.insert(Figure::Boot, ms(boot));
     figures.insert(Figure::VmmOverhead, rss(vm)?.own_mib);
-    figures.insert(Figure::RegisterRead, register_read_us(vm)?);
     for &size in &plan.removed {
         // Empty: removed right after it came online.
         let id = add(vm, size, &mut figures)?;
@@ -125,21 +120,6 @@ fn record_removal(
     Ok(())
 }
 
-/// The mean time of one guest read of the VMM's hotplug register block, in µs.
-fn register_read_us(vm: &mut dyn Vmm) -> Result<f64, VmmError> {
-    let command = vm.hotplug_registers().timing_command(REGISTER_READS);
-    let output = run_ok(vm.guest(), &command, DEFAULT_COMMAND_TIMEOUT)?;
-    nanoseconds_each(&output)
-        .map(|ns| ns / 1000.0)
-        .ok_or(VmmError::NoTiming { command, output })
-}
-
-/// The `N` of `mmio time`'s `... N ns each`.
-fn nanoseconds_each(output: &str) -> Option<f64> {
-    let before = output.trim_end().strip_suffix(" ns each")?;
-    before.rsplit(' ').next()?.parse().ok()
-}
-
 /// How much MemTotal moves (KiB, at least) when a DIMM of `size` bytes comes or goes: all of
 /// it, unless the kernel keeps the DIMM's page structures on the DIMM itself
 /// (`memory_hotplug.memmap_on_memory`: 64 bytes per 4 KiB page).
@@ -198,15 +178,5 @@ mod tests {
     fn expects_the_whole_dimm_less_its_page_structures_at_most() {
         assert_eq!(memtotal_change_kib(1 << 30), 1_048_576 - 16_384);
         assert_eq!(memtotal_change_kib(128 << 20), 131_072 - 2048);
-    }
-
-    #[test]
-    fn reads_the_time_of_one_register_read() {
-        let output = "mmio: read of 0xfeb01000: 1000 reads, 5301 ns each\n";
-        assert_eq!(nanoseconds_each(output), Some(5301.0));
-        assert_eq!(
-            nanoseconds_each("mmio: ioperm: Operation not permitted"),
-            None
-        );
     }
 }

@@ -15,7 +15,7 @@ use tidal_api::{AddMemoryRequest, ApiClient, ClientError, DimmState, RemoveMemor
 
 use super::figures::Plan;
 use super::qmp::{Qmp, QmpError};
-use crate::{Guest, RunningGuest, HOTPLUG_REGISTERS};
+use crate::{Guest, RunningGuest};
 
 /// How long the guest may take to eject a DIMM: under emulation, migrating half a GiB out of
 /// one takes about a minute.
@@ -31,27 +31,6 @@ const OST_SUCCESS: u64 = 0;
 const OST_EJECT_IN_PROGRESS: u64 = 0x84;
 /// The `_OST` source code of an eject request.
 const OST_EJECT_REQUEST: u64 = 3;
-
-/// Where a VMM's memory-hotplug registers are, for the guest's `mmio` tool: both VMMs put a
-/// DIMM's base address (low half) at the block's first register, which the benchmark reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HotplugRegisters {
-    /// Guest-physical address (Tidal: [`HOTPLUG_REGISTERS`]).
-    Mmio(u64),
-    /// I/O port (QEMU's pc machine: `MEMORY_HOTPLUG_IO_BASE`).
-    Port(u16),
-}
-
-impl HotplugRegisters {
-    /// The guest command that reads the first register `count` times and prints
-    /// `... N ns each`.
-    pub fn timing_command(self, count: u32) -> String {
-        match self {
-            HotplugRegisters::Mmio(address) => format!("mmio time {address:#x} {count}"),
-            HotplugRegisters::Port(port) => format!("mmio time-port {port:#x} {count}"),
-        }
-    }
-}
 
 /// Which VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -135,8 +114,6 @@ pub enum VmmError {
         status: i32,
         output: String,
     },
-    #[error("guest command {command:?} printed no timing: {output}")]
-    NoTiming { command: String, output: String },
 }
 
 /// A booted guest and the VMM's control of its memory.
@@ -153,9 +130,6 @@ pub trait Vmm {
 
     /// Asks for DIMM `id` to go and waits until it is gone; returns when that was.
     fn remove_dimm(&mut self, id: &str) -> Result<Instant, VmmError>;
-
-    /// Where the guest finds the VMM's memory-hotplug registers.
-    fn hotplug_registers(&self) -> HotplugRegisters;
 }
 
 /// A DIMM a VMM has plugged.
@@ -212,10 +186,6 @@ impl Vmm for Tidal {
             timeout_secs: Some(REMOVE_TIMEOUT.as_secs()),
         })?;
         Ok(Instant::now())
-    }
-
-    fn hotplug_registers(&self) -> HotplugRegisters {
-        HotplugRegisters::Mmio(HOTPLUG_REGISTERS)
     }
 }
 
@@ -330,10 +300,6 @@ impl Vmm for Qemu {
         qmp.execute("object-del", Some(json!({ "id": backend_id(id) })))?;
         Ok(gone)
     }
-
-    fn hotplug_registers(&self) -> HotplugRegisters {
-        HotplugRegisters::Port(0x0a00)
-    }
 }
 
 #[cfg(test)]
@@ -361,18 +327,6 @@ mod tests {
         assert_eq!(eject_refused(&ost(1, 1), "dimm1"), None);
         assert_eq!(eject_refused(&ost(3, 0x82), "dimm0"), None);
         assert_eq!(eject_refused(&deleted_event, "dimm1"), None);
-    }
-
-    #[test]
-    fn times_each_kind_of_register() {
-        assert_eq!(
-            HotplugRegisters::Mmio(0xfeb0_1000).timing_command(100),
-            "mmio time 0xfeb01000 100"
-        );
-        assert_eq!(
-            HotplugRegisters::Port(0xa00).timing_command(5),
-            "mmio time-port 0xa00 5"
-        );
     }
 
     #[test]
