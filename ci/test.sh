@@ -133,11 +133,12 @@ list_tests() {
 # - the nested guest triple-faults (the harness prints "the guest triple-faulted"): under QEMU
 #   TCG's emulated SVM guests die this way at random, even idle ones with one vCPU and no
 #   hotplug yet (docs/testing.md, "Open");
-# - the nested guest falls silent halfway through a command's output, answers no input, and no
-#   vCPU thread of tidal waits on a lock (the harness probes it and prints "the guest stopped
-#   answering inside KVM_RUN", see diagnose_silence in tests/src/lib.rs): seen once in CI, a
-#   1-vCPU guest idle but for its shell. A console that resumes after the probe's newline (a
-#   lost serial interrupt: Tidal's bug) and a command that is merely slow are not retried.
+# - the nested guest falls silent halfway through a command's output or a line, answers no
+#   input, and no vCPU thread of tidal waits on a lock (the harness probes it and prints "the
+#   guest stopped answering inside KVM_RUN", see diagnose_silence in tests/src/lib.rs): seen in
+#   CI, a 1-vCPU guest idle but for its shell, and a guest frozen mid-banner, its vCPU spinning.
+#   A console that resumes after the probe's newline (a lost serial interrupt: Tidal's bug) and
+#   a command that is merely slow are not retried.
 # On hardware KVM nothing is retried.
 # Any other failure is never retried.
 run_in_testhost() {

@@ -612,11 +612,11 @@ impl RunningGuest {
     /// Why the guest did not answer, in a few lines: whether a newline on its input makes its
     /// console go on (Linux's 8250 driver also transmits from the receive interrupt, so output
     /// that resumes then had lost a transmit interrupt: a serial emulation bug), and what tidal's
-    /// vCPU threads were doing meanwhile. A command whose output stopped halfway (`output_began`;
-    /// a command that is merely slow prints nothing) in a guest that stays silent while no vCPU
-    /// thread waits on a lock in tidal gets a line of its own that ci/test.sh looks for: under
-    /// nested emulation guests hang at random (docs/testing.md).
-    fn diagnose_silence(&mut self, output_began: bool) -> String {
+    /// vCPU threads were doing meanwhile. A console that stopped halfway (`stopped_halfway`,
+    /// see [`stopped_halfway`]; a command that is merely slow prints nothing) in a guest that
+    /// stays silent while no vCPU thread waits on a lock in tidal gets a line of its own that
+    /// ci/test.sh looks for: under nested emulation guests hang at random (docs/testing.md).
+    fn diagnose_silence(&mut self, stopped_halfway: bool) -> String {
         let pid = self.child.id();
         let before = threads::sample(pid);
         let console_len = self.console.len();
@@ -661,10 +661,10 @@ impl RunningGuest {
                 report,
                 "  a newline sent to the guest got no output within {SILENCE_PROBE:?}"
             );
-            if vcpus_free && output_began {
+            if vcpus_free && stopped_halfway {
                 eprintln!(
-                    "{SILENT_GUEST_MARKER} its output stopped halfway through a command, a \
-                     newline got no answer, no vCPU thread waits on a lock in tidal"
+                    "{SILENT_GUEST_MARKER} its output stopped halfway through a command or a \
+                     line, a newline got no answer, no vCPU thread waits on a lock in tidal"
                 );
             }
         }
@@ -757,13 +757,9 @@ impl RunningGuest {
         let (body_start, e, status_end) = match result {
             Ok(found) => found,
             Err(WaitError::Timeout) => {
-                let output_began = {
-                    let state = self.console.lock();
-                    find_bytes(&state.bytes, begin.as_bytes(), from)
-                        .and_then(|b| find_bytes(&state.bytes, b"\n", b))
-                        .is_some_and(|newline| state.bytes.len() > newline + 1)
-                };
-                let diagnosis = self.diagnose_silence(output_began);
+                let stopped_halfway =
+                    stopped_halfway(&self.console.lock().bytes, begin.as_bytes(), from);
+                let diagnosis = self.diagnose_silence(stopped_halfway);
                 self.fail(&format!(
                     "timed out after {timeout:?} running {command:?} in the guest\n{diagnosis}"
                 ))
@@ -980,6 +976,17 @@ pub const GROW_TMPFS: &str = "mount -o remount,size=95% /tmp";
 
 /// Starts the line that reports a guest that stopped answering while tidal's vCPU threads were
 /// free (see [`RunningGuest::diagnose_silence`]).
+/// Whether the guest's console stopped halfway: the output of the command whose begin marker
+/// (`begin`, sent after offset `from`) is on the console had begun, or the console's last line
+/// is cut off (a shell or kernel line never finished). A command that is merely slow leaves
+/// the console at the end of a line, its marker's.
+fn stopped_halfway(console: &[u8], begin: &[u8], from: usize) -> bool {
+    let output_began = find_bytes(console, begin, from)
+        .and_then(|b| find_bytes(console, b"\n", b))
+        .is_some_and(|newline| console.len() > newline + 1);
+    output_began || console.last().is_some_and(|&byte| byte != b'\n')
+}
+
 const SILENT_GUEST_MARKER: &str = "tidal-tests: the guest stopped answering inside KVM_RUN:";
 
 /// How long [`RunningGuest::diagnose_silence`] waits for the console to answer a newline.
@@ -1083,6 +1090,21 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tells_a_stalled_console_from_a_slow_command() {
+        let begin = b"__B1__";
+        // Slow: the marker's line is the console's last.
+        assert!(!stopped_halfway(b"old\n__B1__\n", begin, 4));
+        // The command's output had begun, or a line was cut off before the command began.
+        assert!(stopped_halfway(b"old\n__B1__\nMemTotal: 1\n", begin, 4));
+        assert!(stopped_halfway(
+            b"Enter 'help' for a list of built-in comma",
+            begin,
+            0
+        ));
+        assert!(!stopped_halfway(b"", begin, 0));
+    }
 
     #[test]
     fn finds_bytes_from_an_offset() {
