@@ -974,8 +974,6 @@ pub fn pattern_fill_command(path: &str, bytes: u64) -> String {
 /// memory the guest has now, before a fill that may use hot-added memory.
 pub const GROW_TMPFS: &str = "mount -o remount,size=95% /tmp";
 
-/// Starts the line that reports a guest that stopped answering while tidal's vCPU threads were
-/// free (see [`RunningGuest::diagnose_silence`]).
 /// Whether the guest's console stopped halfway: the output of the command whose begin marker
 /// (`begin`, sent after offset `from`) is on the console had begun, or the console's last line
 /// is cut off (a shell or kernel line never finished). A command that is merely slow leaves
@@ -987,6 +985,8 @@ fn stopped_halfway(console: &[u8], begin: &[u8], from: usize) -> bool {
     output_began || console.last().is_some_and(|&byte| byte != b'\n')
 }
 
+/// Starts the line that reports a guest that stopped answering while tidal's vCPU threads were
+/// free (see [`RunningGuest::diagnose_silence`]).
 const SILENT_GUEST_MARKER: &str = "tidal-tests: the guest stopped answering inside KVM_RUN:";
 
 /// How long [`RunningGuest::diagnose_silence`] waits for the console to answer a newline.
