@@ -41,10 +41,13 @@ pub enum RssPoint {
     AfterFill,
     /// After it was removed.
     AfterRemove,
-    /// What the removal gave back to the host: after the fill − after the removal.
-    Returned,
-    /// [`RssPoint::Returned`] as a share of the fill.
-    ReturnedShare,
+    /// Resident in the DIMM's own addresses just before the removal: the guest's data and
+    /// whatever else it had touched there.
+    DimmResident,
+    /// The share of [`RssPoint::DimmResident`] the host got back by the removal: no longer
+    /// resident in those addresses after it. The VMM's whole RSS says little here, because the
+    /// guest moves the data into its boot RAM, where it becomes resident instead.
+    DimmReturned,
 }
 
 impl RssPoint {
@@ -52,8 +55,8 @@ impl RssPoint {
         RssPoint::BeforeAdd,
         RssPoint::AfterFill,
         RssPoint::AfterRemove,
-        RssPoint::Returned,
-        RssPoint::ReturnedShare,
+        RssPoint::DimmResident,
+        RssPoint::DimmReturned,
     ];
 }
 
@@ -107,7 +110,7 @@ impl Figure {
             | Figure::HotAddVmmShare(_)
             | Figure::HotRemove { .. } => Unit::Ms,
             Figure::Rss {
-                point: RssPoint::ReturnedShare,
+                point: RssPoint::DimmReturned,
                 ..
             } => Unit::Percent,
             Figure::VmmOverhead | Figure::Rss { .. } => Unit::Mib,
@@ -146,8 +149,8 @@ impl Figure {
                     RssPoint::BeforeAdd => "before_add",
                     RssPoint::AfterFill => "after_fill",
                     RssPoint::AfterRemove => "after_remove",
-                    RssPoint::Returned => "returned",
-                    RssPoint::ReturnedShare => "returned_share",
+                    RssPoint::DimmResident => "dimm_resident",
+                    RssPoint::DimmReturned => "dimm_returned",
                 }
             ),
         };
@@ -191,8 +194,8 @@ impl Figure {
                     RssPoint::BeforeAdd => "filled: VMM RSS before hot-add",
                     RssPoint::AfterFill => "filled: VMM RSS after the guest's fill",
                     RssPoint::AfterRemove => "filled: VMM RSS after hot-remove",
-                    RssPoint::Returned => "filled: RSS returned by hot-remove",
-                    RssPoint::ReturnedShare => "filled: RSS returned, share of the fill",
+                    RssPoint::DimmResident => "filled: resident in the DIMM at hot-remove",
+                    RssPoint::DimmReturned => "filled: of that, returned to the host",
                 }
             ),
         };
@@ -363,11 +366,15 @@ mod tests {
             Figure::HotAdd(128 * MIB).label(),
             "hot-add 128 MiB: request → MemTotal (ms)"
         );
-        let share = Figure::Rss {
+        let returned = Figure::Rss {
             size: GIB,
-            point: RssPoint::ReturnedShare,
+            point: RssPoint::DimmReturned,
         };
-        assert_eq!(share.key(), "rss_1g_returned_share_pct");
+        assert_eq!(returned.key(), "rss_1g_dimm_returned_pct");
+        assert_eq!(
+            returned.label(),
+            "1 GiB filled: of that, returned to the host (%)"
+        );
         assert_eq!(
             Figure::HotAddVmmShare(4 * GIB).key(),
             "hot_add_4g_vmm_share_ms"

@@ -7,18 +7,17 @@
 //! that loop returns. Where the VMM's call already waited for the guest (Tidal), the loop
 //! returns at its first check.
 
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use super::figures::{Contents, Figure, Figures, Plan, RssPoint, Until};
-use super::host::Rss;
+use super::host::{self, Rss};
 use super::vmm::{Vmm, VmmError, REMOVE_TIMEOUT};
 use crate::{pattern_fill_command, RunningGuest, GROW_TMPFS};
 
 /// How long the guest may take to write the fill: under emulation a first touch of hot-added
 /// memory runs at a few MB/s.
 const FILL_TIMEOUT: Duration = Duration::from_secs(1800);
-
-const MIB: f64 = (1u64 << 20) as f64;
 
 /// Measures every figure of `plan` on the booted `vm`.
 pub(super) fn run(vm: &mut dyn Vmm, plan: &Plan) -> Result<Figures, VmmError> {
@@ -49,32 +48,36 @@ fn record_filled_removal(
     size: u64,
     figures: &mut Figures,
 ) -> Result<(), VmmError> {
-    let fill = Plan::fill(size);
-    let before = rss(vm)?.total_mib();
+    let before = rss(vm)?;
     // This add was timed already, empty; its figures are not recorded twice.
     let id = add(vm, size, &mut Figures::new())?;
     run_ok(
         vm.guest(),
         &format!(
             "{GROW_TMPFS} && {}",
-            pattern_fill_command("/tmp/fill", fill)
+            pattern_fill_command("/tmp/fill", Plan::fill(size))
         ),
         FILL_TIMEOUT,
     )?;
-    let filled = rss(vm)?.total_mib();
+    let filled = rss(vm)?;
+    let dimm = filled.guest_ram_added_since(&before);
+    let dimm_resident = resident_kib(vm, &dimm)?;
+    if dimm_resident == 0 {
+        return Err(VmmError::DimmNotFound);
+    }
     record_removal(vm, &id, size, Contents::Filled, figures)?;
-    let after = rss(vm)?.total_mib();
+    let after = rss(vm)?;
+    let returned = dimm_resident - resident_kib(vm, &dimm)?.min(dimm_resident);
     run_ok(vm.guest(), "rm -f /tmp/fill", FILL_TIMEOUT)?;
-    let returned = filled - after;
     let point = |point| Figure::Rss { size, point };
     figures.extend([
-        (point(RssPoint::BeforeAdd), before),
-        (point(RssPoint::AfterFill), filled),
-        (point(RssPoint::AfterRemove), after),
-        (point(RssPoint::Returned), returned),
+        (point(RssPoint::BeforeAdd), before.total_mib()),
+        (point(RssPoint::AfterFill), filled.total_mib()),
+        (point(RssPoint::AfterRemove), after.total_mib()),
+        (point(RssPoint::DimmResident), dimm_resident as f64 / 1024.0),
         (
-            point(RssPoint::ReturnedShare),
-            returned / (fill as f64 / MIB) * 100.0,
+            point(RssPoint::DimmReturned),
+            returned as f64 / dimm_resident as f64 * 100.0,
         ),
     ]);
     Ok(())
@@ -164,6 +167,11 @@ fn run_ok(guest: &mut RunningGuest, command: &str, timeout: Duration) -> Result<
 /// The VMM process's resident memory now.
 fn rss(vm: &mut dyn Vmm) -> Result<Rss, VmmError> {
     Rss::of(vm.guest().pid()).map_err(VmmError::Smaps)
+}
+
+/// How many KiB of the VMM's `ranges` are resident now.
+fn resident_kib(vm: &mut dyn Vmm, ranges: &[Range<u64>]) -> Result<u64, VmmError> {
+    host::resident_kib(vm.guest().pid(), ranges).map_err(VmmError::Pagemap)
 }
 
 fn ms(duration: Duration) -> f64 {

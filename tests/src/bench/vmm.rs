@@ -108,6 +108,10 @@ pub enum VmmError {
     NoInsertEvent(String),
     #[error("cannot read the VMM's memory map: {0}")]
     Smaps(#[source] io::Error),
+    #[error("cannot read which of the VMM's pages are resident: {0}")]
+    Pagemap(#[source] io::Error),
+    #[error("nothing of the guest's fill is resident in new guest RAM of the VMM: the DIMM's mapping was not found")]
+    DimmNotFound,
     #[error("guest command {command:?} exited with status {status}: {output}")]
     Guest {
         command: String,
