@@ -41,8 +41,8 @@ pub(super) fn run(vm: &mut dyn Vmm, plan: &Plan) -> Result<Figures, VmmError> {
 }
 
 /// Adds a DIMM of `size` bytes, lets the guest write half of it into its tmpfs (the data lands
-/// in the DIMM and has to move out before it can go), removes it, and records the removal and
-/// the VMM's RSS around it.
+/// in the DIMM and has to move out before it can go), removes it, and records the removal, the
+/// VMM's RSS around it, and how much of what was resident in the DIMM the host got back.
 fn record_filled_removal(
     vm: &mut dyn Vmm,
     size: u64,
@@ -67,7 +67,7 @@ fn record_filled_removal(
     }
     record_removal(vm, &id, size, Contents::Filled, figures)?;
     let after = rss(vm)?;
-    let returned = dimm_resident - resident_kib(vm, &dimm)?.min(dimm_resident);
+    let returned = dimm_resident.saturating_sub(resident_kib(vm, &dimm)?);
     run_ok(vm.guest(), "rm -f /tmp/fill", FILL_TIMEOUT)?;
     let point = |point| Figure::Rss { size, point };
     figures.extend([
