@@ -45,20 +45,14 @@ impl Rss {
     /// By address, not by mapping: the kernel may have merged the DIMM's mapping with a
     /// neighbour.
     pub fn guest_ram_added_since(&self, before: &Rss) -> Vec<Range<u64>> {
-        self.guest_ram
-            .iter()
-            .flat_map(|range| {
-                before
-                    .guest_ram
-                    .iter()
-                    .fold(vec![range.clone()], |pieces, old| {
-                        pieces
-                            .into_iter()
-                            .flat_map(|piece| subtract(piece, old))
-                            .collect()
-                    })
-            })
-            .collect()
+        let mut added = self.guest_ram.clone();
+        for old in &before.guest_ram {
+            added = added
+                .into_iter()
+                .flat_map(|piece| subtract(piece, old))
+                .collect();
+        }
+        added
     }
 
     /// Splits the `Rss:` of each mapping in `smaps` by [`GUEST_RAM_MIN_KIB`]. A mapping's header
