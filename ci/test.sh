@@ -146,27 +146,34 @@ list_tests() {
 # On hardware KVM nothing is retried.
 # Any other failure is never retried.
 run_in_testhost() {
-    local exe=$1 test=$2 rc=0 attempt log
+    local exe=$1 test=$2 rc=0 attempt log fault
     log=$(mktemp)
     for attempt in 1 2 3; do
         rc=0
         ci/testhost.sh --timeout "${TIDAL_TESTHOST_TIMEOUT:-1800}" -- \
             env TIDAL_IN_TESTHOST=1 ci/run-test-binaries.sh "$exe" -- --exact "$test" \
             2>&1 | tee "$log" || rc=${PIPESTATUS[0]}
-        if [ "$rc" -eq 125 ]; then
-            echo "ci/test.sh: WARNING: the test host failed (not the test) running $test (attempt $attempt of 3)" >&2
-        elif [ "$rc" -ne 0 ] && grep -q "tidal-tests: the guest triple-faulted:" "$log"; then
-            echo "ci/test.sh: WARNING: the nested guest triple-faulted under emulation running $test (attempt $attempt of 3)" >&2
-        elif [ "$rc" -ne 0 ] && grep -q "tidal-tests: the guest stopped answering inside KVM_RUN:" "$log"; then
-            echo "ci/test.sh: WARNING: the nested guest hung under emulation running $test (attempt $attempt of 3)" >&2
-        elif [ "$rc" -ne 0 ] && grep -Eq "watchdog: BUG: soft lockup - CPU#[0-9]+ stuck for [0-9]+s! \[vcpu[0-9]+:" "$log"; then
-            echo "ci/test.sh: WARNING: the test host's KVM locked up in a vCPU thread running $test (attempt $attempt of 3)" >&2
-        else
-            break
-        fi
+        [ "$rc" -ne 0 ] || break
+        fault=$(emulation_fault "$rc" "$log")
+        [ -n "$fault" ] || break
+        echo "ci/test.sh: WARNING: $fault running $test (attempt $attempt of 3)" >&2
     done
     rm -f "$log"
     return "$rc"
+}
+
+# Which of the failures above a failed test run (exit status $1, output in file $2) was, in
+# words; nothing when it was none of them.
+emulation_fault() {
+    if [ "$1" -eq 125 ]; then
+        echo "the test host failed (not the test)"
+    elif grep -q "tidal-tests: the guest triple-faulted:" "$2"; then
+        echo "the nested guest triple-faulted under emulation"
+    elif grep -q "tidal-tests: the guest stopped answering inside KVM_RUN:" "$2"; then
+        echo "the nested guest hung under emulation"
+    elif grep -Eq "watchdog: BUG: soft lockup - CPU#[0-9]+ stuck for [0-9]+s! \[vcpu[0-9]+:" "$2"; then
+        echo "the test host's KVM locked up in a vCPU thread"
+    fi
 }
 
 run_guest_tests() {
