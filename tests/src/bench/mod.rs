@@ -178,16 +178,22 @@ fn first_line(text: &str) -> &str {
 }
 
 /// Boots `vmm`, measures one run and powers the guest off; returns the VMM's version and the
-/// figures.
+/// figures. A run that fails has the VMM say whether the guest died of a triple fault (the
+/// VM is still there to ask, so a harness panic is caught here, not only by the caller).
 fn run_once(vmm: VmmKind, plan: &Plan, stage: &str) -> Result<(String, Figures), BenchError> {
     eprintln!("tidal-bench: {vmm}, {stage}");
     let mut vm = vmm.boot(plan);
-    match version_and_figures(vm.as_mut(), plan) {
-        Ok(measured) => {
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| version_and_figures(vm.as_mut(), plan)));
+    if !matches!(outcome, Ok(Ok(_))) {
+        vm.report_triple_fault();
+    }
+    match outcome {
+        Ok(Ok(measured)) => {
             vm.guest().poweroff();
             Ok(measured)
         }
-        Err(source) => {
+        Err(payload) => Err(BenchError::Panic(panic_message(payload.as_ref()))),
+        Ok(Err(source)) => {
             let guest = vm.guest();
             Err(BenchError::Run {
                 vmm,

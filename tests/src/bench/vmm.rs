@@ -31,6 +31,16 @@ const OST_SUCCESS: u64 = 0;
 const OST_EJECT_IN_PROGRESS: u64 = 0x84;
 /// The `_OST` source code of an eject request.
 const OST_EJECT_REQUEST: u64 = 3;
+/// How long a failed run waits for QEMU's `SHUTDOWN` event: QEMU sent it before it exited, so
+/// it is either there at once or QEMU still runs.
+const SHUTDOWN_EVENT_WAIT: Duration = Duration::from_secs(2);
+/// What the guest kernel prints when it resets the machine itself: a panic (the guest runs
+/// with `panic=1`, a reboot a second later), a reboot it was asked for, and SysRq's reset.
+const GUEST_RESET_LINES: [&str; 3] = [
+    "Kernel panic",
+    "reboot: Restarting system",
+    "sysrq: Resetting",
+];
 
 /// Which VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -134,6 +144,10 @@ pub trait Vmm {
 
     /// Asks for DIMM `id` to go and waits until it is gone; returns when that was.
     fn remove_dimm(&mut self, id: &str) -> Result<Instant, VmmError>;
+
+    /// After a failed run: says so ([`crate::report_triple_fault`]) when the VMM showed that
+    /// the guest died of a triple fault, which under nested emulation happens at random.
+    fn report_triple_fault(&mut self);
 }
 
 /// A DIMM a VMM has plugged.
@@ -191,6 +205,11 @@ impl Vmm for Tidal {
         })?;
         Ok(Instant::now())
     }
+
+    /// Tidal logs the triple fault itself.
+    fn report_triple_fault(&mut self) {
+        self.guest.report_triple_fault();
+    }
 }
 
 struct Qemu {
@@ -232,6 +251,22 @@ fn backend_id(id: &str) -> String {
 /// Whether `event` says DIMM `id` is gone.
 fn deleted(event: &Value, id: &str) -> bool {
     event["event"] == "DEVICE_DELETED" && event["data"]["device"] == id
+}
+
+/// Why QEMU's `SHUTDOWN` event `event` means the guest died of a triple fault, if it does: QEMU
+/// (run with `-no-reboot`) ends on any reset of the guest's, and says `guest-reset` both for
+/// a triple fault and for a reset the guest kernel made, which it announces on its `console`.
+fn triple_fault_evidence(event: &Value, console: &str) -> Option<String> {
+    let reason = &event["data"]["reason"];
+    (event["event"] == "SHUTDOWN"
+        && reason == "guest-reset"
+        && !GUEST_RESET_LINES.iter().any(|line| console.contains(line)))
+    .then(|| {
+        format!(
+            "QEMU ended on the guest's reset (SHUTDOWN event, reason {reason}) and the guest \
+             kernel said nothing of a panic or a reboot"
+        )
+    })
 }
 
 /// The `_OST` status with which the guest refused to eject DIMM `id`, if `event` is that.
@@ -304,6 +339,22 @@ impl Vmm for Qemu {
         qmp.execute("object-del", Some(json!({ "id": backend_id(id) })))?;
         Ok(gone)
     }
+
+    /// QEMU logs nothing of a triple fault, but its `SHUTDOWN` event names the cause. Only
+    /// a run that got as far as connecting to QMP can tell.
+    fn report_triple_fault(&mut self) {
+        let Some(qmp) = self.qmp.as_mut() else {
+            return;
+        };
+        let Ok(event) = qmp.wait_event("SHUTDOWN", SHUTDOWN_EVENT_WAIT, |event| {
+            event["event"] == "SHUTDOWN"
+        }) else {
+            return;
+        };
+        if let Some(evidence) = triple_fault_evidence(&event, &self.guest.console()) {
+            crate::report_triple_fault(&evidence);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -331,6 +382,36 @@ mod tests {
         assert_eq!(eject_refused(&ost(1, 1), "dimm1"), None);
         assert_eq!(eject_refused(&ost(3, 0x82), "dimm0"), None);
         assert_eq!(eject_refused(&deleted_event, "dimm1"), None);
+    }
+
+    #[test]
+    fn tells_a_triple_fault_from_the_guests_own_reset() {
+        let shutdown =
+            |reason: &str| json!({"event": "SHUTDOWN", "data": {"guest": true, "reason": reason}});
+        let silent = "__TIDAL_B_1_16__\n";
+        let evidence = triple_fault_evidence(&shutdown("guest-reset"), silent);
+        assert!(evidence.is_some_and(|e| e.contains("reason \"guest-reset\"")));
+        let panicked = "Kernel panic - not syncing: Out of memory\nRebooting in 1 seconds..";
+        assert_eq!(
+            triple_fault_evidence(&shutdown("guest-reset"), panicked),
+            None
+        );
+        let rebooted = "reboot: Restarting system\n";
+        assert_eq!(
+            triple_fault_evidence(&shutdown("guest-reset"), rebooted),
+            None
+        );
+        assert_eq!(
+            triple_fault_evidence(&shutdown("guest-shutdown"), silent),
+            None
+        );
+        assert_eq!(
+            triple_fault_evidence(
+                &json!({"event": "RESET", "data": {"reason": "guest-reset"}}),
+                silent
+            ),
+            None
+        );
     }
 
     #[test]
