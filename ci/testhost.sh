@@ -137,11 +137,14 @@ mkfifo "$fifo"
 
 # `nokaslr`: the same kernel addresses in every boot, for reading hang reports.
 # `quiet` and printk level 1 inside: every console byte costs an emulated exit, and the console
-# carries the command's output. panic=-1 with -no-reboot: a panicking test host ends QEMU at once.
+# carries the command's output.
+# No -no-reboot: a test host that resets itself (a triple fault of its own kernel, or panic=-1's
+# reboot) has each vCPU's registers from right before the reset logged by `-d cpu_reset`, and
+# the watchdog below ends QEMU a moment later, long before the test host could boot again.
 # shellcheck disable=SC2054 # the commas belong to QEMU's option syntax
 qemu_args=(
     -accel tcg,thread=multi -cpu max -smp "$cpus" -m "$memory"
-    -nographic -no-reboot -nic none
+    -nographic -nic none -d cpu_reset -D "$work/cpu-reset.log"
     -chardev "socket,id=monitor,path=$work/monitor.sock,server=on,wait=off" -mon chardev=monitor
     -kernel "$KERNEL" -initrd "$TESTHOST_INITRAMFS"
     -append "console=ttyS0 quiet panic=-1 nokaslr tidal_scratch=$scratch${workdir:+ tidal_workdir=$workdir}${verbose:+ tidal_debug=1}"
@@ -176,9 +179,11 @@ PYTHON
 # Watchdog: the test host must reach the command within boot_timeout, and then its heartbeat
 # (a file its /init touches every 10 s) must never go stale for hang_timeout: a test host that
 # stops running its own processes is hung, and waiting for the whole timeout would only waste
-# the time. It polls each second (so nothing of it outlives this script for long) and keeps its
-# hands off our stdout.
+# the time. Nor may it reset: QEMU logs a CPU reset once the command has started only when the
+# test host resets itself, and the registers it logged then go to $work/reset. It polls each
+# second (so nothing of it outlives this script for long) and keeps its hands off our stdout.
 hang_timeout=300
+reset_log_lines() { wc -l <"$work/cpu-reset.log" 2>/dev/null || echo 0; }
 (
     for _ in $(seq "$boot_timeout"); do
         sleep 1
@@ -190,8 +195,20 @@ hang_timeout=300
         kill "$qemu_pid"
         exit 0
     fi
+    # The resets QEMU made while it started the machine.
+    logged=$(reset_log_lines)
     while sleep 1; do
         kill -0 "$qemu_pid" 2>/dev/null || exit 0
+        if [ "$(reset_log_lines)" -gt "$logged" ]; then
+            sleep 1 # every vCPU's registers logged
+            # The first reset's registers: the firmware of the next boot resets vCPUs too.
+            tail -n +$((logged + 1)) "$work/cpu-reset.log" | awk -v cpus="$cpus" '
+                /^(CPU Reset|Triple fault)/ && headers >= cpus { exit }
+                /^CPU Reset/ { headers++ }
+                { print }' >"$work/reset"
+            kill "$qemu_pid"
+            exit 0
+        fi
         beat=$(stat -c %Y "$scratch/heartbeat" 2>/dev/null) || continue
         if [ $(($(date +%s) - beat)) -gt "$hang_timeout" ]; then
             # Three samples a second apart: a vCPU that stays put is stuck there.
@@ -238,11 +255,11 @@ qemu_pid=
 end=$(date +%s.%N)
 elapsed=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
 
-# Where each test host vCPU was when it hung: each sample's RIPs with their kernel symbols (from
-# the /proc/kallsyms its /init saved), and the whole register dumps in the kept directory.
-hang_report() {
-    echo "---- test host vCPUs when it hung, 3 samples (registers: $work/hung) ----" >&2
-    python3 - "$work/hung" "$scratch/kallsyms" <<'PYTHON' >&2
+# Where each test host vCPU was in register dump $1 (`info registers -a` samples, or
+# `-d cpu_reset`'s log): each RIP with its kernel symbol (from the /proc/kallsyms the test
+# host's /init saved).
+vcpu_places() {
+    python3 - "$1" "$scratch/kallsyms" <<'PYTHON' >&2
 import bisect, re, sys
 dump = open(sys.argv[1]).read()
 symbols = []
@@ -255,13 +272,27 @@ except OSError:
     pass
 symbols.sort()
 addresses = [a for a, _ in symbols]
-for cpu, rip in re.findall(r"CPU#(\d+).*?RIP=([0-9a-f]+)", dump, re.S):
+for cpu, rip in re.findall(r"CPU(?:#| Reset \(CPU )(\d+).*?RIP=([0-9a-f]+)", dump, re.S):
     r, name = int(rip, 16), "?"
     i = bisect.bisect_right(addresses, r) - 1
     if i >= 0:
         name = f"{symbols[i][1]}+{r - symbols[i][0]:#x}"
     print(f"CPU {cpu}: RIP {rip} {name}")
 PYTHON
+}
+
+hang_report() {
+    echo "---- test host vCPUs when it hung, 3 samples (registers: $work/hung) ----" >&2
+    vcpu_places "$work/hung"
+}
+
+# A reset is rare and its registers are the only trace it leaves: the general and control
+# registers go to the log (the vector registers only to the kept file).
+reset_report() {
+    echo "---- test host vCPUs right before it reset ($work/reset) ----" >&2
+    vcpu_places "$work/reset"
+    grep -E '^(CPU Reset|Triple fault|R[0-9A-Z ]{2}=|CS |SS |GDT|IDT|CR0|EFER)' "$work/reset" >&2 || true
+    echo "----" >&2
 }
 
 console_tail() {
@@ -297,6 +328,12 @@ if [ -e "$work/hung" ]; then
     hang_report
     keep=1
     die "the test host hung: no heartbeat for ${hang_timeout} s (QEMU killed after ${elapsed} s)"
+fi
+if [ -e "$work/reset" ]; then
+    console_tail
+    reset_report
+    keep=1
+    die "the test host reset itself after ${elapsed} s (a triple fault of its kernel, or a reboot; QEMU killed)"
 fi
 if [ "$qemu_rc" -eq 124 ]; then
     console_tail
