@@ -98,8 +98,10 @@ fi
 cpu=max
 [ "$accel" = kvm ] && cpu=host
 
+# debug-threads=on names the vCPU threads `CPU N/KVM`, so the test harness's reports on a
+# silent guest (tests/src/threads.rs) and ci/test.sh's soft-lockup check can find them.
 args=(-machine pc -accel "$accel" -cpu "$cpu" -smp "$cpus" -m "$memory" -nodefaults
-    -no-user-config -display none -serial stdio -monitor none -no-reboot
+    -no-user-config -display none -serial stdio -monitor none -no-reboot -name debug-threads=on
     -kernel "$kernel" -append "$cmdline")
 [ -n "$initramfs" ] && args+=(-initrd "$initramfs")
 # In QEMU's option syntax a comma is written twice.

@@ -1,4 +1,4 @@
-//! What tidal's threads are doing, read from /proc: for reports about a guest that stopped
+//! What a VMM's threads are doing, read from /proc: for reports about a guest that stopped
 //! answering or a tidal that does not die.
 
 use std::fmt::Write as _;
@@ -42,8 +42,11 @@ impl ThreadSample {
         }
     }
 
+    /// Whether this is a vCPU thread: tidal names them `vcpuN`, QEMU (the benchmark's reference
+    /// VMM) `CPU N/KVM`.
     pub fn is_vcpu(&self) -> bool {
         self.name.starts_with("vcpu")
+            || (self.name.starts_with("CPU ") && self.name.ends_with("/KVM"))
     }
 
     pub fn waits_on_a_lock(&self) -> bool {
@@ -125,6 +128,21 @@ mod tests {
             Some(16)
         );
         assert_eq!(parse_syscall("running"), None);
+    }
+
+    #[test]
+    fn knows_the_vcpu_threads_of_tidal_and_qemu() {
+        let named = |name: &str| ThreadSample {
+            tid: "1".to_owned(),
+            name: name.to_owned(),
+            syscall: None,
+            cpu_ticks: 0,
+        };
+        assert!(named("vcpu0").is_vcpu());
+        assert!(named("CPU 1/KVM").is_vcpu());
+        assert!(!named("tidal").is_vcpu());
+        assert!(!named("qemu-system-x86").is_vcpu());
+        assert!(!named("CPU 0/TCG").is_vcpu());
     }
 
     #[test]
