@@ -15,9 +15,12 @@ use super::host::{self, Rss};
 use super::vmm::{Vmm, VmmError, REMOVE_TIMEOUT};
 use crate::{pattern_fill_command, RunningGuest, GROW_TMPFS};
 
-/// How long the guest may take to write the fill: under emulation a first touch of hot-added
-/// memory runs at a few MB/s.
-const FILL_TIMEOUT: Duration = Duration::from_secs(1800);
+/// How long the guest may take to write a fill of `bytes` (or remove it): under emulation a
+/// first touch of hot-added memory runs at a few MB/s. No longer, so that a guest that hung
+/// halfway is reported (and a quick run retried) well within ci/test.sh's time for a test.
+fn fill_timeout(bytes: u64) -> Duration {
+    Duration::from_secs(60 + 2 * (bytes >> 20))
+}
 
 /// Measures every figure of `plan` on the booted `vm`.
 pub(super) fn run(vm: &mut dyn Vmm, plan: &Plan) -> Result<Figures, VmmError> {
@@ -51,13 +54,14 @@ fn record_filled_removal(
     let before = rss(vm)?;
     // This add was timed already, empty; its figures are not recorded twice.
     let id = add(vm, size, &mut Figures::new())?;
+    let fill = Plan::fill(size);
     run_ok(
         vm.guest(),
         &format!(
             "{GROW_TMPFS} && {}",
-            pattern_fill_command("/tmp/fill", Plan::fill(size))
+            pattern_fill_command("/tmp/fill", fill)
         ),
-        FILL_TIMEOUT,
+        fill_timeout(fill),
     )?;
     let filled = rss(vm)?;
     let dimm = filled.guest_ram_added_since(&before);
@@ -68,7 +72,7 @@ fn record_filled_removal(
     record_removal(vm, &id, size, Contents::Filled, figures)?;
     let after = rss(vm)?;
     let returned = dimm_resident.saturating_sub(resident_kib(vm, &dimm)?);
-    run_ok(vm.guest(), "rm -f /tmp/fill", FILL_TIMEOUT)?;
+    run_ok(vm.guest(), "rm -f /tmp/fill", fill_timeout(fill))?;
     let point = |point| Figure::Rss { size, point };
     figures.extend([
         (point(RssPoint::BeforeAdd), before.total_mib()),
