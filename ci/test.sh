@@ -141,9 +141,10 @@ list_tests() {
 #   A console that resumes after the probe's newline (a lost serial interrupt: Tidal's bug) and
 #   a command that is merely slow are not retried.
 # - the test host's kernel reports a soft lockup on a thread named vcpuN (one of Tidal's vCPU
-#   threads; QEMU's, in the benchmark, are "CPU N/KVM"): a test host CPU stayed inside KVM_RUN, running the nested guest, for 20 s and more
-#   without scheduling. Nothing a VMM does from userspace can cause that; seen in CI, a 1-vCPU
-#   guest that never printed its first line and a vCPU thread that SIGKILL could not end.
+#   threads; QEMU's, in the benchmark, are "CPU N/KVM"): a test host CPU stayed inside KVM_RUN,
+#   running the nested guest, for 20 s and more without scheduling. Nothing a VMM does from
+#   userspace can cause that; seen in CI, a 1-vCPU guest that never printed its first line and
+#   a vCPU thread that SIGKILL could not end.
 # On hardware KVM nothing is retried.
 # Any other failure is never retried.
 run_in_testhost() {

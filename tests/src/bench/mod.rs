@@ -151,8 +151,8 @@ pub fn run(options: &Options) -> Result<Report, BenchError> {
     Ok(report)
 }
 
-/// [`run_once`], again on a fresh boot after a failure (an error or a harness panic, such as
-/// a guest command that timed out) up to [`Options::retries`] times; each failure is noted in
+/// [`run_once`], again on a fresh boot after a failure (an error, or a harness panic such as a
+/// guest that did not boot) up to [`Options::retries`] times; each failure is noted in
 /// `retried`, and the last one is returned.
 fn run_with_retries(
     vmm: VmmKind,

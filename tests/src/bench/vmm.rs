@@ -396,11 +396,12 @@ mod tests {
             triple_fault_evidence(&shutdown("guest-reset"), panicked),
             None
         );
-        let rebooted = "reboot: Restarting system\n";
-        assert_eq!(
-            triple_fault_evidence(&shutdown("guest-reset"), rebooted),
-            None
-        );
+        for reset in [
+            "reboot: Restarting system\n",
+            "[    4.96] sysrq: Resetting\n",
+        ] {
+            assert_eq!(triple_fault_evidence(&shutdown("guest-reset"), reset), None);
+        }
         assert_eq!(
             triple_fault_evidence(&shutdown("guest-shutdown"), silent),
             None
