@@ -612,8 +612,9 @@ impl RunningGuest {
     /// Why the guest did not answer, in a few lines: whether a newline on its input makes its
     /// console go on (Linux's 8250 driver also transmits from the receive interrupt, so output
     /// that resumes then had lost a transmit interrupt: a serial emulation bug), and what tidal's
-    /// vCPU threads were doing meanwhile. A console that stopped halfway (`stopped_halfway`,
-    /// see [`stopped_halfway`]; a command that is merely slow prints nothing) in a guest that
+    /// vCPU threads were doing meanwhile. A console that stopped halfway (`stopped_halfway`:
+    /// through a command's output or a line, see [`stopped_halfway`] and [`line_cut_off`]; a
+    /// command or a boot that is merely slow stops at a line's end) in a guest that
     /// stays silent while no vCPU thread waits on a lock in tidal gets a line of its own that
     /// ci/test.sh looks for: under nested emulation guests hang at random (docs/testing.md).
     fn diagnose_silence(&mut self, stopped_halfway: bool) -> String {
@@ -692,7 +693,8 @@ impl RunningGuest {
     }
 
     /// Waits until the console shows `needle` after everything matched so far; panics when it
-    /// does not within `timeout` or tidal exits first.
+    /// does not within `timeout` or tidal exits first, saying why the guest is silent (a boot
+    /// that stopped in the middle of a kernel line is one ci/test.sh retries).
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) {
         let from = self.cursor;
         let result = self.console.wait_until(Instant::now() + timeout, |bytes| {
@@ -700,9 +702,14 @@ impl RunningGuest {
         });
         match result {
             Ok(at) => self.cursor = at + needle.len(),
-            Err(WaitError::Timeout) => self.fail(&format!(
-                "timed out after {timeout:?} waiting for {needle:?} on the guest console"
-            )),
+            Err(WaitError::Timeout) => {
+                let stopped_halfway = line_cut_off(&self.console.lock().bytes);
+                let diagnosis = self.diagnose_silence(stopped_halfway);
+                self.fail(&format!(
+                    "timed out after {timeout:?} waiting for {needle:?} on the guest console\n\
+                     {diagnosis}"
+                ))
+            }
             Err(WaitError::Closed) => {
                 let status = self.wait_exit(Duration::from_secs(5));
                 self.fail(&format!(
@@ -982,7 +989,14 @@ fn stopped_halfway(console: &[u8], begin: &[u8], from: usize) -> bool {
     let output_began = find_bytes(console, begin, from)
         .and_then(|b| find_bytes(console, b"\n", b))
         .is_some_and(|newline| console.len() > newline + 1);
-    output_began || console.last().is_some_and(|&byte| byte != b'\n')
+    output_began || line_cut_off(console)
+}
+
+/// Whether the console's last line is cut off: the guest stopped writing in the middle of a
+/// line. Linux writes its console lines whole, polling the transmitter, so a kernel that is
+/// merely slow to boot leaves the console at the end of a line.
+fn line_cut_off(console: &[u8]) -> bool {
+    console.last().is_some_and(|&byte| byte != b'\n')
 }
 
 /// Starts the line that reports a guest that stopped answering while tidal's vCPU threads were
@@ -1110,6 +1124,13 @@ mod tests {
             0
         ));
         assert!(!stopped_halfway(b"", begin, 0));
+        // A boot that stopped inside a kernel line, and one that is only slow.
+        assert!(line_cut_off(
+            b"[    1.068251] PCI: Fatal: No config space access f"
+        ));
+        assert!(!line_cut_off(
+            b"[    1.068251] PCI: Fatal: No config space access function found\n"
+        ));
     }
 
     #[test]
