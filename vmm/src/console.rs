@@ -3,8 +3,10 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
+use std::mem::ManuallyDrop;
+use std::os::fd::FromRawFd;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tidal_devices::serial::SerialConsole;
@@ -42,7 +44,12 @@ pub fn output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, ConsoleError> 
 /// How long to wait for the guest to drain the UART's receive FIFO before offering more.
 const FIFO_FULL_BACKOFF: Duration = Duration::from_millis(2);
 
-/// Copies stdin into the UART until stdin ends. Runs detached: a blocking read cannot be
+/// How long received input may sit unread before the receive interrupt is raised again. A
+/// running guest drains the FIFO in its interrupt handler within microseconds; a guest that
+/// masked the interrupt is left alone ([`SerialConsole::repeat_receive_interrupt`]).
+const UNREAD_INPUT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Copies stdin into the UART until stdin ends. Runs detached: a blocking wait cannot be
 /// interrupted, and the process exits without waiting for it. With `seccomp`, the thread
 /// confines itself before it reads.
 pub fn spawn_stdin_reader(
@@ -55,9 +62,25 @@ pub fn spawn_stdin_reader(
             if let Some(filter) = &seccomp {
                 filter.apply_or_exit();
             }
-            let mut stdin = std::io::stdin().lock();
+            // Unbuffered, unlike std's stdin: bytes held in a userspace buffer would be
+            // invisible to the wait on the descriptor.
+            // SAFETY: descriptor 0 stays open for the whole process, and ManuallyDrop keeps
+            // this File from closing it.
+            let mut stdin = ManuallyDrop::new(unsafe { File::from_raw_fd(libc::STDIN_FILENO) });
             let mut buf = [0u8; 64];
+            let mut watch = UnreadInput::default();
             loop {
+                let Ok(unread) = serial.lock().map(|uart| uart.unread()) else {
+                    return;
+                };
+                let timeout = (unread > 0).then_some(UNREAD_INPUT_TIMEOUT);
+                if !stdin_readable(timeout) {
+                    match serial.lock() {
+                        Ok(mut uart) => watch.look(&mut uart),
+                        Err(_) => return,
+                    }
+                    continue;
+                }
                 let n = match stdin.read(&mut buf) {
                     Ok(0) => return,
                     Ok(n) => n,
@@ -70,7 +93,12 @@ pub fn spawn_stdin_reader(
                 let mut pending = &buf[..n];
                 while !pending.is_empty() {
                     let taken = match serial.lock() {
-                        Ok(mut uart) => uart.push_input(pending),
+                        Ok(mut uart) => {
+                            watch.look(&mut uart);
+                            let taken = uart.push_input(pending);
+                            watch.pushed(&uart);
+                            taken
+                        }
                         Err(_) => return,
                     };
                     pending = &pending[taken..];
@@ -82,4 +110,99 @@ pub fn spawn_stdin_reader(
         })
         .map(|_| ())
         .map_err(ConsoleError::Spawn)
+}
+
+/// Whether stdin has something to read (data, its end, or an error for `read` to report)
+/// within `timeout` (`None`: no limit).
+fn stdin_readable(timeout: Option<Duration>) -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDIN_FILENO,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let timeout_ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
+    // SAFETY: `fd` is one valid pollfd that outlives the call, and the count passed is 1.
+    let ready = unsafe { libc::poll(&mut fd, 1, timeout_ms) };
+    match ready {
+        0 => false,
+        n if n > 0 => true,
+        // Interrupted by a signal: look again. Any other error: let `read` report it.
+        _ => std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted,
+    }
+}
+
+/// Notices input the guest leaves unread in the UART and raises the receive interrupt again
+/// ([`SerialConsole::repeat_receive_interrupt`]), saying so once each time it happens.
+#[derive(Default)]
+struct UnreadInput {
+    /// Unread bytes when last looked at or pushed.
+    unread: usize,
+    /// Since when the guest has not read any of them.
+    since: Option<Instant>,
+    /// Whether the interrupt was repeated since the guest last read.
+    repeated: bool,
+}
+
+impl UnreadInput {
+    fn look(&mut self, uart: &mut SerialConsole) {
+        let now = Instant::now();
+        let unread = uart.unread();
+        if unread == 0 || unread < self.unread {
+            self.since = Some(now);
+            if self.repeated {
+                log::info!("the guest reads its console input again");
+            }
+            self.repeated = false;
+        }
+        self.unread = unread;
+        let since = *self.since.get_or_insert(now);
+        if unread > 0
+            && now.duration_since(since) >= UNREAD_INPUT_TIMEOUT
+            && uart.repeat_receive_interrupt()
+        {
+            if !self.repeated {
+                log::warn!(
+                    "the guest left {unread} bytes of console input unread for {:?}; raising \
+                     its serial receive interrupt again",
+                    now.duration_since(since)
+                );
+            }
+            self.repeated = true;
+            self.since = Some(now);
+        }
+    }
+
+    fn pushed(&mut self, uart: &SerialConsole) {
+        self.unread = uart.unread();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidal_devices::serial::COM1_PORT;
+    use tidal_devices::EventFdTrigger;
+    use vm_device::bus::PioAddress;
+    use vm_device::MutDevicePio;
+
+    #[test]
+    fn repeats_the_interrupt_only_after_input_sat_unread_for_the_timeout() {
+        let interrupt = EventFdTrigger::new().unwrap();
+        let line = interrupt.event_fd().try_clone().unwrap();
+        let mut uart = SerialConsole::new(interrupt, Box::new(std::io::sink()));
+        // The guest's driver enables the receive interrupt (IER bit 0).
+        uart.pio_write(PioAddress(COM1_PORT), 1, &[0x01]);
+        let mut watch = UnreadInput::default();
+        watch.look(&mut uart);
+        uart.push_input(b"echo hi\n");
+        watch.pushed(&uart);
+        assert!(line.read().is_ok(), "the edge of the new input");
+
+        watch.look(&mut uart);
+        assert!(line.read().is_err(), "too early to repeat it");
+        std::thread::sleep(UNREAD_INPUT_TIMEOUT);
+        watch.look(&mut uart);
+        assert!(line.read().is_ok(), "repeated after the timeout");
+        assert!(watch.repeated);
+    }
 }

@@ -326,10 +326,11 @@ fn api_rules(rules: &mut Rules) -> Result<(), seccompiler::BackendError> {
     Ok(())
 }
 
-/// The console input thread: reads stdin (descriptor 0 only), sleeps while the UART's FIFO is
-/// full, and raises the serial interrupt.
+/// The console input thread: waits for and reads stdin (descriptor 0 only), sleeps while the
+/// UART's FIFO is full, and raises the serial interrupt.
 fn console_in_rules(rules: &mut Rules) -> Result<(), seccompiler::BackendError> {
     rules.allow_arg(libc::SYS_read, 0, &[0])?;
+    rules.allow(&[libc::SYS_poll, libc::SYS_ppoll]);
     Ok(())
 }
 
