@@ -441,6 +441,10 @@ fn add_remove_cycles(cycles: usize, dimm: u64, fresh: u64, stress: Option<u64>) 
          {rss_end} KiB at the end",
         started.elapsed().as_secs()
     );
+    // What tidal itself noticed on the way (a guest that stopped reading its console, say).
+    for warning in vm.guest.stderr().lines().filter(|l| l.contains(" WARN ")) {
+        eprintln!("tidal-tests: tidal warned: {warning}");
+    }
     assert!(
         rss_end < rss_start + 64 * 1024,
         "tidal's RSS grew from {rss_start} KiB to {rss_end} KiB over {cycles} cycles"
