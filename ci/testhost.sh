@@ -4,7 +4,7 @@
 # whose own /dev/kvm is the far too slow KVM-PVM (see /work/shared/TESTHOST.md, variant A).
 #
 # Usage: ci/testhost.sh [--memory SIZE] [--cpus N] [--timeout SECONDS] [--boot-timeout SECONDS]
-#                       [--verbose] [--keep] -- COMMAND [ARGS...]
+#                       [--append KERNEL_ARGS] [--verbose] [--keep] -- COMMAND [ARGS...]
 #
 # Inside, COMMAND runs in `chroot /host`, where /host is this machine's root filesystem shared
 # read-only over 9p, with fresh /proc, /sys, /dev (with /dev/kvm), a tmpfs /tmp, and the same
@@ -27,6 +27,7 @@ timeout=3600
 boot_timeout=180
 verbose=
 keep=
+append=
 
 usage() {
     sed -n '6,7p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
@@ -43,6 +44,7 @@ while [ $# -gt 0 ]; do
         --cpus) cpus=${2:?--cpus needs a number}; shift 2 ;;
         --timeout) timeout=${2:?--timeout needs seconds}; shift 2 ;;
         --boot-timeout) boot_timeout=${2:?--boot-timeout needs seconds}; shift 2 ;;
+        --append) append="$append ${2:?--append needs kernel arguments}"; shift 2 ;;
         --verbose) verbose=1; shift ;;
         --keep) keep=1; shift ;;
         --) shift; break ;;
@@ -147,7 +149,7 @@ qemu_args=(
     -nographic -nic none -d cpu_reset -D "$work/cpu-reset.log"
     -chardev "socket,id=monitor,path=$work/monitor.sock,server=on,wait=off" -mon chardev=monitor
     -kernel "$KERNEL" -initrd "$TESTHOST_INITRAMFS"
-    -append "console=ttyS0 quiet panic=-1 nokaslr tidal_scratch=$scratch${workdir:+ tidal_workdir=$workdir}${verbose:+ tidal_debug=1}"
+    -append "console=ttyS0 quiet panic=-1 nokaslr tidal_scratch=$scratch${workdir:+ tidal_workdir=$workdir}${verbose:+ tidal_debug=1}$append"
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap
     -virtfs "local,path=$scratch,mount_tag=scratch,security_model=none,multidevs=remap"
     ${workdir:+-virtfs "local,path=$workdir,mount_tag=workdir,security_model=none,readonly=on,multidevs=remap"}

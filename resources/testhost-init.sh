@@ -35,11 +35,22 @@ fail() {
     sleep 5
 }
 
+# Parameters given on the kernel command line as MODULE.PARAM=VALUE (as modprobe would pass
+# them; insmod does not read the command line).
+module_params() {
+    for arg in $(cat /proc/cmdline); do
+        case "$arg" in
+            "$1".*=*) echo "${arg#"$1".}" ;;
+        esac
+    done
+}
+
 # Load modules in dependency order; a module missing from the initramfs is built in.
 while read -r mod; do
     [ -z "$mod" ] && continue
     if [ -f "/modules/$mod.ko" ]; then
-        insmod "/modules/$mod.ko" || fail "insmod $mod failed"
+        # shellcheck disable=SC2046 # one word per parameter
+        insmod "/modules/$mod.ko" $(module_params "$mod") || fail "insmod $mod failed"
     fi
 done </modules/order
 
