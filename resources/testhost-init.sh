@@ -20,11 +20,15 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 scratch=
 workdir=
 debug=
+module_args=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         tidal_scratch=*) scratch="${arg#tidal_scratch=}" ;;
         tidal_workdir=*) workdir="${arg#tidal_workdir=}" ;;
         tidal_debug=1) debug=1 ;;
+        # MODULE.PARAM=VALUE, for insmod below (as modprobe would pass it; insmod does not
+        # read the command line).
+        *.*=*) module_args="$module_args $arg" ;;
     esac
 done
 
@@ -35,10 +39,9 @@ fail() {
     sleep 5
 }
 
-# Parameters given on the kernel command line as MODULE.PARAM=VALUE (as modprobe would pass
-# them; insmod does not read the command line).
+# The PARAM=VALUE words of module $1 in module_args.
 module_params() {
-    for arg in $(cat /proc/cmdline); do
+    for arg in $module_args; do
         case "$arg" in
             "$1".*=*) echo "${arg#"$1".}" ;;
         esac
