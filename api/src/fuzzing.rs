@@ -11,6 +11,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+use crate::request_clock;
 use crate::routes;
 use crate::server::{http1_builder, ServerLimits, Stopping};
 use crate::VmApi;
@@ -35,7 +36,8 @@ pub fn serve_bytes(vm: Arc<dyn VmApi>, request: &[u8]) -> io::Result<Vec<u8>> {
     runtime.block_on(async move {
         let (client, server) = tokio::io::duplex(limits.max_header_bytes);
         // As the API server sets it up, plus the half-close.
-        let mut http = http1_builder(&limits);
+        let (server, clock) = request_clock::counted(server);
+        let mut http = http1_builder(&limits, clock);
         http.half_close(true);
         let connection =
             http.serve_connection(TokioIo::new(server), TowerToHyperService::new(router));

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod endpoints;
 pub mod fuzzing;
+mod request_clock;
 mod routes;
 pub mod server;
 pub mod size;

@@ -76,6 +76,7 @@ pub(crate) fn router(vm: Vm, stopping: Stopping, body_read_timeout: Duration) ->
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(log_request))
+        .layer(middleware::map_response(without_reason_phrase))
         .with_state(ApiState {
             vm,
             stopping,
@@ -322,6 +323,16 @@ impl IntoResponse for ErrorResponse {
         response.extensions_mut().insert(LoggedError(self.message));
         response
     }
+}
+
+/// Sends the status line without a reason phrase (`HTTP/1.1 200 `), as Cloud Hypervisor's
+/// server does: its client reads everything after the version as the status code, so `200 OK`
+/// fails to parse there. An empty reason phrase is valid HTTP/1.1 for every other client.
+async fn without_reason_phrase(mut response: Response) -> Response {
+    response
+        .extensions_mut()
+        .insert(hyper::ext::ReasonPhrase::from_static(b""));
+    response
 }
 
 /// Logs every request at debug level and every error answer at info level.

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use log::{debug, error, info};
@@ -23,6 +23,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::runtime::Runtime;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::request_clock::{self, RequestClock};
 use crate::routes;
 use crate::socket::{SocketError, SocketFile};
 use crate::VmApi;
@@ -35,10 +36,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// usual cause, running out of file descriptors, takes a while to go away.
 const ACCEPT_RETRY: Duration = Duration::from_secs(1);
 
-/// How long a client may take to send a request's line and headers. `tidalctl` and `curl`
-/// send them in one write over a local socket, so anything slower is stuck or hostile; 10 s
-/// leaves room for a loaded host yet frees the connection soon. hyper also applies it to a
-/// kept-alive connection waiting for its next request, so idle connections close after it.
+/// How long a client may take to send a request's line and headers: from the connection's
+/// start for its first request, from the first byte for a later one (an idle kept-alive
+/// connection stays open, see [`request_clock`]). `tidalctl` and `curl` send them in one
+/// write over a local socket, so anything slower is stuck or hostile; 10 s leaves room for a
+/// loaded host yet frees the connection soon.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a client may take to send a whole request body once its headers are in. Bodies
@@ -59,8 +61,9 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// shorten the timeouts through [`start_with_limits`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerLimits {
-    /// How long a request's line and headers may take to arrive, and how long a kept-alive
-    /// connection may sit idle; past it the connection is closed without an answer.
+    /// How long a request's line and headers may take to arrive (for a kept-alive
+    /// connection's later requests, from their first byte); past it the connection is closed
+    /// without an answer.
     pub header_read_timeout: Duration,
     /// How long a request's body may take to arrive, counted from its headers. Past it the
     /// request is answered `408 Request Timeout` and the connection closed.
@@ -229,7 +232,6 @@ async fn accept_until_stopped(
     connections: &GracefulShutdown,
     stopping: Stopping,
 ) {
-    let http = http1_builder(&limits);
     let slots = Arc::new(Semaphore::new(
         limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
     ));
@@ -238,7 +240,8 @@ async fn accept_until_stopped(
             () = stopping.clone().requested() => return,
             accepted = accept_in_a_free_slot(&listener, &slots) => accepted,
         };
-        let connection = http.serve_connection(
+        let (stream, clock) = request_clock::counted(stream);
+        let connection = http1_builder(&limits, clock).serve_connection(
             TokioIo::new(stream),
             TowerToHyperService::new(router.clone()),
         );
@@ -253,12 +256,15 @@ async fn accept_until_stopped(
     }
 }
 
-/// hyper's HTTP/1 server as every API connection gets it (the fuzz target's too).
-pub(crate) fn http1_builder(limits: &ServerLimits) -> http1::Builder {
+/// hyper's HTTP/1 server as every API connection gets it (the fuzz target's too), timed by
+/// the connection's own `clock`. Header names go out in canonical case (`Content-Length`):
+/// Cloud Hypervisor's client finds the body by that literal header.
+pub(crate) fn http1_builder(limits: &ServerLimits, clock: RequestClock) -> http1::Builder {
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
+    http.timer(clock)
         .header_read_timeout(limits.header_read_timeout)
         .max_header_size(limits.max_header_bytes)
+        .title_case_headers(true)
         .keep_alive(true);
     http
 }

@@ -10,12 +10,75 @@ pub struct PingResponse {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmInfo {
-    /// "Running" while the guest runs.
-    pub state: String,
-    /// Bytes the guest has now: boot RAM plus plugged DIMMs.
+    /// What the VM was started with, in Cloud Hypervisor's shape (a subset of its `VmConfig`).
+    pub config: VmConfigInfo,
+    pub state: VmState,
+    /// Bytes the guest has now: boot RAM plus the DIMMs it accepted (and those it is ejecting).
     pub memory_actual_size: u64,
+    /// Bytes the VM is on its way to: boot RAM plus every DIMM plugged and not being removed.
+    /// Equal to `memory_actual_size` once the guest has answered every change.
+    pub desired_ram: u64,
     pub memory: MemoryInfo,
     pub cpus: u32,
+}
+
+/// Where the VM is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmState {
+    /// The guest runs.
+    Running,
+    /// The VM is stopping (a signal, a guest panic, a power-off): nothing new starts.
+    Shutdown,
+}
+
+/// The part of Cloud Hypervisor's `VmConfig` that Tidal has, with its field names, so that
+/// clients written for it (Kata Containers' driver) read what they expect.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmConfigInfo {
+    pub cpus: CpusConfigInfo,
+    pub memory: MemoryConfigInfo,
+    pub payload: PayloadInfo,
+    pub serial: ConsoleInfo,
+    pub console: ConsoleInfo,
+}
+
+#[derive(Debug, Clone, Default, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpusConfigInfo {
+    pub boot_vcpus: u32,
+    /// The same as `boot_vcpus`: Tidal does not hotplug vCPUs.
+    pub max_vcpus: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryConfigInfo {
+    /// The memory the VM is configured for now: the `desired_ram` it is on its way to, as
+    /// Cloud Hypervisor reports the last resize here.
+    pub size: u64,
+    /// The hotplug region's size (0: no hotplug).
+    pub hotplug_size: u64,
+    /// Always "Acpi": DIMMs through ACPI memory devices.
+    pub hotplug_method: String,
+    /// Every node's memory is a shared memfd.
+    pub shared: bool,
+    /// Every node's memory comes from huge pages.
+    pub hugepages: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayloadInfo {
+    pub kernel: String,
+    #[serde(default)]
+    pub initramfs: Option<String>,
+    /// The kernel command line the guest got, with what Tidal appended.
+    pub cmdline: String,
+}
+
+/// A console as Cloud Hypervisor describes one: its `mode` ("Tty", "File", "Off") and file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleInfo {
+    pub mode: String,
+    #[serde(default)]
+    pub file: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +93,12 @@ pub struct MemoryInfo {
     pub slots: u32,
     /// Block size that every DIMM's size is a multiple of.
     pub block_size: u64,
+    /// Bytes in DIMMs the guest has been told of and has not accepted yet.
+    #[serde(default)]
+    pub inserting: u64,
+    /// Bytes in DIMMs the guest has been asked to eject and still holds.
+    #[serde(default)]
+    pub removing: u64,
     /// The same per NUMA node, by node id (one node without `--numa`).
     #[serde(default)]
     pub nodes: Vec<NodeMemory>,
@@ -102,12 +171,25 @@ pub struct DimmInfo {
     pub last_ost: Option<OstStatus>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The longest a request may ask to wait for the guest.
+pub const MAX_TIMEOUT_SECS: u64 = 3600;
+
+/// Cloud Hypervisor's `vm.resize` body, with Tidal's own fields beside it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResizeRequest {
-    /// Total guest memory wanted, in bytes.
-    pub desired_ram: u64,
-    /// Seconds to wait for the guest's answer to each DIMM; the VMM's default when absent.
+    /// Total guest memory wanted, in bytes: a multiple of the block size between boot RAM and
+    /// boot RAM plus the hotplug region. Absent or null: memory stays as it is.
+    #[serde(default)]
+    pub desired_ram: Option<u64>,
+    /// vCPUs wanted: absent, null or the VM's count (Tidal does not hotplug vCPUs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_vcpus: Option<u32>,
+    /// Balloon size wanted: absent, null or 0 (Tidal has no balloon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_balloon: Option<u64>,
+    /// Seconds to wait for the guest's answer to each DIMM; the VMM's default when absent, at
+    /// most [`MAX_TIMEOUT_SECS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
     /// Add memory even when the host has less available than it asks for (the VM may then
@@ -116,15 +198,44 @@ pub struct ResizeRequest {
     pub force: bool,
 }
 
+/// A NUMA node's id as `vm.resize-zone` takes it: a number, or the number as a string (Cloud
+/// Hypervisor names memory zones with strings).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ZoneId {
+    Node(u32),
+    Name(String),
+}
+
+impl ZoneId {
+    /// The node the id names, if it names one by number.
+    pub fn node(&self) -> Option<u32> {
+        match self {
+            ZoneId::Node(node) => Some(*node),
+            ZoneId::Name(name) => name.parse().ok(),
+        }
+    }
+}
+
+impl std::fmt::Display for ZoneId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ZoneId::Node(node) => write!(f, "{node}"),
+            ZoneId::Name(name) => write!(f, "'{name}'"),
+        }
+    }
+}
+
 /// Grow or shrink one NUMA node ("zone" in Cloud Hypervisor's name for the call).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResizeZoneRequest {
     /// The node's id.
-    pub id: u32,
+    pub id: ZoneId,
     /// The node's memory wanted (boot RAM plus its DIMMs), in bytes.
     pub desired_ram: u64,
-    /// Seconds to wait for the guest's answer to each DIMM; the VMM's default when absent.
+    /// Seconds to wait for the guest's answer to each DIMM; the VMM's default when absent, at
+    /// most [`MAX_TIMEOUT_SECS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
     /// Add memory even when the host has less available than it asks for (the VM may then

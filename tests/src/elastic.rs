@@ -188,8 +188,9 @@ impl ElasticVm {
 /// A resize to `bytes` that gives the guest up to 10 minutes (see [`ElasticVm::resize`]).
 fn resize_request(bytes: u64) -> ResizeRequest {
     ResizeRequest {
-        desired_ram: bytes,
+        desired_ram: Some(bytes),
         timeout_secs: Some(600),
         force: false,
+        ..ResizeRequest::default()
     }
 }

@@ -194,9 +194,10 @@ fn sigterm_fails_a_resize_in_flight_with_an_error() {
         let api = api.clone();
         move || {
             api.resize(&ResizeRequest {
-                desired_ram: 2 << 30,
+                desired_ram: Some(2 << 30),
                 timeout_secs: Some(600),
                 force: false,
+                ..ResizeRequest::default()
             })
         }
     });

@@ -110,9 +110,10 @@ fn bad_hotplug_requests_get_clear_errors_from_the_real_vmm() {
     let api = ApiClient::new(&vm.socket).with_timeout(API_TIMEOUT);
     let shrink = std::thread::spawn(move || {
         api.resize(&ResizeRequest {
-            desired_ram: GIB,
+            desired_ram: Some(GIB),
             timeout_secs: None,
             force: false,
+            ..ResizeRequest::default()
         })
     });
     let mut removing = false;
@@ -136,9 +137,10 @@ fn bad_hotplug_requests_get_clear_errors_from_the_real_vmm() {
     assert!(conflict.contains("in progress"), "{conflict}");
     // Below boot memory is refused.
     let r = vm.api.resize(&ResizeRequest {
-        desired_ram: 512 * MIB,
+        desired_ram: Some(512 * MIB),
         timeout_secs: None,
         force: false,
+        ..ResizeRequest::default()
     });
     vm.expect_api_error(r, 400);
     assert_eq!(vm.guest.poweroff().code(), Some(0));
@@ -148,9 +150,10 @@ fn bad_hotplug_requests_get_clear_errors_from_the_real_vmm() {
 fn a_vm_without_a_hotplug_region_refuses_resize() {
     let mut vm = ElasticVm::boot(Guest::new(), "size=512M");
     let r = vm.api.resize(&ResizeRequest {
-        desired_ram: GIB,
+        desired_ram: Some(GIB),
         timeout_secs: None,
         force: false,
+        ..ResizeRequest::default()
     });
     let message = vm.expect_api_error(r, 400);
     assert!(message.contains("no hotplug region"), "{message}");
@@ -243,9 +246,10 @@ fn a_refused_eject_keeps_the_memory_and_a_retry_succeeds() {
     vm.guest
         .run_ok("echo 0 > /sys/firmware/acpi/hotplug/memory/enabled");
     let r = vm.api.resize(&ResizeRequest {
-        desired_ram: 512 * MIB,
+        desired_ram: Some(512 * MIB),
         timeout_secs: None,
         force: false,
+        ..ResizeRequest::default()
     });
     let message = vm.expect_api_error(r, 422);
     assert!(
@@ -311,9 +315,10 @@ fn zone_normal_memory_removal_is_answered_either_way() {
     vm.guest
         .run_ok("for i in $(seq 2000); do mkdir -p /tmp/d/$i; done; cat /proc/meminfo > /dev/null");
     let result = vm.api.resize(&ResizeRequest {
-        desired_ram: GIB,
+        desired_ram: Some(GIB),
         timeout_secs: Some(120),
         force: false,
+        ..ResizeRequest::default()
     });
     let dimms = vm.api.memory().expect("vm.memory");
     let total = vm.memtotal_kib();

@@ -1,7 +1,7 @@
 //! NUMA guests (`--numa`): the nodes as the guest sees them (vCPUs, memory, distances from the
 //! SLIT), memory hot-added to one node and removed again, and one node resized at a time.
 
-use tidal_api::{DimmState, RemoveMemoryRequest, ResizeZoneRequest};
+use tidal_api::{DimmState, RemoveMemoryRequest, ResizeZoneRequest, ZoneId};
 use tidal_tests::elastic::{ElasticVm, BLOCK, GIB, MIB};
 use tidal_tests::Guest;
 
@@ -108,7 +108,7 @@ fn two_nodes_show_their_vcpus_memory_and_distances_and_resize_one_at_a_time() {
     ]);
     assert_eq!(node_memtotal_kib(&mut vm, 1), node1_before);
     let r = vm.api.resize_zone(&ResizeZoneRequest {
-        id: 0,
+        id: ZoneId::Node(0),
         desired_ram: 2 * GIB,
         timeout_secs: None,
         force: false,
@@ -119,7 +119,7 @@ fn two_nodes_show_their_vcpus_memory_and_distances_and_resize_one_at_a_time() {
         "{message}"
     );
     let r = vm.api.resize_zone(&ResizeZoneRequest {
-        id: 1,
+        id: ZoneId::Node(1),
         desired_ram: GIB / 2,
         timeout_secs: None,
         force: false,
@@ -179,7 +179,7 @@ fn a_hotpluggable_node_gives_all_its_memory_back_with_its_data_kept_and_grows_ag
 
     // Node 1 to zero: the guest migrates the data to node 0 and ejects its boot memory.
     let zero = ResizeZoneRequest {
-        id: 1,
+        id: ZoneId::Node(1),
         desired_ram: 0,
         timeout_secs: Some(900),
         force: false,

@@ -17,6 +17,7 @@ use crate::numa::{
 };
 use crate::options::{KeyValues, OptionError};
 use tidal_api::size::format_size;
+use tidal_api::{ConsoleInfo, CpusConfigInfo, MemoryConfigInfo, PayloadInfo, VmConfigInfo};
 
 /// vCPUs are numbered by 8-bit xAPIC ids in the MADT; 255 is the broadcast id.
 pub const MAX_VCPUS: u8 = 254;
@@ -193,6 +194,46 @@ pub struct VmConfig {
     pub api_socket: Option<PathBuf>,
     pub hotplug_timeout: Duration,
     pub seccomp: SeccompMode,
+}
+
+impl VmConfig {
+    /// The configuration as `vm.info` reports it, in Cloud Hypervisor's shape; `memory.size`
+    /// is the VM's size now, filled in when asked.
+    pub fn describe(&self) -> VmConfigInfo {
+        let backends = || self.nodes.iter().map(|node| node.backend);
+        let path = |path: &Path| path.display().to_string();
+        let (mode, file) = match &self.serial {
+            SerialMode::Stdio => ("Tty", None),
+            SerialMode::File(file) => ("File", Some(path(file))),
+            SerialMode::Off => ("Off", None),
+        };
+        VmConfigInfo {
+            cpus: CpusConfigInfo {
+                boot_vcpus: u32::from(self.cpus),
+                max_vcpus: u32::from(self.cpus),
+            },
+            memory: MemoryConfigInfo {
+                size: 0,
+                hotplug_size: self.nodes.iter().map(|node| node.hotplug_size).sum(),
+                hotplug_method: "Acpi".to_owned(),
+                shared: backends().all(|backend| backend.shared),
+                hugepages: backends().all(|backend| backend.huge_pages.is_some()),
+            },
+            payload: PayloadInfo {
+                kernel: path(&self.kernel),
+                initramfs: self.initramfs.as_deref().map(path),
+                cmdline: self.cmdline.clone(),
+            },
+            serial: ConsoleInfo {
+                mode: mode.to_owned(),
+                file,
+            },
+            console: ConsoleInfo {
+                mode: "Off".to_owned(),
+                file: None,
+            },
+        }
+    }
 }
 
 impl TryFrom<&Cli> for VmConfig {

@@ -10,7 +10,7 @@ use kvm_ioctls::VmFd;
 use tidal_api::{
     AddMemoryRequest, ApiError, DimmInfo, DimmState, ErrorKind, EventSink, HotplugEvent,
     MemoryInfo, NodeMemory, OstStatus, RemoveMemoryRequest, ResizeRequest, ResizeZoneRequest,
-    VmApi, VmInfo,
+    VmApi, VmConfigInfo, VmInfo, VmState, MAX_TIMEOUT_SECS,
 };
 use tidal_devices::ged::Ged;
 use tidal_devices::memory_hotplug::{
@@ -221,7 +221,8 @@ pub struct MemoryHotplug {
     backends: Vec<MemoryBackend>,
     /// What the host has left to give.
     host: HostMemory,
-    cpus: u32,
+    /// What the VM was started with, for `vm.info`.
+    described: VmConfigInfo,
     dimms: Arc<Mutex<DimmMemory>>,
     controller: Arc<Mutex<MemoryHotplugController>>,
     changed: Arc<Condvar>,
@@ -249,7 +250,8 @@ pub struct HotplugParts {
     pub backends: Vec<MemoryBackend>,
     /// What the host has left to give, checked before each DIMM is added.
     pub host: HostMemory,
-    pub cpus: u32,
+    /// What the VM was started with, for `vm.info`.
+    pub described: VmConfigInfo,
     pub controller: Arc<Mutex<MemoryHotplugController>>,
     pub changed: Arc<Condvar>,
     pub ged: Arc<Ged>,
@@ -301,7 +303,7 @@ impl MemoryHotplug {
             node_boot: parts.node_boot,
             backends: parts.backends,
             host: parts.host,
-            cpus: parts.cpus,
+            described: parts.described,
             dimms,
             controller: parts.controller,
             changed: parts.changed,
@@ -393,9 +395,14 @@ impl MemoryHotplug {
 
     /// Bytes in DIMMs the guest has accepted and still holds: of node `scope`, or all (`None`).
     fn hotplugged(&self, scope: Option<u32>) -> u64 {
+        self.bytes_in(scope, &[SlotState::Added, SlotState::Removing])
+    }
+
+    /// Bytes in DIMMs of node `scope` (or all, `None`) in one of `states`.
+    fn bytes_in(&self, scope: Option<u32>, states: &[SlotState]) -> u64 {
         self.slots()
             .iter()
-            .filter(|(_, view)| matches!(view.state, SlotState::Added | SlotState::Removing))
+            .filter(|(_, view)| states.contains(&view.state))
             .filter_map(|(_, view)| view.dimm)
             .filter(|dimm| scope.is_none_or(|node| dimm.node == node))
             .map(|dimm| dimm.size)
@@ -491,6 +498,7 @@ impl MemoryHotplug {
         force: bool,
     ) -> Result<(), ApiError> {
         let boot = self.boot_ram(scope);
+        self.check_reachable(scope, desired)?;
         let current = boot + self.hotplugged(scope);
         if desired == current {
             return Ok(());
@@ -518,6 +526,47 @@ impl MemoryHotplug {
         self.add(size, node, timeout, force).map(|_| ())
     }
 
+    /// Refuses a total that node `scope` (the whole VM: `None`) can never have: not a multiple
+    /// of the block size, or above its boot RAM plus its share of the hotplug region. The
+    /// error names the nearest totals it can have.
+    fn check_reachable(&self, scope: Option<u32>, desired: u64) -> Result<(), ApiError> {
+        let region = match scope {
+            None => self.regions.iter().flatten().map(|r| r.size).sum(),
+            Some(node) => usize::try_from(node)
+                .ok()
+                .and_then(|node| self.regions.get(node).copied().flatten())
+                .map_or(0, |r| r.size),
+        };
+        let most = self.boot_ram(scope) + region;
+        let whose = scope.map_or("the VM".to_owned(), |node| format!("node {node}"));
+        if desired > most {
+            return Err(ApiError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "desired_ram {} is more than {whose} can have: at most {} (boot RAM plus \
+                     the hotplug region)",
+                    format_size(desired),
+                    format_size(most)
+                ),
+            ));
+        }
+        let below = desired - desired % MEMORY_BLOCK_SIZE;
+        if below != desired {
+            return Err(ApiError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "desired_ram {} is not a multiple of the {} memory block size: the nearest \
+                     totals are {} and {}",
+                    format_size(desired),
+                    format_size(MEMORY_BLOCK_SIZE),
+                    format_size(below),
+                    format_size(below + MEMORY_BLOCK_SIZE)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The node a resize grows: the first whose share has `size` bytes free, else the first
     /// with a share at all (whose error then says what is free).
     fn node_to_grow(&self, size: u64) -> u32 {
@@ -537,9 +586,9 @@ impl MemoryHotplug {
     fn timeout_for(&self, secs: Option<u64>) -> Result<Duration, ApiError> {
         match secs {
             None => Ok(self.timeout),
-            Some(0) => Err(ApiError::new(
+            Some(secs) if !(1..=MAX_TIMEOUT_SECS).contains(&secs) => Err(ApiError::new(
                 ErrorKind::BadRequest,
-                "timeout_secs must be at least 1",
+                format!("timeout_secs must be from 1 to {MAX_TIMEOUT_SECS}, not {secs}"),
             )),
             Some(secs) => Ok(Duration::from_secs(secs)),
         }
@@ -931,18 +980,33 @@ impl VmApi for MemoryHotplug {
                 backend: self.backend(id).into(),
             })
             .collect();
+        let desired_ram = boot
+            + self.bytes_in(
+                None,
+                &[SlotState::Inserting, SlotState::Added, SlotState::Failed],
+            );
+        let mut config = self.described.clone();
+        config.memory.size = desired_ram;
         VmInfo {
-            state: "Running".into(),
+            state: if self.stopping.get().is_some() {
+                VmState::Shutdown
+            } else {
+                VmState::Running
+            },
             memory_actual_size: boot + hotplugged,
+            desired_ram,
             memory: MemoryInfo {
                 boot,
                 hotplugged,
                 hotplug_size: self.regions.iter().flatten().map(|r| r.size).sum(),
                 slots: self.controller.lock().map_or(0, |c| c.slot_count()),
                 block_size: MEMORY_BLOCK_SIZE,
+                inserting: self.bytes_in(None, &[SlotState::Inserting]),
+                removing: self.bytes_in(None, &[SlotState::Removing]),
                 nodes,
             },
-            cpus: self.cpus,
+            cpus: config.cpus.boot_vcpus,
+            config,
         }
     }
 
@@ -953,22 +1017,46 @@ impl VmApi for MemoryHotplug {
             .collect()
     }
 
+    /// Cloud Hypervisor's resize: memory to `desired_ram` (absent: as it is); `desired_vcpus`
+    /// and `desired_balloon` only as what the VM has (its vCPU count, no balloon).
     fn resize(&self, request: ResizeRequest) -> Result<(), ApiError> {
         let timeout = self.timeout_for(request.timeout_secs)?;
-        self.resize_memory(None, request.desired_ram, timeout, request.force)
+        let cpus = self.described.cpus.boot_vcpus;
+        if let Some(vcpus) = request.desired_vcpus.filter(|&vcpus| vcpus != cpus) {
+            return Err(ApiError::new(
+                ErrorKind::BadRequest,
+                format!("vCPU hotplug is not supported: the VM has {cpus} vCPUs, not {vcpus}"),
+            ));
+        }
+        if let Some(balloon) = request.desired_balloon.filter(|&balloon| balloon != 0) {
+            return Err(ApiError::new(
+                ErrorKind::BadRequest,
+                format!("Tidal has no balloon device: desired_balloon must be 0, not {balloon}"),
+            ));
+        }
+        match request.desired_ram {
+            Some(desired) => self.resize_memory(None, desired, timeout, request.force),
+            None => Ok(()),
+        }
     }
 
     fn resize_zone(&self, request: ResizeZoneRequest) -> Result<(), ApiError> {
         let timeout = self.timeout_for(request.timeout_secs)?;
-        if usize::try_from(request.id).map_or(true, |node| node >= self.node_boot.len()) {
-            return Err(self.no_such_node(request.id));
-        }
-        self.resize_memory(
-            Some(request.id),
-            request.desired_ram,
-            timeout,
-            request.force,
-        )
+        let node = match request.id.node() {
+            Some(node) if usize::try_from(node).is_ok_and(|n| n < self.node_boot.len()) => node,
+            Some(node) => return Err(self.no_such_node(node)),
+            None => {
+                return Err(ApiError::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "no memory zone {}: a zone is a NUMA node, named by its id (0 to {})",
+                        request.id,
+                        self.node_boot.len().saturating_sub(1)
+                    ),
+                ))
+            }
+        };
+        self.resize_memory(Some(node), request.desired_ram, timeout, request.force)
     }
 
     fn add_memory(&self, request: AddMemoryRequest) -> Result<DimmInfo, ApiError> {

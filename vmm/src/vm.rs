@@ -372,7 +372,7 @@ impl Vm {
                 .collect(),
             backends: config.nodes.iter().map(|node| node.backend).collect(),
             host: HostMemory::open(),
-            cpus: u32::from(config.cpus),
+            described: config.describe(),
             controller,
             changed,
             ged,

@@ -402,7 +402,7 @@ fn vmm_case() {
                 },
             ],
             host: HostMemory::open(),
-            cpus: 1,
+            described: Default::default(),
             controller: controller.clone(),
             changed,
             ged: Arc::new(Ged::new(EventFdTrigger::new().unwrap())),
@@ -477,9 +477,10 @@ fn vmm_case() {
     assert!(events.next_line().is_some());
     client
         .resize(&ResizeRequest {
-            desired_ram: 2 * MIB + 384 * MIB,
+            desired_ram: Some(2 * MIB + 384 * MIB),
             timeout_secs: None,
             force: false,
+            ..ResizeRequest::default()
         })
         .unwrap();
     assert_eq!(client.memory().unwrap().len(), 2);
@@ -491,9 +492,10 @@ fn vmm_case() {
         .unwrap();
     client
         .resize(&ResizeRequest {
-            desired_ram: 2 * MIB,
+            desired_ram: Some(2 * MIB),
             timeout_secs: None,
             force: false,
+            ..ResizeRequest::default()
         })
         .unwrap();
     assert!(client.memory().unwrap().is_empty());

@@ -12,7 +12,7 @@ use tidal_api::size::{format_size, parse_size};
 use tidal_api::{
     AddMemoryRequest, ApiClient, ClientError, DimmInfo, DimmState, Endpoint, HotplugEvent,
     MemoryBackendInfo, OstStatus, PingResponse, RemoveMemoryRequest, ResizeRequest,
-    ResizeZoneRequest, VmInfo,
+    ResizeZoneRequest, VmInfo, VmState, ZoneId,
 };
 
 #[derive(Debug, Parser)]
@@ -163,9 +163,10 @@ fn request(call: &Call) -> Result<(Endpoint, Option<Vec<u8>>), ClientError> {
         } => (
             Endpoint::VmResize,
             Some(to_json(&ResizeRequest {
-                desired_ram: *memory,
+                desired_ram: Some(*memory),
                 timeout_secs: wait.timeout_secs,
                 force: *force,
+                ..ResizeRequest::default()
             })?),
         ),
         Call::Resize {
@@ -176,7 +177,7 @@ fn request(call: &Call) -> Result<(Endpoint, Option<Vec<u8>>), ClientError> {
         } => (
             Endpoint::VmResizeZone,
             Some(to_json(&ResizeZoneRequest {
-                id: *node,
+                id: ZoneId::Node(*node),
                 desired_ram: *memory,
                 timeout_secs: wait.timeout_secs,
                 force: *force,
@@ -209,14 +210,10 @@ fn summary(call: &Call, answer: &[u8]) -> Result<String, ClientError> {
         }
         Call::Info => info_summary(&from_json(answer)?),
         Call::Memory => dimm_table(&from_json::<Vec<DimmInfo>>(answer)?),
-        Call::Resize {
-            memory, node: None, ..
-        } => format!("guest memory resized to {}\n", format_size(*memory)),
-        Call::Resize {
-            memory,
-            node: Some(node),
-            ..
-        } => format!("node {node} resized to {}\n", format_size(*memory)),
+        Call::Resize { memory, node, .. } => {
+            let what = node.map_or("guest memory".to_owned(), |node| format!("node {node}"));
+            format!("{what} resized to {}\n", format_size(*memory))
+        }
         Call::Remove { id, .. } => format!("removed {id}\n"),
         Call::Add { .. } => {
             let dimm: DimmInfo = from_json(answer)?;
@@ -239,7 +236,7 @@ fn info_summary(info: &VmInfo) -> String {
          cpus:       {}\n\
          memory:     {}\n\
          dimm slots: {} (block size {})\n",
-        info.state,
+        state_word(info.state),
         info.cpus,
         memory_line(
             info.memory_actual_size,
@@ -250,6 +247,14 @@ fn info_summary(info: &VmInfo) -> String {
         memory.slots,
         format_size(memory.block_size),
     );
+    if info.desired_ram != info.memory_actual_size {
+        text += &format!(
+            "on its way: {} (inserting {}, removing {})\n",
+            format_size(info.desired_ram),
+            format_size(memory.inserting),
+            format_size(memory.removing)
+        );
+    }
     let plain = MemoryBackendInfo::default();
     if memory.nodes.len() > 1 || memory.nodes.iter().any(|node| node.backend != plain) {
         for node in &memory.nodes {
@@ -263,6 +268,13 @@ fn info_summary(info: &VmInfo) -> String {
         }
     }
     text
+}
+
+fn state_word(state: VmState) -> &'static str {
+    match state {
+        VmState::Running => "Running",
+        VmState::Shutdown => "Shutdown",
+    }
 }
 
 /// `; shared, 2 MiB huge pages, prefault, host node 1`; nothing for the default backend.

@@ -6,6 +6,7 @@
 // test crate; here a failed unwrap is a failed test, as in the tests themselves.
 #![allow(clippy::unwrap_used)]
 
+mod cloud_hypervisor;
 mod events;
 mod limits;
 mod logging;

@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use tidal_api::client::RawResponse;
 use tidal_api::{
-    AddMemoryRequest, ApiClient, ApiError, ApiServer, DimmInfo, DimmState, ErrorBody, EventSink,
-    HotplugEvent, MemoryBackendInfo, MemoryInfo, NodeMemory, OstStatus, RemoveMemoryRequest,
-    ResizeRequest, ResizeZoneRequest, ServerError, ServerLimits, VmApi, VmInfo,
+    AddMemoryRequest, ApiClient, ApiError, ApiServer, ConsoleInfo, CpusConfigInfo, DimmInfo,
+    DimmState, ErrorBody, EventSink, HotplugEvent, MemoryBackendInfo, MemoryConfigInfo, MemoryInfo,
+    NodeMemory, OstStatus, PayloadInfo, RemoveMemoryRequest, ResizeRequest, ResizeZoneRequest,
+    ServerError, ServerLimits, VmApi, VmConfigInfo, VmInfo, VmState,
 };
 
-const GIB: u64 = 1 << 30;
+pub const GIB: u64 = 1 << 30;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
@@ -146,14 +147,43 @@ impl VmApi for MockVm {
 
 pub fn sample_info() -> VmInfo {
     VmInfo {
-        state: "Running".to_owned(),
+        config: VmConfigInfo {
+            cpus: CpusConfigInfo {
+                boot_vcpus: 2,
+                max_vcpus: 2,
+            },
+            memory: MemoryConfigInfo {
+                size: 3 * GIB,
+                hotplug_size: 8 * GIB,
+                hotplug_method: "Acpi".to_owned(),
+                shared: false,
+                hugepages: false,
+            },
+            payload: PayloadInfo {
+                kernel: "/boot/vmlinuz".to_owned(),
+                initramfs: None,
+                cmdline: "console=ttyS0 pci=off".to_owned(),
+            },
+            serial: ConsoleInfo {
+                mode: "Tty".to_owned(),
+                file: None,
+            },
+            console: ConsoleInfo {
+                mode: "Off".to_owned(),
+                file: None,
+            },
+        },
+        state: VmState::Running,
         memory_actual_size: 3 * GIB,
+        desired_ram: 3 * GIB,
         memory: MemoryInfo {
             boot: GIB,
             hotplugged: 2 * GIB,
             hotplug_size: 8 * GIB,
             slots: 8,
             block_size: 128 << 20,
+            inserting: 0,
+            removing: 0,
             nodes: vec![
                 NodeMemory {
                     id: 0,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tidal_api::{
     AddMemoryRequest, ApiError, DimmInfo, DimmState, ErrorKind, PingResponse, RemoveMemoryRequest,
-    ResizeRequest, ResizeZoneRequest,
+    ResizeRequest, ResizeZoneRequest, ZoneId,
 };
 
 use crate::mock::{
@@ -56,9 +56,10 @@ fn resize_answers_204_once_the_vmm_is_done() {
     assert_eq!(
         mock.calls(),
         [Call::Resize(ResizeRequest {
-            desired_ram: 4 << 30,
+            desired_ram: Some(4 << 30),
             timeout_secs: None,
             force: false,
+            ..ResizeRequest::default()
         })]
     );
 }
@@ -76,9 +77,10 @@ fn resize_passes_the_timeout_on() {
     assert_eq!(
         mock.calls(),
         [Call::Resize(ResizeRequest {
-            desired_ram: 4 << 30,
+            desired_ram: Some(4 << 30),
             timeout_secs: Some(30),
             force: false,
+            ..ResizeRequest::default()
         })]
     );
 }
@@ -94,7 +96,7 @@ fn resize_zone_names_the_node() {
     );
     assert_eq!(response.status, 204);
     let request = ResizeZoneRequest {
-        id: 1,
+        id: ZoneId::Node(1),
         desired_ram: 2 << 30,
         timeout_secs: Some(30),
         force: false,
@@ -208,7 +210,7 @@ fn malformed_json_is_a_bad_request() {
 fn unknown_field_is_a_bad_request() {
     assert_rejected_body(
         Some(r#"{"desired_ram": 1, "foo": 2}"#),
-        "invalid request body: unknown field `foo`, expected one of `desired_ram`, `timeout_secs`, `force`",
+        "invalid request body: unknown field `foo`, expected one of `desired_ram`, `desired_vcpus`, `desired_balloon`, `timeout_secs`, `force`",
     );
     assert_rejected_body(Some("42"), "invalid request body: expected a JSON object");
     assert_rejected_body_at(
@@ -231,8 +233,9 @@ fn wrong_type_is_a_bad_request() {
 fn missing_body_or_field_is_a_bad_request() {
     assert_rejected_body(None, "missing request body: expected a JSON object");
     assert_rejected_body(Some(" \n"), "missing request body: expected a JSON object");
-    assert_rejected_body(
-        Some("{}"),
+    assert_rejected_body_at(
+        "/api/v1/vm.resize-zone",
+        Some(r#"{"id": "1"}"#),
         "invalid request body: missing field `desired_ram`",
     );
     assert_rejected_body_at(
@@ -362,9 +365,10 @@ fn ping_answers_while_a_resize_waits_for_the_guest() {
     thread::scope(|scope| {
         let resize = scope.spawn(|| {
             server.client.resize(&ResizeRequest {
-                desired_ram: 1 << 30,
+                desired_ram: Some(1 << 30),
                 timeout_secs: None,
                 force: false,
+                ..ResizeRequest::default()
             })
         });
         mock.wait_for_calls(1);

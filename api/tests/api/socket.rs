@@ -119,9 +119,10 @@ fn shutdown_does_not_wait_for_a_stuck_vmm_call() {
     let client = server.client.clone();
     let resize = std::thread::spawn(move || {
         client.resize(&ResizeRequest {
-            desired_ram: 1,
+            desired_ram: Some(1),
             timeout_secs: None,
             force: false,
+            ..ResizeRequest::default()
         })
     });
     mock.wait_for_calls(1);

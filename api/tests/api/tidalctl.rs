@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 
 use tidal_api::{
     AddMemoryRequest, ApiError, ErrorKind, HotplugEvent, RemoveMemoryRequest, ResizeRequest,
-    ResizeZoneRequest, VmInfo,
+    ResizeZoneRequest, VmInfo, ZoneId,
 };
 
 use crate::mock::{sample_events, sample_info, Call, MockVm, TestServer};
@@ -91,9 +91,10 @@ fn resize_sends_the_size_in_bytes() {
     assert_eq!(
         mock.calls(),
         [Call::Resize(ResizeRequest {
-            desired_ram: 2_147_483_648,
+            desired_ram: Some(2_147_483_648),
             timeout_secs: None,
             force: false,
+            ..ResizeRequest::default()
         })]
     );
 }
@@ -110,7 +111,7 @@ fn resize_of_a_node_is_a_resize_zone() {
     assert_eq!(
         mock.calls(),
         [Call::ResizeZone(ResizeZoneRequest {
-            id: 1,
+            id: ZoneId::Node(1),
             desired_ram: 2 << 30,
             timeout_secs: Some(30),
             force: false,
@@ -130,9 +131,10 @@ fn resize_sends_the_timeout() {
     assert_eq!(
         mock.calls(),
         [Call::Resize(ResizeRequest {
-            desired_ram: 3 << 30,
+            desired_ram: Some(3 << 30),
             timeout_secs: Some(30),
             force: false,
+            ..ResizeRequest::default()
         })]
     );
 }
@@ -251,9 +253,10 @@ fn add_sends_size_and_node() {
                 force: true,
             }),
             Call::Resize(ResizeRequest {
-                desired_ram: 8 << 30,
+                desired_ram: Some(8 << 30),
                 timeout_secs: None,
                 force: true,
+                ..ResizeRequest::default()
             })
         ]
     );
