@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use tidal_api::{ApiClient, ClientError, DimmState, Endpoint, RemoveMemoryRequest, ResizeRequest};
+use tidal_api::{
+    ApiClient, ClientError, DimmState, Endpoint, RemoveMemoryRequest, ResizeRequest,
+    ResizeZoneRequest, ZoneId,
+};
 use tidal_tests::elastic::{ElasticVm, API_TIMEOUT, BLOCK, GIB, MIB};
 use tidal_tests::{pattern_fill_command, Guest};
 
@@ -143,7 +146,61 @@ fn bad_hotplug_requests_get_clear_errors_from_the_real_vmm() {
         ..ResizeRequest::default()
     });
     vm.expect_api_error(r, 400);
+    refuses_what_it_cannot_do_exactly(&mut vm);
     assert_eq!(vm.guest.poweroff().code(), Some(0));
+}
+
+/// A VM at its boot memory (1 GiB, no DIMMs, 4 vCPUs) refuses, with a 400 and no change, the
+/// resizes it cannot make exactly, and takes Cloud Hypervisor's bodies that ask for what it has.
+fn refuses_what_it_cannot_do_exactly(vm: &mut ElasticVm) {
+    let memtotal = vm.memtotal_kib();
+    let resize = |request: ResizeRequest| vm.api.resize(&request);
+    let unaligned = resize(ResizeRequest {
+        desired_ram: Some(GIB + 64 * MIB),
+        ..ResizeRequest::default()
+    });
+    let vcpus = resize(ResizeRequest {
+        desired_vcpus: Some(2),
+        ..ResizeRequest::default()
+    });
+    let balloon = resize(ResizeRequest {
+        desired_ram: Some(2 * GIB),
+        desired_balloon: Some(GIB),
+        ..ResizeRequest::default()
+    });
+    let unaligned = vm.expect_api_error(unaligned, 400);
+    assert!(
+        unaligned.contains("not a multiple of the 128 MiB") && unaligned.contains("1 GiB"),
+        "{unaligned}"
+    );
+    let vcpus = vm.expect_api_error(vcpus, 400);
+    assert!(vcpus.contains("vCPU hotplug is not supported"), "{vcpus}");
+    vm.expect_api_error(balloon, 400);
+    // What it has already: nothing to do.
+    vm.api
+        .resize(&ResizeRequest {
+            desired_ram: Some(GIB),
+            desired_vcpus: Some(4),
+            desired_balloon: Some(0),
+            ..ResizeRequest::default()
+        })
+        .expect("a resize to the size it has");
+    let zone = |id: ZoneId| ResizeZoneRequest {
+        id,
+        desired_ram: GIB,
+        timeout_secs: None,
+        force: false,
+    };
+    vm.api
+        .resize_zone(&zone(ZoneId::Name("0".into())))
+        .expect("zone '0' is node 0");
+    let r = vm.api.resize_zone(&zone(ZoneId::Name("mem0".into())));
+    vm.expect_api_error(r, 404);
+    let info = vm.api.info().expect("vm.info");
+    assert_eq!((info.memory_actual_size, info.desired_ram), (GIB, GIB));
+    assert_eq!(info.config.memory.size, GIB);
+    assert!(vm.api.memory().expect("vm.memory").is_empty());
+    assert_eq!(vm.memtotal_kib(), memtotal);
 }
 
 #[test]

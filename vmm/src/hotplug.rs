@@ -540,6 +540,9 @@ impl MemoryHotplug {
         let most = self.boot_ram(scope) + region;
         let whose = scope.map_or("the VM".to_owned(), |node| format!("node {node}"));
         if desired > most {
+            if region == 0 {
+                self.node_region(scope.unwrap_or(0))?;
+            }
             return Err(ApiError::new(
                 ErrorKind::BadRequest,
                 format!(
