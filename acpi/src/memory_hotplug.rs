@@ -15,7 +15,7 @@ use acpi_tables::aml::{
 };
 use acpi_tables::{Aml, AmlSink};
 
-use crate::dsdt::{AmlBytes, STA_PRESENT};
+use crate::aml::{AmlBytes, STA_PRESENT};
 use crate::{AcpiError, MemoryHotplug};
 
 /// Length of the controller's register block.
