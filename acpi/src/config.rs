@@ -73,8 +73,8 @@ pub struct Ged {
     pub irq: u32,
 }
 
-/// The memory-hotplug controller: one register block (DESIGN.md section 3) and `slots` DIMM
-/// slot devices.
+/// The memory-hotplug controller: one register block (docs/design.md, "Memory-hotplug
+/// registers") and `slots` DIMM slot devices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryHotplug {
     /// Guest physical address of the [`MEMORY_HOTPLUG_REGISTERS_LEN`]-byte register block,

@@ -4,33 +4,16 @@
 //! memory-hotplug controller with its DIMM slots, and the pvpanic device.
 
 use acpi_tables::aml::{Device, EISAName, Interrupt, Name, Package, ResourceTemplate, Scope, IO};
-use acpi_tables::{aml, Aml, AmlSink};
+use acpi_tables::{aml, Aml};
 
-use crate::table::{self, bytes_of};
+use crate::aml::{AmlBytes, STA_PRESENT};
+use crate::table;
 use crate::{ged, memory_hotplug, pvpanic, AcpiConfig, AcpiError, LegacySerial, S5_SLEEP_TYPE};
 
 /// DSDT revision 2: AML integers are 64 bits wide.
 const DSDT_REVISION: u8 = 2;
-/// `_STA` of a device that is present, enabled, shown in the UI and functioning.
-pub(crate) const STA_PRESENT: u8 = 0x0f;
 /// Number of I/O ports of a 16550 UART.
 const UART_PORTS: u8 = 8;
-
-/// Already-serialized AML, so that parts built separately can sit side by side in a scope.
-pub(crate) struct AmlBytes(Vec<u8>);
-
-impl AmlBytes {
-    /// Serializes `aml` now; the result borrows nothing.
-    pub(crate) fn of(aml: &dyn Aml) -> Self {
-        AmlBytes(bytes_of(aml))
-    }
-}
-
-impl Aml for AmlBytes {
-    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
-        sink.vec(&self.0);
-    }
-}
 
 /// The DSDT for `config`.
 pub(crate) fn dsdt(config: &AcpiConfig) -> Result<Vec<u8>, AcpiError> {

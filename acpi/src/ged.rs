@@ -9,7 +9,7 @@ use acpi_tables::aml::{
 };
 use acpi_tables::Aml;
 
-use crate::dsdt::AmlBytes;
+use crate::aml::AmlBytes;
 use crate::{memory_hotplug, Ged};
 
 /// GED event bit: a DIMM slot has an insert or remove pending; the guest scans the slots.

@@ -7,6 +7,7 @@
 
 #[cfg(test)]
 mod acpica_tests;
+mod aml;
 mod config;
 mod dsdt;
 mod fadt;

@@ -1,7 +1,7 @@
-//! AML for the memory-hotplug controller (DESIGN.md section 3): `\_SB.MHPC` holds the register
-//! block and the methods that drive it, and one `PNP0C80` memory device per DIMM slot forwards
-//! its `_STA`, `_CRS`, `_PXM`, `_OST` and `_EJ0` to them. Linux's acpi_memhotplug driver does
-//! the rest.
+//! AML for the memory-hotplug controller (docs/design.md, "Memory-hotplug registers"):
+//! `\_SB.MHPC` holds the register block and the methods that drive it, and one `PNP0C80` memory
+//! device per DIMM slot forwards its `_STA`, `_CRS`, `_PXM`, `_OST` and `_EJ0` to them. Linux's
+//! acpi_memhotplug driver does the rest.
 //!
 //! Every register access the AML makes is a 4-byte access (fields are `DWordAcc`; the 64-bit
 //! base and length are read as two 4-byte reads, low half first). Control writes are
@@ -15,7 +15,7 @@ use acpi_tables::aml::{
 };
 use acpi_tables::{Aml, AmlSink};
 
-use crate::dsdt::{AmlBytes, STA_PRESENT};
+use crate::aml::{AmlBytes, STA_PRESENT};
 use crate::{AcpiError, MemoryHotplug};
 
 /// Length of the controller's register block.

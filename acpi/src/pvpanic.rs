@@ -3,7 +3,7 @@
 
 use acpi_tables::aml::{self, Device, Memory32Fixed, Name, ResourceTemplate};
 
-use crate::dsdt::{AmlBytes, STA_PRESENT};
+use crate::aml::{AmlBytes, STA_PRESENT};
 use crate::PvPanic;
 
 /// The ACPI id QEMU gave the device, which Linux's driver matches.

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod endpoints;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod request_clock;
 mod routes;

@@ -340,7 +340,7 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     let build = |source| SeccompError::Build { kind, source };
     common(&mut rules).map_err(build)?;
     match kind {
-        ThreadKind::Main => main_rules(&mut rules, crate::vcpu::kick_signal()),
+        ThreadKind::Main => main_rules(&mut rules, crate::signals::kick_signal()),
         ThreadKind::Vcpu => vcpu_rules(&mut rules),
         ThreadKind::Api => api_rules(&mut rules),
         ThreadKind::ConsoleIn => console_in_rules(&mut rules),

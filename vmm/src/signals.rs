@@ -4,7 +4,7 @@
 //! and API callers without an answer. Instead `main` blocks them before any thread exists, so
 //! every thread inherits the mask and none of them is ever interrupted by one, and the main
 //! thread's event loop reads them from a signalfd ([`StopSignals`]). The vCPU kick signal
-//! (`vcpu::kick_signal`, a real-time signal) is not in the set and stays deliverable.
+//! ([`kick_signal`], a real-time signal) is not in the set and stays deliverable.
 //!
 //! SIGHUP is handled like SIGTERM: Tidal has no configuration to reload, and a hang-up (the
 //! terminal or SSH session that ran it went away) is a request to go.
@@ -58,6 +58,12 @@ impl StopSignal {
     pub fn exit_code(self) -> u8 {
         u8::try_from(128 + self.0).unwrap_or(u8::MAX)
     }
+}
+
+/// The signal that interrupts KVM_RUN so a vCPU thread notices it must stop: the only signal
+/// the main thread's seccomp filter lets it send.
+pub fn kick_signal() -> i32 {
+    vmm_sys_util::signal::SIGRTMIN()
 }
 
 fn stop_signal_set() -> Result<libc::sigset_t, SignalError> {

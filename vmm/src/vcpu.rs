@@ -11,7 +11,7 @@ use thiserror::Error;
 use tidal_devices::{ExitReason, ExitSignal};
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
-use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+use vmm_sys_util::signal::register_signal_handler;
 
 use crate::seccomp::ThreadFilter;
 
@@ -23,10 +23,7 @@ pub enum VcpuError {
     Signal(vmm_sys_util::errno::Error),
 }
 
-/// The signal that interrupts KVM_RUN so a vCPU thread notices it must stop.
-pub fn kick_signal() -> i32 {
-    SIGRTMIN()
-}
+pub use crate::signals::kick_signal;
 
 /// KVM_RUN returns EINTR when the kick arrives; the handler itself has nothing to do.
 pub fn install_kick_handler() -> Result<(), VcpuError> {
