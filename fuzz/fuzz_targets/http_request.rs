@@ -16,7 +16,7 @@ use tidal_api::fuzzing::serve_bytes;
 use tidal_api::{
     AddMemoryRequest, ApiError, DimmInfo, DimmState, ErrorKind, EventSink, HotplugEvent,
     MemoryBackendInfo, MemoryInfo, NodeMemory, OstStatus, RemoveMemoryRequest, ResizeRequest,
-    ResizeZoneRequest, VmApi, VmInfo,
+    ResizeZoneRequest, VmApi, VmConfigInfo, VmInfo, VmState,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -63,14 +63,18 @@ fn refusal(n: u64) -> Result<(), ApiError> {
 impl VmApi for FixedVm {
     fn info(&self) -> VmInfo {
         VmInfo {
-            state: "Running".to_owned(),
+            config: VmConfigInfo::default(),
+            state: VmState::Running,
             memory_actual_size: 2 * GIB,
+            desired_ram: 2 * GIB,
             memory: MemoryInfo {
                 boot: GIB,
                 hotplugged: GIB,
                 hotplug_size: 8 * GIB,
                 slots: 32,
                 block_size: 128 << 20,
+                inserting: 0,
+                removing: 0,
                 nodes: vec![NodeMemory {
                     id: 0,
                     boot: GIB,
@@ -88,11 +92,11 @@ impl VmApi for FixedVm {
     }
 
     fn resize(&self, request: ResizeRequest) -> Result<(), ApiError> {
-        refusal(request.desired_ram)
+        refusal(request.desired_ram.unwrap_or(0))
     }
 
     fn resize_zone(&self, request: ResizeZoneRequest) -> Result<(), ApiError> {
-        refusal(request.desired_ram ^ u64::from(request.id))
+        refusal(request.desired_ram ^ u64::from(request.id.node().unwrap_or(u32::MAX)))
     }
 
     fn add_memory(&self, request: AddMemoryRequest) -> Result<DimmInfo, ApiError> {
