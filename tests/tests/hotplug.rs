@@ -170,7 +170,7 @@ fn refuses_what_it_cannot_do_exactly(vm: &mut ElasticVm) {
     });
     let unaligned = vm.expect_api_error(unaligned, 400);
     assert!(
-        unaligned.contains("not a multiple of the 128 MiB") && unaligned.contains("1 GiB"),
+        unaligned.contains("plus whole 128 MiB memory blocks") && unaligned.contains("1 GiB"),
         "{unaligned}"
     );
     let vcpus = vm.expect_api_error(vcpus, 400);

@@ -526,9 +526,9 @@ impl MemoryHotplug {
         self.add(size, node, timeout, force).map(|_| ())
     }
 
-    /// Refuses a total that node `scope` (the whole VM: `None`) can never have: not a multiple
-    /// of the block size, or above its boot RAM plus its share of the hotplug region. The
-    /// error names the nearest totals it can have.
+    /// Refuses a total that node `scope` (the whole VM: `None`) can never have: not its boot
+    /// RAM plus whole memory blocks, or above its boot RAM plus its share of the hotplug
+    /// region. The error names the nearest totals it can have.
     fn check_reachable(&self, scope: Option<u32>, desired: u64) -> Result<(), ApiError> {
         let region = match scope {
             None => self.regions.iter().flatten().map(|r| r.size).sum(),
@@ -553,14 +553,18 @@ impl MemoryHotplug {
                 ),
             ));
         }
-        let below = desired - desired % MEMORY_BLOCK_SIZE;
-        if below != desired {
+        // DIMMs come in whole blocks on top of boot RAM (which need not be whole blocks).
+        let boot = self.boot_ram(scope);
+        let over = desired.saturating_sub(boot) % MEMORY_BLOCK_SIZE;
+        if over != 0 {
+            let below = desired - over;
             return Err(ApiError::new(
                 ErrorKind::BadRequest,
                 format!(
-                    "desired_ram {} is not a multiple of the {} memory block size: the nearest \
-                     totals are {} and {}",
+                    "desired_ram {} is not boot RAM ({}) plus whole {} memory blocks: the \
+                     nearest totals are {} and {}",
                     format_size(desired),
+                    format_size(boot),
                     format_size(MEMORY_BLOCK_SIZE),
                     format_size(below),
                     format_size(below + MEMORY_BLOCK_SIZE)
