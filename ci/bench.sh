@@ -39,6 +39,7 @@ cargo build --release --quiet -p tidal-vmm -p tidal-tests --bin tidal --bin tida
 export TIDAL_BIN=$PWD/target/release/tidal
 bench=target/release/tidal-bench
 mkdir -p "$(dirname "$json")" "$(dirname "$plot")"
+rm -rf "$(dirname "$json")/failed" # only this benchmark's failed runs
 echo "bench: this machine: $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) CPUs, Linux $(uname -r)" >&2
 
 case "$(ci/kvm-kind.sh)" in
