@@ -4,7 +4,8 @@
 # tidal-bench, which boots the same guest under Tidal and under QEMU alternately (through
 # ci/qemu-as-tidal.sh) and prints a table of medians, Tidal beside QEMU. It writes every run as
 # JSON (default target/bench/bench.json) and the hot-plug latencies as an SVG plot (default
-# target/bench/latency.svg).
+# target/bench/latency.svg); each failed run's evidence goes to failed/<vmm>-run<N>-<attempt>/
+# beside the JSON file (docs/benchmarks.md).
 #
 # On hardware KVM it runs directly. Where /dev/kvm is KVM-PVM it runs inside the QEMU TCG test
 # host (ci/testhost.sh), both VMMs in the same test host boot, so their figures are emulated
@@ -38,6 +39,7 @@ cargo build --release --quiet -p tidal-vmm -p tidal-tests --bin tidal --bin tida
 export TIDAL_BIN=$PWD/target/release/tidal
 bench=target/release/tidal-bench
 mkdir -p "$(dirname "$json")" "$(dirname "$plot")"
+rm -rf "$(dirname "$json")/failed" # only this benchmark's failed runs
 echo "bench: this machine: $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) CPUs, Linux $(uname -r)" >&2
 
 case "$(ci/kvm-kind.sh)" in
@@ -61,6 +63,14 @@ case "$(ci/kvm-kind.sh)" in
             cp "$file" "$json"
             cp "${file%/*}/latency.svg" "$plot" 2>/dev/null || echo "bench: no plot was made" >&2
             echo "bench: every run in $json, the plot in $plot" >&2
+        done
+        # Each failed run's evidence (tidal-bench writes it beside the JSON file, as it
+        # happens), also when the benchmark itself did not finish.
+        for dir in "$out"/tidal-testhost.*/scratch/failed; do
+            [ -d "$dir" ] || continue
+            mkdir -p "$(dirname "$json")/failed"
+            cp -r "$dir"/. "$(dirname "$json")/failed/"
+            echo "bench: the evidence of the failed runs in $(dirname "$json")/failed/: $(ls "$dir" | tr '\n' ' ')" >&2
         done
         if [ "$rc" -eq 0 ]; then
             rm -rf "$out"

@@ -148,8 +148,11 @@ list_tests() {
 #   a vCPU thread that SIGKILL could not end.
 # On hardware KVM nothing is retried.
 # Any other failure is never retried.
+# Every attempt that fails keeps its whole log in $failed_logs/<test>-attempt<N>.log, on this
+# machine (the test host's files go with it), and the WARNING or FAILED line names that file.
+failed_logs=$repo/target/ci/failed
 run_in_testhost() {
-    local exe=$1 test=$2 rc=0 attempt log fault
+    local exe=$1 test=$2 rc=0 attempt log fault kept
     log=$(mktemp)
     for attempt in 1 2 3; do
         rc=0
@@ -157,9 +160,15 @@ run_in_testhost() {
             env TIDAL_IN_TESTHOST=1 ci/run-test-binaries.sh "$exe" -- --exact "$test" \
             2>&1 | tee "$log" || rc=${PIPESTATUS[0]}
         [ "$rc" -ne 0 ] || break
+        mkdir -p "$failed_logs"
+        kept="$failed_logs/$test-attempt$attempt.log"
+        cp "$log" "$kept"
         fault=$(emulation_fault "$rc" "$log")
-        [ -n "$fault" ] || break
-        echo "ci/test.sh: WARNING: $fault running $test (attempt $attempt of 3)" >&2
+        if [ -z "$fault" ]; then
+            echo "ci/test.sh: FAILED: $test (attempt $attempt, exit status $rc); its log: $kept" >&2
+            break
+        fi
+        echo "ci/test.sh: WARNING: $fault running $test (attempt $attempt of 3); its log: $kept" >&2
     done
     rm -f "$log"
     return "$rc"
@@ -187,6 +196,7 @@ run_guest_tests() {
     kind=$(ci/kvm-kind.sh)
     echo "KVM here: $kind; guest tests: ${exes[*]##*/}"
     export TIDAL_BIN="$repo/target/release/tidal"
+    rm -rf "$failed_logs" # only this run's failures
     if [ "$kind" = hardware ]; then
         ci/run-test-binaries.sh "${exes[@]}"
         return

@@ -508,11 +508,7 @@ impl Guest {
     /// tail) when it does not within the boot timeout or tidal exits first.
     pub fn boot(self) -> RunningGuest {
         let mut guest = self.spawn();
-        let timeout = guest.boot_timeout;
-        guest.wait_for(READY_LINE, timeout);
-        let boot_time = guest.started.elapsed();
-        guest.boot_time = Some(boot_time);
-        println!("tidal-tests: {READY_LINE} after {boot_time:.2?}");
+        guest.wait_until_booted();
         guest
     }
 }
@@ -573,6 +569,20 @@ impl RunningGuest {
             boot_timeout,
             exit_status: None,
         }
+    }
+
+    /// Waits until the guest prints [`READY_LINE`] and records the boot time; panics (with the
+    /// console tail) when it does not within the boot timeout or tidal exits first.
+    pub fn wait_until_booted(&mut self) {
+        self.wait_for(READY_LINE, self.boot_timeout);
+        let boot_time = self.started.elapsed();
+        self.boot_time = Some(boot_time);
+        println!("tidal-tests: {READY_LINE} after {boot_time:.2?}");
+    }
+
+    /// Time since tidal was spawned.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// Time from spawning tidal to [`READY_LINE`] (set by [`Guest::boot`]).

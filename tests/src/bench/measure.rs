@@ -7,8 +7,11 @@
 //! that loop returns. Where the VMM's call already waited for the guest (Tidal), the loop
 //! returns at its first check.
 
+use std::fmt;
 use std::ops::Range;
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 use super::figures::{Contents, Figure, Figures, Plan, RssPoint, Until};
 use super::host::{self, Rss};
@@ -22,8 +25,90 @@ fn fill_timeout(bytes: u64) -> Duration {
     Duration::from_secs(60 + 2 * (bytes >> 20))
 }
 
+/// The steps of a run, for the evidence of a failed one and for choosing where a run's guest
+/// is made to crash ([`super::Crash`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Waiting for the guest's first userspace line.
+    Boot,
+    /// Asking the VMM its version, reading its RSS after boot.
+    BootFigures,
+    /// Hot-adding a DIMM of this many bytes until the guest's MemTotal shows it.
+    HotAdd(u64),
+    /// The guest writing half a DIMM of this size into its tmpfs.
+    Fill(u64),
+    /// Hot-removing a DIMM of this size until the guest's MemTotal has dropped.
+    HotRemove { size: u64, contents: Contents },
+    /// Powering the guest off after a run.
+    PowerOff,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Step::Boot => f.write_str("boot"),
+            Step::BootFigures => f.write_str("version and RSS after boot"),
+            Step::HotAdd(size) => write!(f, "hot-add {} MiB", size >> 20),
+            Step::Fill(size) => write!(f, "fill the {} MiB DIMM", size >> 20),
+            Step::HotRemove { size, contents } => write!(
+                f,
+                "hot-remove {} MiB {}",
+                size >> 20,
+                match contents {
+                    Contents::Empty => "empty",
+                    Contents::Filled => "filled",
+                }
+            ),
+            Step::PowerOff => f.write_str("power-off"),
+        }
+    }
+}
+
+/// The guest command that panics its kernel at once (SysRq `c`).
+const CRASH_COMMAND: &str = "echo c > /proc/sysrq-trigger";
+
+/// Where a run is: its step, since when, and the VMM's DIMMs as last seen. Kept by the caller,
+/// so that it survives a harness panic in the middle of a step.
+pub(super) struct Progress {
+    pub step: Step,
+    pub step_started: Instant,
+    pub memory: Option<Value>,
+    /// The step at whose start the guest is made to crash.
+    crash_at: Option<Step>,
+}
+
+impl Progress {
+    pub fn new(crash_at: Option<Step>) -> Self {
+        Progress {
+            step: Step::Boot,
+            step_started: Instant::now(),
+            memory: None,
+            crash_at,
+        }
+    }
+
+    /// Enters `step`: notes it, asks the VMM for its DIMMs (outside every timed span), and
+    /// crashes the guest if this is the step chosen for it (once).
+    pub fn enter(&mut self, vm: &mut dyn Vmm, step: Step) {
+        self.step = step;
+        self.step_started = Instant::now();
+        if let Some(memory) = vm.memory_state() {
+            self.memory = Some(memory);
+        }
+        if self.crash_at == Some(step) {
+            self.crash_at = None;
+            eprintln!("tidal-bench: crashing the guest on purpose at step \"{step}\"");
+            vm.guest().send_line(CRASH_COMMAND);
+        }
+    }
+}
+
 /// Measures every figure of `plan` on the booted `vm`.
-pub(super) fn run(vm: &mut dyn Vmm, plan: &Plan) -> Result<Figures, VmmError> {
+pub(super) fn run(
+    vm: &mut dyn Vmm,
+    plan: &Plan,
+    progress: &mut Progress,
+) -> Result<Figures, VmmError> {
     let mut figures = Figures::new();
     let boot = vm
         .guest()
@@ -33,11 +118,20 @@ pub(super) fn run(vm: &mut dyn Vmm, plan: &Plan) -> Result<Figures, VmmError> {
     figures.insert(Figure::VmmOverhead, rss(vm)?.own_mib);
     for &size in &plan.removed {
         // Empty: removed right after it came online.
+        progress.enter(vm, Step::HotAdd(size));
         let id = add(vm, size, &mut figures)?;
+        progress.enter(
+            vm,
+            Step::HotRemove {
+                size,
+                contents: Contents::Empty,
+            },
+        );
         record_removal(vm, &id, size, Contents::Empty, &mut figures)?;
-        record_filled_removal(vm, size, &mut figures)?;
+        record_filled_removal(vm, size, &mut figures, progress)?;
     }
     for &size in &plan.added_only {
+        progress.enter(vm, Step::HotAdd(size));
         add(vm, size, &mut figures)?;
     }
     Ok(figures)
@@ -50,10 +144,13 @@ fn record_filled_removal(
     vm: &mut dyn Vmm,
     size: u64,
     figures: &mut Figures,
+    progress: &mut Progress,
 ) -> Result<(), VmmError> {
+    progress.enter(vm, Step::HotAdd(size));
     let before = rss(vm)?;
     // This add was timed already, empty; its figures are not recorded twice.
     let id = add(vm, size, &mut Figures::new())?;
+    progress.enter(vm, Step::Fill(size));
     let fill = Plan::fill(size);
     run_ok(
         vm.guest(),
@@ -69,6 +166,13 @@ fn record_filled_removal(
     if dimm_resident == 0 {
         return Err(VmmError::DimmNotFound);
     }
+    progress.enter(
+        vm,
+        Step::HotRemove {
+            size,
+            contents: Contents::Filled,
+        },
+    );
     record_removal(vm, &id, size, Contents::Filled, figures)?;
     let after = rss(vm)?;
     let returned = dimm_resident.saturating_sub(resident_kib(vm, &dimm)?);

@@ -4,7 +4,8 @@
 //! (`tests/tests/bench.rs`) and the benchmark cannot rot.
 //!
 //! - [`figures`]: what is measured, named once, and the [`Plan`] of guest and DIMM sizes;
-//! - `measure`: one run against one booted VMM, written once for both;
+//! - `measure`: one run against one booted VMM, written once for both, in named [`Step`]s;
+//! - [`evidence`]: what a failed run leaves behind, in the JSON file and in files of its own;
 //! - [`vmm`]: the [`Vmm`] trait, with Tidal (REST API) and QEMU (QMP) behind it;
 //! - [`qmp`]: a small blocking QMP client;
 //! - [`host`]: the VMM process's resident memory, and where the benchmark runs;
@@ -12,8 +13,10 @@
 //! - [`report`]: every run, the table, the JSON file and the plot.
 //!
 //! Like the rest of the harness, a guest that does not boot or a guest command that times out
-//! panics with the console; everything else that fails is a [`BenchError`].
+//! panics with the console; a run catches that, and it and every other failure of a run become
+//! a [`BenchError::Run`] with the run's [`Evidence`].
 
+pub mod evidence;
 pub mod figures;
 pub mod host;
 mod measure;
@@ -25,14 +28,19 @@ pub mod vmm;
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::panic::{self, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use thiserror::Error;
 
+pub use evidence::{Evidence, VmmExit};
 pub use figures::{Figure, Plan};
+pub use measure::Step;
 pub use report::Report;
 pub use vmm::VmmKind;
 
 use figures::Figures;
+use measure::Progress;
 use report::{Retried, Run};
 use vmm::{Vmm, VmmError};
 
@@ -40,6 +48,17 @@ use vmm::{Vmm, VmmError};
 const QEMU_PROGRAM: &str = "qemu-system-x86_64";
 /// Console lines and VMM stderr lines quoted in errors.
 const TAIL_LINES: usize = 30;
+/// How long a failed run waits for the VMM to exit: one whose guest died is about to.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
+
+/// A run whose guest is made to crash on purpose (its kernel panics through SysRq `c`) when
+/// the run of `vmm` enters `step` (the first time): shows that a failed run leaves its
+/// evidence (tests/tests/bench.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Crash {
+    pub vmm: VmmKind,
+    pub step: Step,
+}
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +73,11 @@ pub struct Options {
     pub tidal_retries: usize,
     /// The same for a run of QEMU.
     pub qemu_retries: usize,
+    /// Where each failed run's evidence goes, a directory per run and attempt
+    /// ([`Evidence::write`]); nowhere but the report when `None`.
+    pub evidence_dir: Option<PathBuf>,
+    /// A guest made to crash on purpose; `None` in every real benchmark.
+    pub crash: Option<Crash>,
 }
 
 impl Options {
@@ -65,6 +89,8 @@ impl Options {
             plan: Plan::full(),
             tidal_retries: 1,
             qemu_retries: 1,
+            evidence_dir: None,
+            crash: None,
         }
     }
 
@@ -79,6 +105,8 @@ impl Options {
             plan: Plan::quick(),
             tidal_retries: 0,
             qemu_retries: 1,
+            evidence_dir: None,
+            crash: None,
         }
     }
 
@@ -99,19 +127,14 @@ pub enum BenchError {
          (install the Debian package qemu-system-x86; ci/bench.sh and ci/test.sh do)"
     )]
     QemuMissing,
+    /// A run failed; what it left behind.
     #[error(
-        "{vmm}, {stage}: {source}\n---- last {TAIL_LINES} guest console lines ----\n{console}\n\
-         ---- {vmm} stderr, last {TAIL_LINES} lines ----\n{stderr}\n---- end ----"
+        "{}, {}, failed {}\n---- last {TAIL_LINES} guest console lines ----\n{}\n\
+         ---- {} stderr, last {TAIL_LINES} lines ----\n{}\n---- end ----",
+        .0.vmm, .0.stage, .0.summary(), last(&.0.console_tail), .0.vmm, last(&.0.stderr_tail)
     )]
-    Run {
-        vmm: VmmKind,
-        stage: String,
-        source: Box<VmmError>,
-        console: String,
-        stderr: String,
-    },
-    /// The harness panicked (it does when the guest does not boot or a guest command times
-    /// out, after printing the console).
+    Run(Box<Evidence>),
+    /// The harness panicked before the VMM ran (it could not be started).
     #[error("the run stopped: {0}")]
     Panic(String),
 }
@@ -151,31 +174,50 @@ pub fn run(options: &Options) -> Result<Report, BenchError> {
     Ok(report)
 }
 
-/// [`run_once`], again on a fresh boot after a failure (an error, or a harness panic such as a
-/// guest that did not boot) up to [`Options::retries`] times; each failure is noted in
-/// `retried`, and the last one is returned.
-fn run_with_retries(
+/// The last [`TAIL_LINES`] of `lines`, for an error message.
+fn last(lines: &[String]) -> String {
+    lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+}
+
+/// [`run_once`], again on a fresh boot after a failure up to [`Options::retries`] times; each
+/// failure's evidence is written to [`Options::evidence_dir`], each retried one is noted in
+/// `retried`, and the last one is returned. Public for the test that crashes a guest on
+/// purpose.
+pub fn run_with_retries(
     vmm: VmmKind,
     options: &Options,
     stage: &str,
     retried: &mut Vec<Retried>,
 ) -> Result<(String, Figures), BenchError> {
-    let mut attempt = 0;
+    let mut attempt = 1;
     loop {
-        let outcome = panic::catch_unwind(AssertUnwindSafe(|| run_once(vmm, &options.plan, stage)))
-            .unwrap_or_else(|payload| Err(BenchError::Panic(panic_message(payload.as_ref()))));
-        match outcome {
-            Err(error) if attempt < options.retries(vmm) => {
-                attempt += 1;
-                eprintln!("tidal-bench: {vmm}, {stage} failed, booting again: {error}");
-                retried.push(Retried {
-                    vmm,
-                    stage: stage.to_owned(),
-                    reason: first_line(&error.to_string()).to_owned(),
-                });
+        let outcome =
+            panic::catch_unwind(AssertUnwindSafe(|| run_once(vmm, options, stage, attempt)))
+                .unwrap_or_else(|payload| Err(BenchError::Panic(panic_message(payload.as_ref()))));
+        let Err(error) = outcome else {
+            return outcome;
+        };
+        let evidence = match &error {
+            BenchError::Run(evidence) => Some(evidence.as_ref().clone()),
+            _ => None,
+        };
+        if let (Some(evidence), Some(dir)) = (&evidence, &options.evidence_dir) {
+            match evidence.write(dir) {
+                Ok(path) => eprintln!("tidal-bench: the evidence is in {}", path.display()),
+                Err(e) => eprintln!("tidal-bench: {e}"),
             }
-            outcome => return outcome,
         }
+        if attempt > options.retries(vmm) {
+            return Err(error);
+        }
+        attempt += 1;
+        eprintln!("tidal-bench: {vmm}, {stage} failed, booting again: {error}");
+        retried.push(Retried {
+            vmm,
+            stage: stage.to_owned(),
+            reason: first_line(&error.to_string()).to_owned(),
+            evidence,
+        });
     }
 }
 
@@ -193,35 +235,59 @@ fn first_line(text: &str) -> &str {
 }
 
 /// Boots `vmm`, measures one run and powers the guest off; returns the VMM's version and the
-/// figures. A run that fails has the VMM say whether the guest died of a triple fault (the
-/// VM is still there to ask, so a harness panic is caught here, not only by the caller).
-fn run_once(vmm: VmmKind, plan: &Plan, stage: &str) -> Result<(String, Figures), BenchError> {
+/// figures. A run that fails (an error, or a harness panic such as a guest that did not boot)
+/// has the VMM say whether the guest died of a triple fault, and returns its evidence: the VM
+/// is still there to ask, so a harness panic is caught here, not only by the caller.
+fn run_once(
+    vmm: VmmKind,
+    options: &Options,
+    stage: &str,
+    attempt: usize,
+) -> Result<(String, Figures), BenchError> {
     eprintln!("tidal-bench: {vmm}, {stage}");
-    let mut vm = vmm.boot(plan);
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| version_and_figures(vm.as_mut(), plan)));
-    if !matches!(outcome, Ok(Ok(_))) {
-        vm.report_triple_fault();
-    }
-    match outcome {
-        Ok(Ok(measured)) => {
-            vm.guest().poweroff();
-            Ok(measured)
-        }
-        Err(payload) => Err(BenchError::Panic(panic_message(payload.as_ref()))),
-        Ok(Err(source)) => {
-            let guest = vm.guest();
-            Err(BenchError::Run {
-                vmm,
-                stage: stage.to_owned(),
-                source: Box::new(source),
-                console: guest.console_tail(TAIL_LINES),
-                stderr: crate::tail_lines(&guest.stderr(), TAIL_LINES),
-            })
-        }
-    }
+    let mut vm = vmm.spawn(&options.plan);
+    let crash_at = options.crash.filter(|c| c.vmm == vmm).map(|c| c.step);
+    let mut progress = Progress::new(crash_at);
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        measured_run(vm.as_mut(), &options.plan, &mut progress)
+    }));
+    let error = match outcome {
+        Ok(Ok(measured)) => return Ok(measured),
+        Ok(Err(error)) => error.to_string(),
+        Err(payload) => panic_message(payload.as_ref()),
+    };
+    vm.report_triple_fault();
+    let memory = vm.memory_state().or(progress.memory);
+    let guest = vm.guest();
+    let exit = VmmExit::of(guest.wait_exit(EXIT_WAIT));
+    Err(BenchError::Run(Box::new(Evidence::new(
+        vmm,
+        stage,
+        attempt,
+        progress.step.to_string(),
+        (
+            guest.uptime().as_secs_f64(),
+            progress.step_started.elapsed().as_secs_f64(),
+        ),
+        &error,
+        exit,
+        memory,
+        &guest.stderr(),
+        &guest.console(),
+    ))))
 }
 
-fn version_and_figures(vm: &mut dyn Vmm, plan: &Plan) -> Result<(String, Figures), VmmError> {
+/// The steps of a run after the VMM started: boot, version, the measurements, power-off.
+fn measured_run(
+    vm: &mut dyn Vmm,
+    plan: &Plan,
+    progress: &mut Progress,
+) -> Result<(String, Figures), VmmError> {
+    vm.guest().wait_until_booted();
+    progress.enter(vm, Step::BootFigures);
     let version = vm.version()?;
-    Ok((version, measure::run(vm, plan)?))
+    let figures = measure::run(vm, plan, progress)?;
+    progress.enter(vm, Step::PowerOff);
+    vm.guest().poweroff();
+    Ok((version, figures))
 }

@@ -11,6 +11,7 @@ use plotters::prelude::*;
 use serde_json::{json, Value};
 use thiserror::Error;
 
+use super::evidence::Evidence;
 use super::figures::{Figure, Figures, Plan};
 use super::host::Environment;
 use super::stats::{ratio, Summary};
@@ -30,13 +31,35 @@ pub struct Run {
 }
 
 /// A run that failed and was run again on a fresh boot.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Retried {
     pub vmm: VmmKind,
     /// Which run: "run 2 of 5", or the warm-up.
     pub stage: String,
     /// The first line of why it failed.
     pub reason: String,
+    /// What it left behind; `None` when the VMM could not even be started.
+    pub evidence: Option<Evidence>,
+}
+
+impl Retried {
+    /// The table's line for it: what the evidence shows, and where its files are.
+    pub fn header_line(&self) -> String {
+        let what = self.evidence.as_ref().map_or_else(
+            || self.reason.clone(),
+            |evidence| {
+                format!(
+                    "{} (evidence: failed/{}/ beside the JSON file)",
+                    evidence.summary(),
+                    evidence.name()
+                )
+            },
+        );
+        format!(
+            "{}, {}, failed and ran again on a fresh boot: {what}",
+            self.vmm, self.stage
+        )
+    }
 }
 
 /// Everything a benchmark measured, and where.
@@ -141,11 +164,7 @@ impl Report {
             env.kernel,
         );
         for retried in &self.retried {
-            let _ = writeln!(
-                text,
-                "{}, {}, failed and ran again on a fresh boot: {}",
-                retried.vmm, retried.stage, retried.reason
-            );
+            let _ = writeln!(text, "{}", retried.header_line());
         }
         if !self.retried.is_empty() {
             text.push('\n');
@@ -362,6 +381,7 @@ fn create_parent(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::evidence::VmmExit;
 
     /// A report of the quick plan with made-up values: Tidal twice as fast as QEMU.
     fn report() -> Report {
@@ -442,19 +462,56 @@ mod tests {
     }
 
     #[test]
-    fn says_which_runs_ran_again_and_why() {
+    fn says_which_runs_ran_again_and_what_their_evidence_shows() {
         let mut report = report();
+        let evidence = Evidence::new(
+            VmmKind::Tidal,
+            "run 2 of 3",
+            1,
+            "fill the 128 MiB DIMM".to_owned(),
+            (30.0, 2.0),
+            "tidal exited while running \"grep '^MemTotal:' /proc/meminfo\" in the guest",
+            VmmExit::Exited { code: 3 },
+            None,
+            "[x ERROR tidal_vmm::vm] the guest kernel panicked; stopping the VM\n",
+            "Kernel panic - not syncing: sysrq triggered crash\n",
+        );
         report.retried.push(Retried {
             vmm: VmmKind::Tidal,
             stage: "run 2 of 3".to_owned(),
-            reason: "the guest did not answer".to_owned(),
+            reason: evidence.error.clone(),
+            evidence: Some(evidence),
         });
-        assert!(report.table().contains(
-            "Tidal, run 2 of 3, failed and ran again on a fresh boot: the guest did not answer\n"
-        ));
+        report.retried.push(Retried {
+            vmm: VmmKind::Qemu,
+            stage: "run 1 of 3".to_owned(),
+            reason: "cannot start it".to_owned(),
+            evidence: None,
+        });
+        let table = report.table();
+        assert!(
+            table.contains(
+                "Tidal, run 2 of 3, failed and ran again on a fresh boot: in step \"fill the \
+                 128 MiB DIMM\", 30.0 s after the VMM started: tidal exited while running \
+                 \"grep '^MemTotal:' /proc/meminfo\" in the guest; Tidal exited with status 3, \
+                 its last error line: [x ERROR tidal_vmm::vm] the guest kernel panicked; \
+                 stopping the VM (evidence: failed/tidal-run2-1/ beside the JSON file)\n"
+            ),
+            "{table}"
+        );
+        assert!(table
+            .contains("QEMU, run 1 of 3, failed and ran again on a fresh boot: cannot start it\n"));
         let json = report.json();
         assert_eq!(json["retried"][0]["stage"], "run 2 of 3");
         assert_eq!(json["retried"][0]["vmm"], "tidal");
+        let evidence = &json["retried"][0]["evidence"];
+        assert_eq!(evidence["exit"]["code"], 3);
+        assert_eq!(evidence["step"], "fill the 128 MiB DIMM");
+        assert_eq!(
+            evidence["console_tail"][0],
+            "Kernel panic - not syncing: sysrq triggered crash"
+        );
+        assert_eq!(json["retried"][1]["evidence"], Value::Null);
     }
 
     #[test]

@@ -31,6 +31,9 @@ const OST_SUCCESS: u64 = 0;
 const OST_EJECT_IN_PROGRESS: u64 = 0x84;
 /// The `_OST` source code of an eject request.
 const OST_EJECT_REQUEST: u64 = 3;
+/// How long the evidence of a failed run waits for the VMM's list of DIMMs: a VMM that does
+/// not answer at once is part of what failed.
+const MEMORY_STATE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a failed run waits for QEMU's `SHUTDOWN` event: QEMU sent it before it exited, so
 /// it is either there at once or QEMU still runs.
 const SHUTDOWN_EVENT_WAIT: Duration = Duration::from_secs(2);
@@ -54,19 +57,20 @@ impl VmmKind {
     /// Both, in the order a benchmark round runs them.
     pub const ALL: [VmmKind; 2] = [VmmKind::Tidal, VmmKind::Qemu];
 
-    /// Boots the benchmark's guest under this VMM (waits for its first userspace line) with a
-    /// control socket: Tidal's API, QEMU's QMP. Like every [`Guest::boot`], panics (with the
-    /// console) when the guest does not come up.
-    pub fn boot(self, plan: &Plan) -> Box<dyn Vmm> {
+    /// Starts the benchmark's guest under this VMM with a control socket: Tidal's API, QEMU's
+    /// QMP. Does not wait for the guest ([`RunningGuest::wait_until_booted`] does), so that a
+    /// boot that fails leaves its evidence like any other step.
+    pub fn spawn(self, plan: &Plan) -> Box<dyn Vmm> {
         let dir = tempfile::tempdir().expect("create a directory for the VMM's control socket");
         let socket = dir.path().join("control.sock");
         let guest = Guest::new().cpus(plan.cpus).memory(plan.memory_option());
         match self {
             VmmKind::Tidal => {
-                let guest = guest.arg("--api-socket").arg(&socket).boot();
+                let guest = guest.arg("--api-socket").arg(&socket).spawn();
                 Box::new(Tidal {
                     guest,
                     api: ApiClient::new(&socket).with_timeout(API_TIMEOUT),
+                    probe: ApiClient::new(&socket).with_timeout(MEMORY_STATE_TIMEOUT),
                     _dir: dir,
                 })
             }
@@ -75,7 +79,7 @@ impl VmmKind {
                     .binary(qemu_as_tidal())
                     .arg("--qmp-socket")
                     .arg(&socket)
-                    .boot();
+                    .spawn();
                 Box::new(Qemu {
                     guest,
                     socket,
@@ -145,6 +149,10 @@ pub trait Vmm {
     /// Asks for DIMM `id` to go and waits until it is gone; returns when that was.
     fn remove_dimm(&mut self, id: &str) -> Result<Instant, VmmError>;
 
+    /// The VMM's DIMMs as it describes them (Tidal: `vm.memory`; QEMU: `query-memory-devices`),
+    /// `None` when it does not answer: for the evidence of a failed run.
+    fn memory_state(&mut self) -> Option<Value>;
+
     /// After a failed run: says so ([`crate::report_triple_fault`]) when the VMM showed that
     /// the guest died of a triple fault, which under nested emulation happens at random.
     fn report_triple_fault(&mut self);
@@ -161,6 +169,8 @@ pub struct Added {
 struct Tidal {
     guest: RunningGuest,
     api: ApiClient,
+    /// The same API with a short timeout, for [`Vmm::memory_state`].
+    probe: ApiClient,
     /// Holds the socket; removed with the VM.
     _dir: tempfile::TempDir,
 }
@@ -204,6 +214,11 @@ impl Vmm for Tidal {
             timeout_secs: Some(REMOVE_TIMEOUT.as_secs()),
         })?;
         Ok(Instant::now())
+    }
+
+    fn memory_state(&mut self) -> Option<Value> {
+        let dimms = self.probe.memory().ok()?;
+        serde_json::to_value(dimms).ok()
     }
 
     /// Tidal logs the triple fault itself.
@@ -338,6 +353,14 @@ impl Vmm for Qemu {
         }
         qmp.execute("object-del", Some(json!({ "id": backend_id(id) })))?;
         Ok(gone)
+    }
+
+    /// Only once QMP is connected: a QEMU that never answered has nothing to show.
+    fn memory_state(&mut self) -> Option<Value> {
+        self.qmp
+            .as_mut()?
+            .execute("query-memory-devices", None)
+            .ok()
     }
 
     /// QEMU logs nothing of a triple fault, but its `SHUTDOWN` event names the cause. Only

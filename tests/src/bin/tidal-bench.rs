@@ -50,6 +50,13 @@ impl Args {
         if !self.added_only.is_empty() {
             options.plan.added_only.clone_from(&self.added_only);
         }
+        // Beside the JSON file, so that ci/bench.sh brings both out of the test host.
+        options.evidence_dir = Some(
+            self.json
+                .parent()
+                .unwrap_or_else(|| std::path::Path::new("."))
+                .join("failed"),
+        );
         options
     }
 }
