@@ -15,6 +15,7 @@ pub mod numa;
 pub mod options;
 pub mod ram;
 pub mod reset_vector;
+pub mod resize_plan;
 pub mod seccomp;
 pub mod signals;
 pub mod vcpu;
