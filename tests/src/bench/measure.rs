@@ -117,6 +117,10 @@ pub(super) fn run(
     figures.insert(Figure::Boot, ms(boot));
     figures.insert(Figure::VmmOverhead, rss(vm)?.own_mib);
     for &size in &plan.removed {
+        // The guest RAM mapped before any DIMM of this round: a DIMM's own mapping is what
+        // is new beside it (QEMU may map a DIMM where a removed one was, before the removed
+        // one's mapping is gone).
+        let baseline = rss(vm)?;
         // Empty: removed right after it came online.
         progress.enter(vm, Step::HotAdd(size));
         let id = add(vm, size, &mut figures)?;
@@ -128,7 +132,7 @@ pub(super) fn run(
             },
         );
         record_removal(vm, &id, size, Contents::Empty, &mut figures)?;
-        record_filled_removal(vm, size, &mut figures, progress)?;
+        record_filled_removal(vm, size, &baseline, &mut figures, progress)?;
     }
     for &size in &plan.added_only {
         progress.enter(vm, Step::HotAdd(size));
@@ -139,10 +143,12 @@ pub(super) fn run(
 
 /// Adds a DIMM of `size` bytes, lets the guest write half of it into its tmpfs (the data lands
 /// in the DIMM and has to move out before it can go), removes it, and records the removal, the
-/// VMM's RSS around it, and how much of what was resident in the DIMM the host got back.
+/// VMM's RSS around it, and how much of what was resident in the DIMM the host got back. The
+/// DIMM's memory is the guest RAM mapped since `baseline`.
 fn record_filled_removal(
     vm: &mut dyn Vmm,
     size: u64,
+    baseline: &Rss,
     figures: &mut Figures,
     progress: &mut Progress,
 ) -> Result<(), VmmError> {
@@ -161,7 +167,7 @@ fn record_filled_removal(
         fill_timeout(fill),
     )?;
     let filled = rss(vm)?;
-    let dimm = filled.guest_ram_added_since(&before);
+    let dimm = filled.guest_ram_added_since(baseline);
     let dimm_resident = resident_kib(vm, &dimm)?;
     if dimm_resident == 0 {
         return Err(VmmError::DimmNotFound);
