@@ -196,6 +196,10 @@ pub struct ResizeRequest {
     /// be killed by the host's OOM killer once the guest uses it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
+    /// Answer once the guest has answered every DIMM the resize plugged or asked back (its
+    /// `_OST`), not as soon as it has been told, as Cloud Hypervisor does.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wait: bool,
 }
 
 /// A NUMA node's id as `vm.resize-zone` takes it: a number, or the number as a string (Cloud
@@ -242,6 +246,10 @@ pub struct ResizeZoneRequest {
     /// be killed by the host's OOM killer once the guest uses it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
+    /// Answer once the guest has answered every DIMM the resize plugged or asked back (its
+    /// `_OST`), not as soon as it has been told, as Cloud Hypervisor does.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wait: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -186,6 +186,14 @@ impl MemoryHotplugController {
         (0..self.slot_count()).find(|&i| self.get(i).is_some_and(|s| s.state == SlotState::Empty))
     }
 
+    /// How many slots are empty.
+    pub fn free_slots(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.state == SlotState::Empty)
+            .count()
+    }
+
     /// Puts `dimm` in an empty slot and marks it for the guest's next scan.
     pub fn plug(&mut self, slot: u32, dimm: Dimm) -> Result<(), HotplugError> {
         self.place(slot, dimm, SlotState::Inserting)
@@ -211,6 +219,18 @@ impl MemoryHotplugController {
         self.accesses = 0;
         self.report(slot, SlotState::Empty, None);
         Ok(())
+    }
+
+    /// Announces a DIMM still `Inserting` again at the guest's next scan: its notification may
+    /// have been lost, or the guest was not ready for it. Other states are left as they are.
+    pub fn announce_again(&mut self, slot: u32) {
+        if let Some(entry) = self
+            .get_mut(slot)
+            .filter(|s| s.state == SlotState::Inserting)
+        {
+            entry.insert_pending = true;
+            self.accesses = 0;
+        }
     }
 
     /// Marks a DIMM for ejection at the guest's next scan. Asking again for a DIMM already
@@ -521,7 +541,9 @@ mod tests {
     #[test]
     fn guest_reads_a_plugged_dimm() {
         let (mut c, _) = controller(4);
+        assert_eq!(c.free_slots(), 4);
         c.plug(2, DIMM).unwrap();
+        assert_eq!((c.free_slot(), c.free_slots()), (Some(0), 3));
         write(&mut c, reg::SELECTOR, 2);
         assert_eq!(read(&mut c, reg::BASE_LO), 0);
         assert_eq!(read(&mut c, reg::BASE_HI), 1);
@@ -533,6 +555,27 @@ mod tests {
             STATUS_ENABLED | STATUS_INSERT_PENDING
         );
         write(&mut c, reg::CONTROL, CONTROL_CLEAR_INSERT);
+        assert_eq!(read(&mut c, reg::STATUS), STATUS_ENABLED);
+        write(&mut c, reg::SELECTOR, 1);
+        assert_eq!(read(&mut c, reg::STATUS), 0);
+    }
+
+    #[test]
+    fn an_unanswered_insertion_is_announced_again() {
+        let (mut c, _) = controller(2);
+        c.plug(0, DIMM).unwrap();
+        write(&mut c, reg::SELECTOR, 0);
+        write(&mut c, reg::CONTROL, CONTROL_CLEAR_INSERT);
+        assert_eq!(read(&mut c, reg::STATUS), STATUS_ENABLED);
+        c.announce_again(0);
+        assert_eq!(
+            read(&mut c, reg::STATUS),
+            STATUS_ENABLED | STATUS_INSERT_PENDING
+        );
+        // Only an insertion is announced again: not an added DIMM, not an empty slot.
+        ost(&mut c, 0, OST_EVENT_DEVICE_CHECK, OST_SUCCESS);
+        c.announce_again(0);
+        c.announce_again(1);
         assert_eq!(read(&mut c, reg::STATUS), STATUS_ENABLED);
         write(&mut c, reg::SELECTOR, 1);
         assert_eq!(read(&mut c, reg::STATUS), 0);

@@ -66,7 +66,6 @@ impl ElasticVm {
         thread::spawn(move || api.resize(&resize_request(bytes)))
     }
 
-    /// Runs tidalctl against this VM; returns its stdout, or fails with its stderr.
     /// `vm.memory.add` of one DIMM of `size` bytes into NUMA node `node`, not forced.
     pub fn add(&self, size: u64, node: u32) -> Result<DimmInfo, ClientError> {
         self.api.add_memory(&AddMemoryRequest {
@@ -76,6 +75,7 @@ impl ElasticVm {
         })
     }
 
+    /// Runs tidalctl against this VM; returns its stdout, or fails with its stderr.
     pub fn tidalctl(&mut self, args: &[&str]) -> String {
         let output = Command::new(tidal_binary().with_file_name("tidalctl"))
             .arg("--api-socket")
@@ -185,12 +185,14 @@ impl ElasticVm {
     }
 }
 
-/// A resize to `bytes` that gives the guest up to 10 minutes (see [`ElasticVm::resize`]).
+/// A resize to `bytes` that waits for the guest's answers, up to 10 minutes for each DIMM (see
+/// [`ElasticVm::resize`]).
 fn resize_request(bytes: u64) -> ResizeRequest {
     ResizeRequest {
         desired_ram: Some(bytes),
         timeout_secs: Some(600),
         force: false,
+        wait: true,
         ..ResizeRequest::default()
     }
 }

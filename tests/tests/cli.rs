@@ -197,6 +197,7 @@ fn sigterm_fails_a_resize_in_flight_with_an_error() {
                 desired_ram: Some(2 << 30),
                 timeout_secs: Some(600),
                 force: false,
+                wait: true,
                 ..ResizeRequest::default()
             })
         }

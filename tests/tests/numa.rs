@@ -112,6 +112,7 @@ fn two_nodes_show_their_vcpus_memory_and_distances_and_resize_one_at_a_time() {
         desired_ram: 2 * GIB,
         timeout_secs: None,
         force: false,
+        wait: false,
     });
     let message = vm.expect_api_error(r, 400);
     assert!(
@@ -123,6 +124,7 @@ fn two_nodes_show_their_vcpus_memory_and_distances_and_resize_one_at_a_time() {
         desired_ram: GIB / 2,
         timeout_secs: None,
         force: false,
+        wait: false,
     });
     let message = vm.expect_api_error(r, 400);
     assert!(message.contains("below node 1's boot memory"), "{message}");
@@ -183,6 +185,7 @@ fn a_hotpluggable_node_gives_all_its_memory_back_with_its_data_kept_and_grows_ag
         desired_ram: 0,
         timeout_secs: Some(900),
         force: false,
+        wait: true,
     };
     if let Err(e) = vm.api.resize_zone(&zero) {
         vm.guest.fail(&format!("shrinking node 1 to zero: {e}"));

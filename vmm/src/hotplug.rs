@@ -16,7 +16,9 @@ use tidal_devices::ged::Ged;
 use tidal_devices::memory_hotplug::{
     Dimm, EjectHandler, MemoryHotplugController, Ost, SlotEvent, SlotListener, SlotState, SlotView,
 };
-use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryRegion};
+use vm_memory::{
+    GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryRegion,
+};
 
 use crate::backend::MemoryBackend;
 use crate::dimm_space::DimmSpace;
@@ -26,6 +28,10 @@ use crate::memory::{delete_kvm_slot, set_kvm_slot};
 use crate::numa::BootDimm;
 use crate::ram::{GuestMemory, RamError, RamRegion};
 use tidal_api::size::format_size;
+
+mod resize;
+
+use resize::{Pending, TARGET_STATES};
 
 /// A part of guest physical space DIMMs are carved from: the hotplug region, or one NUMA node's
 /// share of it.
@@ -62,6 +68,16 @@ impl DimmMemory {
         if let Err(e) = freed {
             log::error!("cannot return {base:#x}+{size:#x} to the hotplug allocator: {e}");
         }
+    }
+
+    /// Bytes of the DIMM at `base` that are resident on the host.
+    fn resident(&self, base: u64) -> Option<u64> {
+        let memory = self.memory.memory();
+        let region = memory.find_region(GuestAddress(base))?;
+        region
+            .resident()
+            .inspect_err(|e| log::debug!("cannot tell how much of {base:#x} is resident: {e}"))
+            .ok()
     }
 
     fn space(&mut self, node: u32) -> Option<&mut DimmSpace> {
@@ -487,45 +503,6 @@ impl MemoryHotplug {
         }
     }
 
-    /// Grows or shrinks node `scope` (the whole VM: `None`) to `desired` bytes: one DIMM for
-    /// the difference (see [`MemoryHotplug::add`] for `force`), or the newest DIMMs summing
-    /// exactly to it; waits for the guest.
-    fn resize_memory(
-        &self,
-        scope: Option<u32>,
-        desired: u64,
-        timeout: Duration,
-        force: bool,
-    ) -> Result<(), ApiError> {
-        let boot = self.boot_ram(scope);
-        self.check_reachable(scope, desired)?;
-        let current = boot + self.hotplugged(scope);
-        if desired == current {
-            return Ok(());
-        }
-        if desired < current {
-            if desired < boot {
-                let whose = scope.map_or("the boot memory".to_owned(), |node| {
-                    format!("node {node}'s boot memory")
-                });
-                return Err(ApiError::new(
-                    ErrorKind::BadRequest,
-                    format!(
-                        "desired_ram {} is below {whose} ({}), which is never removed",
-                        format_size(desired),
-                        format_size(boot)
-                    ),
-                ));
-            }
-            let _operation = self.begin_operation()?;
-            let slots = self.shrink_plan(current - desired, scope)?;
-            return self.remove_slots(&slots, timeout);
-        }
-        let size = desired - current;
-        let node = scope.unwrap_or_else(|| self.node_to_grow(size));
-        self.add(size, node, timeout, force).map(|_| ())
-    }
-
     /// Refuses a total that node `scope` (the whole VM: `None`) can never have: not its boot
     /// RAM plus whole memory blocks, or above its boot RAM plus its share of the hotplug
     /// region. The error names the nearest totals it can have.
@@ -553,8 +530,21 @@ impl MemoryHotplug {
                 ),
             ));
         }
-        // DIMMs come in whole blocks on top of boot RAM (which need not be whole blocks).
         let boot = self.boot_ram(scope);
+        if desired < boot {
+            let whose = scope.map_or("the boot memory".to_owned(), |node| {
+                format!("node {node}'s boot memory")
+            });
+            return Err(ApiError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "desired_ram {} is below {whose} ({}), which is never removed",
+                    format_size(desired),
+                    format_size(boot)
+                ),
+            ));
+        }
+        // DIMMs come in whole blocks on top of boot RAM (which need not be whole blocks).
         let over = desired.saturating_sub(boot) % MEMORY_BLOCK_SIZE;
         if over != 0 {
             let below = desired - over;
@@ -601,20 +591,37 @@ impl MemoryHotplug {
         }
     }
 
-    fn begin_operation(&self) -> Result<MutexGuard<'_, ()>, ApiError> {
-        if let Some(why) = self.stopping.get() {
-            return Err(Self::stopping_error(why));
-        }
-        match self.operation.try_lock() {
-            Ok(guard) => Ok(guard),
-            Err(TryLockError::WouldBlock) => Err(ApiError::new(
-                ErrorKind::Conflict,
-                "another memory hotplug operation is in progress; try again when it is done",
-            )),
-            Err(TryLockError::Poisoned(_)) => Err(ApiError::new(
-                ErrorKind::Internal,
-                "hotplug operation lock poisoned",
-            )),
+    /// The operation lock, waited for at most `patience`: it is held while an operation
+    /// decides and sets going what it does, and while a shrink waits for the DIMM that keeps
+    /// what it overshoots. Refused once the VM is stopping.
+    fn lock_operation(&self, patience: Duration) -> Result<MutexGuard<'_, ()>, ApiError> {
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Some(why) = self.stopping.get() {
+                return Err(Self::stopping_error(why));
+            }
+            match self.operation.try_lock() {
+                Ok(guard) => return Ok(guard),
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(TryLockError::WouldBlock) => {
+                    return Err(ApiError::new(
+                        ErrorKind::Conflict,
+                        format!(
+                            "another memory hotplug operation has been in progress for over {} \
+                             s; try again when it is done",
+                            patience.as_secs()
+                        ),
+                    ))
+                }
+                Err(TryLockError::Poisoned(_)) => {
+                    return Err(ApiError::new(
+                        ErrorKind::Internal,
+                        "hotplug operation lock poisoned",
+                    ))
+                }
+            }
         }
     }
 
@@ -636,20 +643,14 @@ impl MemoryHotplug {
         Ok(region)
     }
 
-    /// Plugs one DIMM of `size` bytes into node `node` and waits for the guest's answer.
-    /// Unless `force`, refuses when the host has less memory available than `size`.
-    fn add(
-        &self,
-        size: u64,
-        node: u32,
-        timeout: Duration,
-        force: bool,
-    ) -> Result<DimmInfo, ApiError> {
+    /// Plugs one DIMM of `size` bytes into node `node`, for the guest's next scan (see
+    /// [`MemoryHotplug::notify_guest`]). Unless `force`, refuses when the host has less memory
+    /// available than `size`.
+    fn plug(&self, size: u64, node: u32, force: bool) -> Result<Pending, ApiError> {
         let region = self.check_size(size, node)?;
         if !force {
             self.check_host_memory(size, node)?;
         }
-        let _operation = self.begin_operation()?;
         let slot = self.controller()?.free_slot().ok_or_else(|| {
             ApiError::new(
                 ErrorKind::BadRequest,
@@ -701,67 +702,78 @@ impl MemoryHotplug {
             order.retain(|&s| s != slot);
             order.push(slot);
         }
+        Ok(Pending {
+            slot,
+            dimm,
+            state: SlotState::Inserting,
+        })
+    }
+
+    /// Plugs `size` bytes into node `node`: one DIMM when a free piece of its share holds
+    /// them, else one DIMM in each of the largest pieces (DIMMs come and go anywhere in the
+    /// region, which leaves it in pieces). Checks the slots and the host for all of it first.
+    fn grow(&self, size: u64, node: u32, force: bool) -> Result<Vec<Pending>, ApiError> {
+        let pieces = match self.dimms.lock() {
+            Ok(mut dimms) => dimms.space(node).map(|s| s.pieces(size)),
+            Err(_) => None,
+        };
+        let Some(pieces) = pieces.filter(|p| p.len() > 1 && p.iter().sum::<u64>() == size) else {
+            // One piece, or not enough room: `plug` makes the DIMM or says why not.
+            return self.plug(size, node, force).map(|pending| vec![pending]);
+        };
+        let free_slots = self.controller()?.free_slots();
+        if free_slots < pieces.len() {
+            return Err(ApiError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "{} fits in the hotplug region only as {} DIMMs, and {free_slots} slots are \
+                     free: remove a DIMM or start the VM with more slots",
+                    format_size(size),
+                    pieces.len()
+                ),
+            ));
+        }
+        if !force {
+            self.check_host_memory(size, node)?;
+        }
+        let mut plugged = Vec::new();
+        for piece in pieces {
+            match self.plug(piece, node, true) {
+                Ok(pending) => plugged.push(pending),
+                Err(mut e) if !plugged.is_empty() => {
+                    // What is plugged stays, for the guest to take.
+                    self.notify_guest();
+                    e.message = format!(
+                        "plugged {} of the {} asked for; then {}",
+                        format_size(plugged.iter().map(|p| p.dimm.size).sum()),
+                        format_size(size),
+                        e.message
+                    );
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(plugged)
+    }
+
+    /// Whether a DIMM of `size` bytes would find a slot and a piece of `node`'s share of the
+    /// region now.
+    fn room_for(&self, node: u32, size: u64) -> bool {
+        if self.controller().map_or(true, |c| c.free_slot().is_none()) {
+            return false;
+        }
+        let Ok(mut dimms) = self.dimms.lock() else {
+            return false;
+        };
+        let base = dimms.allocate(node, size);
+        base.inspect(|&base| dimms.free(node, base, size)).is_some()
+    }
+
+    /// Interrupts the guest so that it scans the memory devices and finds what changed.
+    fn notify_guest(&self) {
         if let Err(e) = self.ged.notify(tidal_acpi::GED_MEMORY_HOTPLUG) {
-            log::error!("cannot interrupt the guest for {}: {e}", dimm_id(slot));
-        }
-        self.wait_for_insertion(slot, timeout)
-    }
-
-    /// Waits while `slot` is in `state`, at most `timeout` and only until the VM starts
-    /// stopping; returns the slot as it is then, or the stopping error if it is still in `state`.
-    fn wait_while(
-        &self,
-        slot: u32,
-        state: SlotState,
-        timeout: Duration,
-    ) -> Result<SlotView, ApiError> {
-        let controller = self.controller()?;
-        let (controller, _) = self
-            .changed
-            .wait_timeout_while(controller, timeout, |c| {
-                self.stopping.get().is_none() && c.slot(slot).is_some_and(|v| v.state == state)
-            })
-            .map_err(|_| ApiError::new(ErrorKind::Internal, "hotplug controller lock poisoned"))?;
-        let view = controller
-            .slot(slot)
-            .ok_or_else(|| ApiError::new(ErrorKind::Internal, format!("slot {slot} vanished")))?;
-        match self.stopping.get() {
-            Some(why) if view.state == state => Err(ApiError::new(
-                ErrorKind::Internal,
-                format!(
-                    "the VM is stopping ({why}) before the guest answered for {}",
-                    dimm_id(slot)
-                ),
-            )),
-            _ => Ok(view),
-        }
-    }
-
-    /// Waits until the guest answers the insertion of `slot`, or the timeout passes.
-    fn wait_for_insertion(&self, slot: u32, timeout: Duration) -> Result<DimmInfo, ApiError> {
-        let view = self.wait_while(slot, SlotState::Inserting, timeout)?;
-        let info = dimm_info(slot, view).ok_or_else(|| {
-            ApiError::new(ErrorKind::Internal, format!("{} vanished", dimm_id(slot)))
-        })?;
-        match view.state {
-            SlotState::Added => Ok(info),
-            SlotState::Inserting => Err(ApiError::new(
-                ErrorKind::Timeout,
-                format!(
-                    "the guest did not answer the insertion of {} within {} s; it stays plugged \
-                     (state inserting): does the guest kernel support ACPI memory hotplug?",
-                    info.id,
-                    timeout.as_secs()
-                ),
-            )),
-            _ => Err(ApiError::new(
-                ErrorKind::GuestRefused,
-                format!(
-                    "the guest refused {}: {}",
-                    info.id,
-                    ost_meaning(view.last_ost.map_or(0, |o| o.status))
-                ),
-            )),
+            log::error!("cannot interrupt the guest for a memory hotplug change: {e}");
         }
     }
 }
@@ -779,152 +791,6 @@ impl MemoryHotplug {
             _ => Err(not_found()),
         }
     }
-
-    /// Asks the guest to eject the DIMM in `slot` and waits for the outcome. Refusals and
-    /// timeouts leave the DIMM mapped and usable.
-    fn remove_slot(&self, slot: u32, timeout: Duration) -> Result<(), ApiError> {
-        let id = dimm_id(slot);
-        self.controller()?
-            .request_removal(slot)
-            .map_err(|e| ApiError::new(ErrorKind::Conflict, format!("cannot remove {id}: {e}")))?;
-        if let Err(e) = self.ged.notify(tidal_acpi::GED_MEMORY_HOTPLUG) {
-            log::error!("cannot interrupt the guest for {id}: {e}");
-        }
-        let view = self.wait_while(slot, SlotState::Removing, timeout)?;
-        match view.state {
-            SlotState::Empty => Ok(()),
-            SlotState::Removing => Err(ApiError::new(
-                ErrorKind::Timeout,
-                format!(
-                    "the guest did not eject {id} within {} s; it stays plugged and in use \
-                     (the guest may still finish; retry the removal to ask again)",
-                    timeout.as_secs()
-                ),
-            )),
-            _ => Err(ApiError::new(
-                ErrorKind::GuestRefused,
-                format!(
-                    "the guest refused to eject {id}: {}; it stays plugged and usable",
-                    ost_meaning(view.last_ost.map_or(0x01, |o| o.status))
-                ),
-            )),
-        }
-    }
-
-    /// Slots to remove so that exactly `amount` bytes go, newest DIMMs first: of node `scope`,
-    /// or of any node (`None`).
-    fn shrink_plan(&self, amount: u64, scope: Option<u32>) -> Result<Vec<u32>, ApiError> {
-        let order = self
-            .plug_order
-            .lock()
-            .map_err(|_| ApiError::new(ErrorKind::Internal, "plug order lock poisoned"))?
-            .clone();
-        let removable: Vec<(u32, u64)> = {
-            let controller = self.controller()?;
-            order
-                .iter()
-                .rev()
-                .filter_map(|&slot| {
-                    let view = controller.slot(slot)?;
-                    match (view.state, view.dimm) {
-                        (SlotState::Added, Some(dimm))
-                            if scope.is_none_or(|node| dimm.node == node) =>
-                        {
-                            Some((slot, dimm.size))
-                        }
-                        _ => None,
-                    }
-                })
-                .collect()
-        };
-        let sizes: Vec<u64> = removable.iter().map(|&(_, size)| size).collect();
-        match pick_exact(&sizes, amount) {
-            Some(picked) => Ok(picked.into_iter().map(|i| removable[i].0).collect()),
-            None => {
-                let current = self.boot_ram(scope) + self.hotplugged(scope);
-                let mut reachable: Vec<String> = subset_sums(&sizes)
-                    .into_iter()
-                    .map(|sum| format_size(current - sum))
-                    .collect();
-                reachable.truncate(16);
-                Err(ApiError::new(
-                    ErrorKind::BadRequest,
-                    format!(
-                        "no set of plugged DIMMs adds up to {}: reachable sizes are {}",
-                        format_size(amount),
-                        reachable.join(", ")
-                    ),
-                ))
-            }
-        }
-    }
-
-    /// Removes `slots` one after another; stops at the first failure and says what was done.
-    fn remove_slots(&self, slots: &[u32], timeout: Duration) -> Result<(), ApiError> {
-        let mut removed = Vec::new();
-        for &slot in slots {
-            if let Err(mut e) = self.remove_slot(slot, timeout) {
-                if !removed.is_empty() {
-                    e.message = format!("removed {}; then {}", removed.join(", "), e.message);
-                }
-                return Err(e);
-            }
-            removed.push(dimm_id(slot));
-        }
-        Ok(())
-    }
-}
-
-/// Indices into `sizes` (newest first) adding up to exactly `target`: greedily when that works,
-/// else the subset-sum search prefers the newest DIMMs it can.
-fn pick_exact(sizes: &[u64], target: u64) -> Option<Vec<usize>> {
-    let mut left = target;
-    let greedy: Vec<usize> = (0..sizes.len())
-        .filter(|&i| {
-            let take = sizes[i] <= left;
-            if take {
-                left -= sizes[i];
-            }
-            take
-        })
-        .collect();
-    if left == 0 {
-        return Some(greedy);
-    }
-    // reach[sum] = index of the DIMM that first reached `sum`, searching newest first.
-    let blocks = |bytes: u64| usize::try_from(bytes / MEMORY_BLOCK_SIZE).ok();
-    let goal = blocks(target)?;
-    let mut reach: Vec<Option<usize>> = vec![None; goal + 1];
-    let mut reached = vec![false; goal + 1];
-    reached[0] = true;
-    for (i, &size) in sizes.iter().enumerate() {
-        let step = blocks(size)?;
-        for sum in (step..=goal).rev() {
-            if !reached[sum] && reached[sum - step] {
-                reached[sum] = true;
-                reach[sum] = Some(i);
-            }
-        }
-    }
-    let mut picked = Vec::new();
-    let mut sum = goal;
-    while sum > 0 {
-        let i = reach[sum]?;
-        picked.push(i);
-        sum -= blocks(sizes[i])?;
-    }
-    picked.sort_unstable();
-    Some(picked)
-}
-
-/// Every non-zero total some set of `sizes` adds up to, smallest first.
-fn subset_sums(sizes: &[u64]) -> Vec<u64> {
-    let mut sums = std::collections::BTreeSet::from([0u64]);
-    for &size in sizes {
-        let more: Vec<u64> = sums.iter().map(|s| s + size).collect();
-        sums.extend(more);
-    }
-    sums.into_iter().filter(|&s| s > 0).collect()
 }
 
 /// What an `_OST` status code means (ACPI spec, `_OST` status codes).
@@ -987,11 +853,7 @@ impl VmApi for MemoryHotplug {
                 backend: self.backend(id).into(),
             })
             .collect();
-        let desired_ram = boot
-            + self.bytes_in(
-                None,
-                &[SlotState::Inserting, SlotState::Added, SlotState::Failed],
-            );
+        let desired_ram = boot + self.bytes_in(None, &TARGET_STATES);
         let mut config = self.described.clone();
         config.memory.size = desired_ram;
         VmInfo {
@@ -1042,7 +904,9 @@ impl VmApi for MemoryHotplug {
             ));
         }
         match request.desired_ram {
-            Some(desired) => self.resize_memory(None, desired, timeout, request.force),
+            Some(desired) => {
+                self.resize_memory(None, desired, timeout, request.force, request.wait)
+            }
             None => Ok(()),
         }
     }
@@ -1063,18 +927,46 @@ impl VmApi for MemoryHotplug {
                 ))
             }
         };
-        self.resize_memory(Some(node), request.desired_ram, timeout, request.force)
+        self.resize_memory(
+            Some(node),
+            request.desired_ram,
+            timeout,
+            request.force,
+            request.wait,
+        )
     }
 
     fn add_memory(&self, request: AddMemoryRequest) -> Result<DimmInfo, ApiError> {
-        self.add(request.size, request.node, self.timeout, request.force)
+        let pending = {
+            let _operation = self.lock_operation(self.timeout)?;
+            let pending = self.plug(request.size, request.node, request.force)?;
+            self.notify_guest();
+            pending
+        };
+        self.wait_for(pending, self.timeout)?;
+        let view = self.controller()?.slot(pending.slot);
+        view.and_then(|view| dimm_info(pending.slot, view))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::Internal,
+                    format!("{} vanished", dimm_id(pending.slot)),
+                )
+            })
     }
 
     fn remove_memory(&self, request: RemoveMemoryRequest) -> Result<(), ApiError> {
         let timeout = self.timeout_for(request.timeout_secs)?;
-        let _operation = self.begin_operation()?;
-        let slot = self.slot_of(&request.id)?;
-        self.remove_slot(slot, timeout)
+        let removing = {
+            let _operation = self.lock_operation(timeout)?;
+            let slot = self.slot_of(&request.id)?;
+            let removing = self.request_removals(&[slot])?;
+            self.notify_guest();
+            removing
+        };
+        for pending in removing {
+            self.wait_for(pending, timeout)?;
+        }
+        Ok(())
     }
 
     fn subscribe(&self, sink: EventSink) {
@@ -1085,30 +977,6 @@ impl VmApi for MemoryHotplug {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const G: u64 = 1 << 30;
-
-    #[test]
-    fn shrink_takes_the_newest_that_fit() {
-        // Newest first: 1G, 2G, 1G.
-        assert_eq!(pick_exact(&[G, 2 * G, G], G), Some(vec![0]));
-        assert_eq!(pick_exact(&[G, 2 * G, G], 3 * G), Some(vec![0, 1]));
-        assert_eq!(pick_exact(&[G, 2 * G, G], 4 * G), Some(vec![0, 1, 2]));
-    }
-
-    #[test]
-    fn shrink_searches_when_greedy_fails() {
-        // Greedy takes 3G then cannot make 4G; 2G + 2G can.
-        assert_eq!(pick_exact(&[3 * G, 2 * G, 2 * G], 4 * G), Some(vec![1, 2]));
-        assert_eq!(pick_exact(&[2 * G, 2 * G], 3 * G), None);
-        assert_eq!(pick_exact(&[], G), None);
-    }
-
-    #[test]
-    fn reachable_totals() {
-        assert_eq!(subset_sums(&[G, 2 * G]), vec![G, 2 * G, 3 * G]);
-        assert!(subset_sums(&[]).is_empty());
-    }
 
     #[test]
     fn ost_codes_have_meanings() {

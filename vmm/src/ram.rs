@@ -287,6 +287,39 @@ impl RamRegion {
     pub fn host_address(&self) -> *mut u8 {
         self.mapping.addr
     }
+
+    /// Bytes of the region's host memory that are resident now (`mincore`): what the guest
+    /// has touched, and would have to migrate elsewhere before the region can go.
+    pub fn resident(&self) -> io::Result<u64> {
+        /// Pages asked about per call, so the answer vector stays small for any region.
+        const PAGES_PER_CALL: usize = 16 << 10;
+        // SAFETY: sysconf has no memory effects.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .map_err(|_| io::Error::last_os_error())?;
+        let mut answers = vec![0u8; PAGES_PER_CALL];
+        let mut resident = 0u64;
+        let mut offset = 0;
+        while offset < self.mapping.len {
+            let len = (self.mapping.len - offset).min(PAGES_PER_CALL * page);
+            // SAFETY: `offset..offset + len` lies inside the live mapping this region owns,
+            // whose start is page-aligned; `answers` has room for one byte per page of it.
+            let rc = unsafe {
+                libc::mincore(
+                    self.mapping.addr.add(offset).cast(),
+                    len,
+                    answers.as_mut_ptr(),
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let pages = len.div_ceil(page);
+            let touched = answers[..pages].iter().filter(|&&a| a & 1 != 0).count();
+            resident += u64::try_from(touched * page).unwrap_or(u64::MAX);
+            offset += len;
+        }
+        Ok(resident)
+    }
 }
 
 impl GuestMemoryRegion for RamRegion {
@@ -324,7 +357,7 @@ impl GuestMemoryRegionBytes for RamRegion {}
 
 #[cfg(test)]
 mod tests {
-    use vm_memory::{Address, Bytes};
+    use vm_memory::{Address, Bytes, GuestMemoryBackend};
 
     use super::*;
     use crate::host_memory::HostMemory;
@@ -383,6 +416,26 @@ mod tests {
             let (_memory, host) = map_and_use(len, &MemoryBackend::default());
             assert!(!mapping("maps", host).unwrap().contains("memfd"));
         }
+    }
+
+    #[test]
+    fn resident_counts_the_pages_written() {
+        let region = RamRegion::new(BASE, 8 * HUGE_PAGE_SIZE, &MemoryBackend::default()).unwrap();
+        assert_eq!(region.resident().unwrap(), 0);
+        let memory = GuestMemory::from_regions(vec![region]).unwrap();
+        let written = 3 * HUGE_PAGE_SIZE;
+        memory
+            .write_slice(
+                &vec![1u8; written],
+                BASE.unchecked_add(HUGE_PAGE_SIZE as u64),
+            )
+            .unwrap();
+        let resident = memory.iter().next().unwrap().resident().unwrap();
+        // Transparent huge pages may round what is written up to whole 2 MiB pages.
+        assert!(
+            (written as u64..=(written + 2 * HUGE_PAGE_SIZE) as u64).contains(&resident),
+            "{resident} bytes resident after writing {written}"
+        );
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! Which DIMMs a shrink removes. Pure arithmetic on sizes, apart from the VM, so that it can be
 //! checked against long sequences of resizes (the tests below and vmm/tests/resize_plan.rs).
 //!
-//! A grow plugs one DIMM for the whole difference. A shrink removes a set of DIMMs that adds
+//! A grow plugs one DIMM for the whole difference (one per free piece of the hotplug region when
+//! no piece holds it all: the VM's `grow`). A shrink removes a set of DIMMs that adds
 //! up to exactly the amount when one exists; otherwise it removes the set that overshoots the
 //! least and plugs the excess back as one new DIMM. So every total of boot RAM plus whole
-//! memory blocks is reachable, and a resize adds at most one DIMM: the slots needed are at
-//! most one per grow since the VM was last at its boot RAM.
+//! memory blocks is reachable, and a resize adds one DIMM (more only for a grow into a region
+//! in pieces): the slots needed are about one per grow since the VM was last at its boot RAM.
 
 /// A DIMM a shrink may take: one the guest holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

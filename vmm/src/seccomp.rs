@@ -302,6 +302,8 @@ fn api_rules(rules: &mut Rules) -> Result<(), seccompiler::BackendError> {
         SYS_memfd_create,
         SYS_ftruncate,
         SYS_mbind,
+        // How much of a DIMM is resident, to pick what a shrink removes.
+        SYS_mincore,
         SYS_recvfrom,
         SYS_recvmsg,
         SYS_sendto,

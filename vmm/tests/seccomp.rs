@@ -480,6 +480,7 @@ fn vmm_case() {
             desired_ram: Some(2 * MIB + 384 * MIB),
             timeout_secs: None,
             force: false,
+            wait: true,
             ..ResizeRequest::default()
         })
         .unwrap();
@@ -495,6 +496,7 @@ fn vmm_case() {
             desired_ram: Some(2 * MIB),
             timeout_secs: None,
             force: false,
+            wait: true,
             ..ResizeRequest::default()
         })
         .unwrap();

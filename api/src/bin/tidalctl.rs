@@ -50,7 +50,8 @@ enum Call {
     Info,
     /// List the DIMMs: id, slot, node, base, size, state and the guest's last _OST report.
     Memory,
-    /// Grow or shrink the guest's memory, or one NUMA node's, to a total; waits for the guest.
+    /// Grow or shrink the guest's memory, or one NUMA node's, to a total; waits for the guest
+    /// unless --no-wait.
     Resize {
         /// Total memory wanted: bytes, or a number with K, M, G or T (powers of 1024).
         #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
@@ -60,6 +61,9 @@ enum Call {
         node: Option<u32>,
         #[command(flatten)]
         wait: Wait,
+        /// Answer once the guest has been told, without waiting for its answer.
+        #[arg(long)]
+        no_wait: bool,
         /// Grow even when the host has less memory available than that takes.
         #[arg(long)]
         force: bool,
@@ -159,6 +163,7 @@ fn request(call: &Call) -> Result<(Endpoint, Option<Vec<u8>>), ClientError> {
             memory,
             node: None,
             wait,
+            no_wait,
             force,
         } => (
             Endpoint::VmResize,
@@ -166,6 +171,7 @@ fn request(call: &Call) -> Result<(Endpoint, Option<Vec<u8>>), ClientError> {
                 desired_ram: Some(*memory),
                 timeout_secs: wait.timeout_secs,
                 force: *force,
+                wait: !no_wait,
                 ..ResizeRequest::default()
             })?),
         ),
@@ -173,6 +179,7 @@ fn request(call: &Call) -> Result<(Endpoint, Option<Vec<u8>>), ClientError> {
             memory,
             node: Some(node),
             wait,
+            no_wait,
             force,
         } => (
             Endpoint::VmResizeZone,
@@ -181,6 +188,7 @@ fn request(call: &Call) -> Result<(Endpoint, Option<Vec<u8>>), ClientError> {
                 desired_ram: *memory,
                 timeout_secs: wait.timeout_secs,
                 force: *force,
+                wait: !no_wait,
             })?),
         ),
         Call::Add { size, node, force } => (

@@ -65,13 +65,13 @@ fn resize_answers_204_once_the_vmm_is_done() {
 }
 
 #[test]
-fn resize_passes_the_timeout_on() {
+fn resize_passes_the_timeout_and_wait_on() {
     let mock = MockVm::new();
     let server = TestServer::start(mock.clone());
     let response = server.send(
         "PUT",
         "/api/v1/vm.resize",
-        Some(r#"{"desired_ram": 4294967296, "timeout_secs": 30}"#),
+        Some(r#"{"desired_ram": 4294967296, "timeout_secs": 30, "wait": true}"#),
     );
     assert_eq!(response.status, 204);
     assert_eq!(
@@ -80,6 +80,7 @@ fn resize_passes_the_timeout_on() {
             desired_ram: Some(4 << 30),
             timeout_secs: Some(30),
             force: false,
+            wait: true,
             ..ResizeRequest::default()
         })]
     );
@@ -92,7 +93,7 @@ fn resize_zone_names_the_node() {
     let response = server.send(
         "PUT",
         "/api/v1/vm.resize-zone",
-        Some(r#"{"id": 1, "desired_ram": 2147483648, "timeout_secs": 30}"#),
+        Some(r#"{"id": 1, "desired_ram": 2147483648, "timeout_secs": 30, "wait": true}"#),
     );
     assert_eq!(response.status, 204);
     let request = ResizeZoneRequest {
@@ -100,6 +101,7 @@ fn resize_zone_names_the_node() {
         desired_ram: 2 << 30,
         timeout_secs: Some(30),
         force: false,
+        wait: true,
     };
     assert_eq!(mock.calls(), [Call::ResizeZone(request.clone())]);
     // Without the node's id the request means nothing.

@@ -94,6 +94,7 @@ fn resize_sends_the_size_in_bytes() {
             desired_ram: Some(2_147_483_648),
             timeout_secs: None,
             force: false,
+            wait: true,
             ..ResizeRequest::default()
         })]
     );
@@ -115,6 +116,21 @@ fn resize_of_a_node_is_a_resize_zone() {
             desired_ram: 2 << 30,
             timeout_secs: Some(30),
             force: false,
+            wait: true,
+        })]
+    );
+}
+
+#[test]
+fn resize_without_waiting_says_so() {
+    let mock = MockVm::new();
+    let server = TestServer::start(mock.clone());
+    tidalctl(server.socket(), &["resize", "--memory", "2G", "--no-wait"]);
+    assert_eq!(
+        mock.calls(),
+        [Call::Resize(ResizeRequest {
+            desired_ram: Some(2 << 30),
+            ..ResizeRequest::default()
         })]
     );
 }
@@ -134,6 +150,7 @@ fn resize_sends_the_timeout() {
             desired_ram: Some(3 << 30),
             timeout_secs: Some(30),
             force: false,
+            wait: true,
             ..ResizeRequest::default()
         })]
     );
@@ -256,6 +273,7 @@ fn add_sends_size_and_node() {
                 desired_ram: Some(8 << 30),
                 timeout_secs: None,
                 force: true,
+                wait: true,
                 ..ResizeRequest::default()
             })
         ]

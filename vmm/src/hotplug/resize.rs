@@ -1,0 +1,296 @@
+//! Resizing: what takes the VM (or one NUMA node) to a total, decided under the operation lock
+//! from everything in flight, and the waits for the guest's answers (docs/design.md,
+//! "Resizing").
+
+use std::cmp::Ordering;
+use std::time::Duration;
+
+use tidal_api::{ApiError, ErrorKind};
+use tidal_devices::memory_hotplug::{Dimm, MemoryHotplugController, SlotState};
+
+use super::{dimm_id, ost_meaning, MemoryHotplug};
+use crate::layout::MEMORY_BLOCK_SIZE;
+use crate::resize_plan::{plan_shrink, Removable, Shrink};
+
+/// The states whose DIMMs count towards where the VM is going: an insertion the guest has not
+/// answered yet will be memory, a failed one is mapped and removable; a removal will not be.
+pub(super) const TARGET_STATES: [SlotState; 3] =
+    [SlotState::Inserting, SlotState::Added, SlotState::Failed];
+
+/// A DIMM the guest has still to answer for: an insertion or a removal.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Pending {
+    pub slot: u32,
+    pub dimm: Dimm,
+    pub state: SlotState,
+}
+
+impl MemoryHotplug {
+    /// Grows or shrinks node `scope` (the whole VM: `None`) to `desired` bytes. Decided and set
+    /// going under the operation lock, so that a retry or a twin request finds the work in
+    /// flight and adds none; with `wait`, answers once the guest has answered for every DIMM
+    /// in flight, else once it has been told.
+    pub(super) fn resize_memory(
+        &self,
+        scope: Option<u32>,
+        desired: u64,
+        timeout: Duration,
+        force: bool,
+        wait: bool,
+    ) -> Result<(), ApiError> {
+        self.check_reachable(scope, desired)?;
+        let in_flight = {
+            let _operation = self.lock_operation(timeout)?;
+            self.steer(scope, desired, timeout, force)?
+        };
+        if wait {
+            for pending in in_flight {
+                self.wait_for(pending, timeout)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets going what takes node `scope` to `desired` bytes and returns every DIMM of it the
+    /// guest has still to answer for. What is in flight is asked again first (an insertion
+    /// announced again, a removal requested again) and counts as done.
+    fn steer(
+        &self,
+        scope: Option<u32>,
+        desired: u64,
+        timeout: Duration,
+        force: bool,
+    ) -> Result<Vec<Pending>, ApiError> {
+        let mut in_flight = self.ask_again(scope)?;
+        let target = self.boot_ram(scope) + self.bytes_in(scope, &TARGET_STATES);
+        match desired.cmp(&target) {
+            Ordering::Equal => {}
+            Ordering::Greater => {
+                let size = desired - target;
+                let node = scope.unwrap_or_else(|| self.node_to_grow(size));
+                in_flight.extend(self.grow(size, node, force)?);
+            }
+            Ordering::Less => {
+                in_flight.extend(self.shrink(scope, target - desired, timeout, force)?)
+            }
+        }
+        if !in_flight.is_empty() {
+            self.notify_guest();
+        }
+        Ok(in_flight)
+    }
+
+    /// Announces again every insertion of node `scope` the guest has not answered and asks
+    /// again for every removal; returns them.
+    fn ask_again(&self, scope: Option<u32>) -> Result<Vec<Pending>, ApiError> {
+        let mut controller = self.controller()?;
+        let mut in_flight = Vec::new();
+        for (slot, dimm, state) in in_scope(&controller, scope) {
+            match state {
+                SlotState::Inserting => controller.announce_again(slot),
+                SlotState::Removing => request_removal(&mut controller, slot)?,
+                _ => continue,
+            }
+            in_flight.push(Pending { slot, dimm, state });
+        }
+        Ok(in_flight)
+    }
+
+    /// Asks the guest to give back `amount` bytes of node `scope`: the DIMMs cheapest to
+    /// remove that add up to it or, when no set does, a set adding up to more, with the excess
+    /// plugged back as a new DIMM. That one goes in first when the region has room for it
+    /// beside the set (the guest then has it to migrate into), else once the set is gone.
+    fn shrink(
+        &self,
+        scope: Option<u32>,
+        amount: u64,
+        timeout: Duration,
+        force: bool,
+    ) -> Result<Vec<Pending>, ApiError> {
+        let removable = self.removable(scope)?;
+        let (remove, excess) = match plan_shrink(&removable, amount, MEMORY_BLOCK_SIZE) {
+            Some(Shrink::Exact(remove)) => (remove, 0),
+            Some(Shrink::Replace { remove, plug }) => (remove, plug),
+            None => {
+                return Err(ApiError::new(
+                    ErrorKind::Internal,
+                    "the plugged DIMMs hold less than the resize would remove",
+                ))
+            }
+        };
+        if excess == 0 {
+            return self.request_removals(&remove);
+        }
+        let node = scope.unwrap_or_else(|| self.node_to_grow(excess));
+        if self.room_for(node, excess) {
+            let replacement = self.plug(excess, node, force)?;
+            self.notify_guest();
+            self.wait_for(replacement, timeout).map_err(|mut e| {
+                e.message = format!(
+                    "nothing was removed: {} was plugged to keep what the removal overshoots, \
+                     and {}",
+                    dimm_id(replacement.slot),
+                    e.message
+                );
+                e
+            })?;
+            return self.request_removals(&remove);
+        }
+        let removing = self.request_removals(&remove)?;
+        self.notify_guest();
+        for pending in removing {
+            self.wait_for(pending, timeout)?;
+        }
+        let replacement = self.plug(excess, node, force).map_err(|mut e| {
+            e.message = format!(
+                "the VM has given back more than asked: what it overshot could not be plugged \
+                 back: {}",
+                e.message
+            );
+            e
+        })?;
+        Ok(vec![replacement])
+    }
+
+    /// The DIMMs of node `scope` a shrink may take, newest first, with their resident memory.
+    fn removable(&self, scope: Option<u32>) -> Result<Vec<Removable>, ApiError> {
+        let order = self
+            .plug_order
+            .lock()
+            .map_err(|_| ApiError::new(ErrorKind::Internal, "plug order lock poisoned"))?
+            .clone();
+        let candidates: Vec<(u32, Dimm)> = {
+            let controller = self.controller()?;
+            let held = in_scope(&controller, scope);
+            order
+                .iter()
+                .rev()
+                .filter_map(|&slot| {
+                    held.iter()
+                        .find(|&&(s, _, state)| s == slot && TARGET_STATES.contains(&state))
+                        .map(|&(_, dimm, _)| (slot, dimm))
+                })
+                .collect()
+        };
+        // Not under the controller lock: an eject takes the DIMM lock while holding it.
+        let dimms = self
+            .dimms
+            .lock()
+            .map_err(|_| ApiError::new(ErrorKind::Internal, "DIMM memory lock poisoned"))?;
+        Ok(candidates
+            .into_iter()
+            .map(|(slot, dimm)| Removable {
+                slot,
+                size: dimm.size,
+                resident: dimms.resident(dimm.base).unwrap_or(dimm.size),
+            })
+            .collect())
+    }
+
+    /// Asks the guest to eject each of `slots`.
+    pub(super) fn request_removals(&self, slots: &[u32]) -> Result<Vec<Pending>, ApiError> {
+        let mut controller = self.controller()?;
+        let mut removing = Vec::new();
+        for &slot in slots {
+            let dimm = controller.slot(slot).and_then(|view| view.dimm);
+            request_removal(&mut controller, slot)?;
+            if let Some(dimm) = dimm {
+                removing.push(Pending {
+                    slot,
+                    dimm,
+                    state: SlotState::Removing,
+                });
+            }
+        }
+        Ok(removing)
+    }
+
+    /// Waits until the guest has answered for `pending` (or the DIMM has left the state for
+    /// another reason), at most `timeout` and only until the VM starts stopping. An insertion
+    /// the guest failed and a removal it refused are errors; the DIMM stays mapped and usable.
+    pub(super) fn wait_for(&self, pending: Pending, timeout: Duration) -> Result<(), ApiError> {
+        let Pending { slot, dimm, state } = pending;
+        let unanswered = |c: &MemoryHotplugController| {
+            c.slot(slot)
+                .is_some_and(|v| v.dimm == Some(dimm) && v.state == state)
+        };
+        let controller = self.controller()?;
+        let (controller, _) = self
+            .changed
+            .wait_timeout_while(controller, timeout, |c| {
+                self.stopping.get().is_none() && unanswered(c)
+            })
+            .map_err(|_| ApiError::new(ErrorKind::Internal, "hotplug controller lock poisoned"))?;
+        let still = unanswered(&controller);
+        let now = controller.slot(slot).filter(|v| v.dimm == Some(dimm));
+        drop(controller);
+        let id = dimm_id(slot);
+        let status = now.and_then(|v| v.last_ost).map(|o| o.status);
+        match (state, now.map(|v| v.state)) {
+            _ if still => Err(match self.stopping.get() {
+                Some(why) => ApiError::new(
+                    ErrorKind::Internal,
+                    format!("the VM is stopping ({why}) before the guest answered for {id}"),
+                ),
+                None => unanswered_error(&id, state, timeout),
+            }),
+            (SlotState::Inserting, Some(SlotState::Failed)) => Err(ApiError::new(
+                ErrorKind::GuestRefused,
+                format!(
+                    "the guest refused {id}: {}",
+                    ost_meaning(status.unwrap_or(0))
+                ),
+            )),
+            (SlotState::Removing, Some(SlotState::Added)) => Err(ApiError::new(
+                ErrorKind::GuestRefused,
+                format!(
+                    "the guest refused to eject {id}: {}; it stays plugged and usable",
+                    ost_meaning(status.unwrap_or(0x01))
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What a wait that ran out says, by what the guest did not answer.
+fn unanswered_error(id: &str, state: SlotState, timeout: Duration) -> ApiError {
+    let secs = timeout.as_secs();
+    let message = if state == SlotState::Inserting {
+        format!(
+            "the guest did not answer the insertion of {id} within {secs} s; it stays plugged \
+             (state inserting): does the guest kernel support ACPI memory hotplug?"
+        )
+    } else {
+        format!(
+            "the guest did not eject {id} within {secs} s; it stays plugged and in use (the \
+             guest may still finish; retry to ask again)"
+        )
+    };
+    ApiError::new(ErrorKind::Timeout, message)
+}
+
+/// Every DIMM of node `scope` (all nodes: `None`), with its slot and state.
+fn in_scope(
+    controller: &MemoryHotplugController,
+    scope: Option<u32>,
+) -> Vec<(u32, Dimm, SlotState)> {
+    (0..controller.slot_count())
+        .filter_map(|slot| {
+            let view = controller.slot(slot)?;
+            let dimm = view.dimm?;
+            scope
+                .is_none_or(|node| dimm.node == node)
+                .then_some((slot, dimm, view.state))
+        })
+        .collect()
+}
+
+fn request_removal(controller: &mut MemoryHotplugController, slot: u32) -> Result<(), ApiError> {
+    controller.request_removal(slot).map_err(|e| {
+        ApiError::new(
+            ErrorKind::Conflict,
+            format!("cannot remove {}: {e}", dimm_id(slot)),
+        )
+    })
+}
