@@ -100,6 +100,11 @@ pub enum Figure {
     },
     /// The VMM's whole resident memory around the filled removal of a DIMM of `size` bytes.
     Rss { size: u64, point: RssPoint },
+    /// A shrink by `size` bytes with two DIMMs of that size plugged, the older empty and the
+    /// newer filled: request → the DIMM is gone. Tidal chooses by itself (`vm.resize`, which
+    /// takes the least resident); QEMU has no resize and is told the empty one. Newest-first
+    /// would remove the filled one: the filled hot-remove beside it.
+    ShrinkCheapest(u64),
 }
 
 impl Figure {
@@ -108,7 +113,8 @@ impl Figure {
             Figure::Boot
             | Figure::HotAdd(_)
             | Figure::HotAddVmmShare(_)
-            | Figure::HotRemove { .. } => Unit::Ms,
+            | Figure::HotRemove { .. }
+            | Figure::ShrinkCheapest(_) => Unit::Ms,
             Figure::Rss {
                 point: RssPoint::DimmReturned,
                 ..
@@ -153,6 +159,9 @@ impl Figure {
                     RssPoint::DimmReturned => "dimm_returned",
                 }
             ),
+            Figure::ShrinkCheapest(size) => {
+                format!("shrink_{}_cheapest_gone", short_size(size).to_lowercase())
+            }
         };
         let unit = match self.unit() {
             Unit::Percent => "pct",
@@ -197,6 +206,10 @@ impl Figure {
                     RssPoint::DimmResident => "filled: resident in the DIMM at hot-remove",
                     RssPoint::DimmReturned => "filled: of that, returned to the host",
                 }
+            ),
+            Figure::ShrinkCheapest(size) => format!(
+                "shrink by {} of an empty and a filled DIMM: request → DIMM gone",
+                long_size(size)
             ),
         };
         format!("{text} ({})", self.unit().symbol())
@@ -325,6 +338,7 @@ impl Plan {
                     });
                 }
             }
+            figures.push(Figure::ShrinkCheapest(size));
         }
         for &size in &self.removed {
             figures.extend(RssPoint::ALL.map(|point| Figure::Rss { size, point }));
@@ -391,8 +405,13 @@ mod tests {
                 figures.iter().map(|f| f.key()).collect();
             assert_eq!(keys.len(), figures.len(), "{keys:?}");
         }
-        // Boot, overhead; add and share of 128M, 1G, 4G; 4 removals and 5 RSS points of 1G.
-        assert_eq!(Plan::full().figures().len(), 2 + 3 * 2 + (4 + 5));
+        // Boot, overhead; add and share of 128M, 1G, 4G; 4 removals, a shrink and 5 RSS points
+        // of 1G.
+        assert_eq!(Plan::full().figures().len(), 2 + 3 * 2 + (4 + 1 + 5));
+        assert_eq!(
+            Figure::ShrinkCheapest(GIB).key(),
+            "shrink_1g_cheapest_gone_ms"
+        );
         assert_eq!(
             Plan::full().memory_option(),
             "size=1024M,hotplug_size=12288M,slots=8"

@@ -1,6 +1,7 @@
 //! One run against one booted VMM, the same steps for both: boot figures; for each DIMM size
-//! of the plan, a DIMM hot-added and removed empty, then the same again with the guest's data
-//! in it, watching the VMM's RSS; then the other DIMM sizes hot-added.
+//! of the plan, a DIMM hot-added and removed empty, then two, the older kept empty and the
+//! newer filled with the guest's data, a shrink by one of them and the filled one's removal,
+//! watching the VMM's RSS; then the other DIMM sizes hot-added.
 //!
 //! "Online" and "MemTotal dropped" are judged the same way for both VMMs: after the request,
 //! a shell loop in the guest waits until `/proc/meminfo` shows it, and the time is taken when
@@ -39,6 +40,8 @@ pub enum Step {
     Fill(u64),
     /// Hot-removing a DIMM of this size until the guest's MemTotal has dropped.
     HotRemove { size: u64, contents: Contents },
+    /// Shrinking by one of two DIMMs of this size, an empty and a filled one.
+    Shrink(u64),
     /// Powering the guest off after a run.
     PowerOff,
 }
@@ -59,6 +62,7 @@ impl fmt::Display for Step {
                     Contents::Filled => "filled",
                 }
             ),
+            Step::Shrink(size) => write!(f, "shrink by {} MiB", size >> 20),
             Step::PowerOff => f.write_str("power-off"),
         }
     }
@@ -141,10 +145,12 @@ pub(super) fn run(
     Ok(figures)
 }
 
-/// Adds a DIMM of `size` bytes, lets the guest write half of it into its tmpfs (the data lands
-/// in the DIMM and has to move out before it can go), removes it, and records the removal, the
-/// VMM's RSS around it, and how much of what was resident in the DIMM the host got back. The
-/// DIMM's memory is the guest RAM mapped since `baseline`.
+/// Adds two DIMMs of `size` bytes and lets the guest write half of one into its tmpfs while
+/// the other, older one is offline (so the data lands in the newer DIMM and has to move out
+/// before it can go). Then shrinks by one DIMM ([`Vmm::shrink_by`]: the older, empty one is the
+/// cheapest) and removes the filled one, recording both removals, the VMM's RSS around them,
+/// and how much of what was resident in the filled DIMM the host got back. The DIMMs' memory is
+/// the guest RAM mapped since `baseline`.
 fn record_filled_removal(
     vm: &mut dyn Vmm,
     size: u64,
@@ -154,7 +160,14 @@ fn record_filled_removal(
 ) -> Result<(), VmmError> {
     progress.enter(vm, Step::HotAdd(size));
     let before = rss(vm)?;
-    // This add was timed already, empty; its figures are not recorded twice.
+    // These adds were timed already, empty; their figures are not recorded twice.
+    run_ok(
+        vm.guest(),
+        &format!("{MEMORY_BLOCKS} >/tmp/blocks.before"),
+        BRIEF,
+    )?;
+    let idle = add(vm, size, &mut Figures::new())?;
+    run_ok(vm.guest(), OFFLINE_NEW_BLOCKS, BRIEF)?;
     let id = add(vm, size, &mut Figures::new())?;
     progress.enter(vm, Step::Fill(size));
     let fill = Plan::fill(size);
@@ -166,6 +179,16 @@ fn record_filled_removal(
         ),
         fill_timeout(fill),
     )?;
+    run_ok(vm.guest(), ONLINE_IDLE_BLOCKS, BRIEF)?;
+    progress.enter(vm, Step::Shrink(size));
+    let start = Instant::now();
+    let (gone, removed) = vm.shrink_by(size, &idle)?;
+    if removed != idle {
+        return Err(VmmError::Shrink(format!(
+            "the shrink removed {removed}, the filled DIMM, not {idle}, the empty one"
+        )));
+    }
+    figures.insert(Figure::ShrinkCheapest(size), ms(gone.duration_since(start)));
     let filled = rss(vm)?;
     let dimm = filled.guest_ram_added_since(baseline);
     let dimm_resident = resident_kib(vm, &dimm)?;
@@ -196,6 +219,19 @@ fn record_filled_removal(
     ]);
     Ok(())
 }
+
+/// How long a guest command that only flips a few sysfs files may take.
+const BRIEF: Duration = Duration::from_secs(120);
+/// The guest's memory blocks, one name a line.
+const MEMORY_BLOCKS: &str = "ls /sys/devices/system/memory | grep '^memory'";
+/// Offlines the blocks that appeared since /tmp/blocks.before (the idle DIMM's), so that
+/// nothing lands in them; notes them in /tmp/blocks.idle.
+const OFFLINE_NEW_BLOCKS: &str = "ls /sys/devices/system/memory | grep '^memory' \
+    | grep -vxFf /tmp/blocks.before >/tmp/blocks.idle && [ -s /tmp/blocks.idle ] \
+    && for b in $(cat /tmp/blocks.idle); do echo 0 >/sys/devices/system/memory/$b/online; done";
+/// Onlines the idle DIMM's blocks again, movable as every hot-added block.
+const ONLINE_IDLE_BLOCKS: &str = "for b in $(cat /tmp/blocks.idle); do \
+    echo online_movable >/sys/devices/system/memory/$b/state; done";
 
 /// Hot-adds `size` bytes, waits until the guest's MemTotal shows them, records the time from
 /// the request and the VMM's share of it in `figures`, and returns the DIMM's id.

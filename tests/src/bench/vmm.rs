@@ -11,7 +11,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::{json, Value};
 use thiserror::Error;
-use tidal_api::{AddMemoryRequest, ApiClient, ClientError, DimmState, RemoveMemoryRequest};
+use tidal_api::{
+    AddMemoryRequest, ApiClient, ClientError, DimmInfo, DimmState, RemoveMemoryRequest,
+    ResizeRequest,
+};
 
 use super::figures::Plan;
 use super::qmp::{Qmp, QmpError};
@@ -124,6 +127,8 @@ pub enum VmmError {
     Smaps(#[source] io::Error),
     #[error("cannot read which of the VMM's pages are resident: {0}")]
     Pagemap(#[source] io::Error),
+    #[error("{0}")]
+    Shrink(String),
     #[error("nothing of the guest's fill is resident in new guest RAM of the VMM: the DIMM's mapping was not found")]
     DimmNotFound,
     #[error("guest command {command:?} exited with status {status}: {output}")]
@@ -148,6 +153,11 @@ pub trait Vmm {
 
     /// Asks for DIMM `id` to go and waits until it is gone; returns when that was.
     fn remove_dimm(&mut self, id: &str) -> Result<Instant, VmmError>;
+
+    /// Shrinks the guest by `size` bytes, one of its DIMMs, of which `cheapest` holds the
+    /// least: Tidal chooses by itself (`vm.resize`, waiting for the guest), QEMU, which has no
+    /// resize, removes `cheapest`. Returns when the DIMM was gone and which one went.
+    fn shrink_by(&mut self, size: u64, cheapest: &str) -> Result<(Instant, String), VmmError>;
 
     /// The VMM's DIMMs as it describes them (Tidal: `vm.memory`; QEMU: `query-memory-devices`),
     /// `None` when it does not answer: for the evidence of a failed run.
@@ -214,6 +224,30 @@ impl Vmm for Tidal {
             timeout_secs: Some(REMOVE_TIMEOUT.as_secs()),
         })?;
         Ok(Instant::now())
+    }
+
+    fn shrink_by(&mut self, size: u64, _cheapest: &str) -> Result<(Instant, String), VmmError> {
+        let ids = |dimms: Vec<DimmInfo>| dimms.into_iter().map(|d| d.id).collect::<Vec<_>>();
+        let before = ids(self.api.memory()?);
+        let total = self.api.info()?.memory_actual_size;
+        self.api.resize(&ResizeRequest {
+            desired_ram: Some(total - size),
+            timeout_secs: Some(REMOVE_TIMEOUT.as_secs()),
+            wait: true,
+            ..ResizeRequest::default()
+        })?;
+        let gone = Instant::now();
+        let after = ids(self.api.memory()?);
+        match before
+            .into_iter()
+            .filter(|id| !after.contains(id))
+            .collect::<Vec<_>>()[..]
+        {
+            [ref removed] => Ok((gone, removed.clone())),
+            ref removed => Err(VmmError::Shrink(format!(
+                "the shrink by {size} bytes removed {removed:?}, not one DIMM"
+            ))),
+        }
     }
 
     fn memory_state(&mut self) -> Option<Value> {
@@ -353,6 +387,10 @@ impl Vmm for Qemu {
         }
         qmp.execute("object-del", Some(json!({ "id": backend_id(id) })))?;
         Ok(gone)
+    }
+
+    fn shrink_by(&mut self, _size: u64, cheapest: &str) -> Result<(Instant, String), VmmError> {
+        Ok((self.remove_dimm(cheapest)?, cheapest.to_owned()))
     }
 
     /// Only once QMP is connected: a QEMU that never answered has nothing to show.
