@@ -7,14 +7,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, TryLockE
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::VmFd;
-use tidal_api::{
-    AddMemoryRequest, ApiError, DimmInfo, DimmState, ErrorKind, EventSink, HotplugEvent,
-    MemoryInfo, NodeMemory, OstStatus, RemoveMemoryRequest, ResizeRequest, ResizeZoneRequest,
-    VmApi, VmConfigInfo, VmInfo, VmState, MAX_TIMEOUT_SECS,
-};
+use tidal_api::MAX_TIMEOUT_SECS;
 use tidal_devices::ged::Ged;
 use tidal_devices::memory_hotplug::{
-    Dimm, EjectHandler, MemoryHotplugController, Ost, SlotEvent, SlotListener, SlotState, SlotView,
+    Dimm, EjectHandler, MemoryHotplugController, SlotListener, SlotState, SlotView,
 };
 use vm_memory::{
     GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryRegion,
@@ -29,9 +25,12 @@ use crate::numa::BootDimm;
 use crate::ram::{GuestMemory, RamError, RamRegion};
 use tidal_api::size::format_size;
 
+mod error;
 mod resize;
 
-use resize::{Pending, TARGET_STATES};
+pub use error::HotplugError;
+use resize::Pending;
+pub(crate) use resize::TARGET_STATES;
 
 /// A part of guest physical space DIMMs are carved from: the hotplug region, or one NUMA node's
 /// share of it.
@@ -152,7 +151,7 @@ fn dimm_memory(dimm: Dimm, backend: &MemoryBackend) -> Result<Arc<RamRegion>, Ma
 
 /// Why a DIMM's memory could not be mapped.
 #[derive(Debug, thiserror::Error)]
-enum MapError {
+pub enum MapError {
     #[error("cannot map {size} of host memory: {source}")]
     Host { size: String, source: RamError },
     #[error("{0}")]
@@ -160,13 +159,9 @@ enum MapError {
 }
 
 impl MapError {
-    /// The error a request that needed this DIMM gets: 507 when the host lacks the memory.
-    fn into_api_error(self) -> ApiError {
-        let kind = match &self {
-            Self::Host { source, .. } if source.is_host_shortage() => ErrorKind::HostMemory,
-            _ => ErrorKind::Internal,
-        };
-        ApiError::new(kind, self.to_string())
+    /// Whether the host lacked the memory (a 507 for the request that needed it).
+    fn is_host_shortage(&self) -> bool {
+        matches!(self, Self::Host { source, .. } if source.is_host_shortage())
     }
 }
 
@@ -185,48 +180,6 @@ impl EjectHandler for Ejector {
     }
 }
 
-/// Hands every slot change to the API's event subscribers, dropping those that went away.
-#[derive(Default)]
-struct EventHub {
-    sinks: Mutex<Vec<EventSink>>,
-}
-
-impl EventHub {
-    fn subscribe(&self, sink: EventSink) {
-        if let Ok(mut sinks) = self.sinks.lock() {
-            sinks.push(sink);
-        }
-    }
-}
-
-/// The controller's view of the hub (it is called with the controller locked, so sinks must
-/// not block: they only queue the event).
-struct HubListener(Arc<EventHub>);
-
-impl SlotListener for HubListener {
-    fn slot_changed(&self, event: SlotEvent) {
-        let Some(dimm) = event.dimm else {
-            return;
-        };
-        let event = HotplugEvent {
-            id: dimm_id(event.slot),
-            slot: event.slot,
-            node: dimm.node,
-            base: dimm.base,
-            size: dimm.size,
-            old_state: api_state(event.old),
-            new_state: api_state(event.new),
-            ost: event.ost.map(api_ost),
-            timestamp_us: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-        };
-        if let Ok(mut sinks) = self.0.sinks.lock() {
-            sinks.retain(|sink| sink(&event));
-        }
-    }
-}
-
 /// Everything the VM exposes about its memory, and the hotplug operations.
 pub struct MemoryHotplug {
     /// Each NUMA node's share of the hotplug region, by node id.
@@ -237,18 +190,16 @@ pub struct MemoryHotplug {
     backends: Vec<MemoryBackend>,
     /// What the host has left to give.
     host: HostMemory,
-    /// What the VM was started with, for `vm.info`.
-    described: VmConfigInfo,
     dimms: Arc<Mutex<DimmMemory>>,
     controller: Arc<Mutex<MemoryHotplugController>>,
     changed: Arc<Condvar>,
     ged: Arc<Ged>,
-    /// Held for the whole of one hotplug operation: a second one gets 409 instead of waiting.
+    /// Held while an operation decides and sets going what it does (see `lock_operation`).
     operation: Mutex<()>,
-    /// Slots in the order their DIMMs were plugged, oldest first: shrinking removes the newest.
+    /// Slots in the order their DIMMs were plugged, oldest first: a shrink's plan prefers the
+    /// newest among sets that cost the same.
     plug_order: Mutex<Vec<u32>>,
     timeout: Duration,
-    events: Arc<EventHub>,
     /// Why the VM is stopping, once it is: waits for the guest end, and no operation starts.
     stopping: OnceLock<String>,
 }
@@ -266,8 +217,6 @@ pub struct HotplugParts {
     pub backends: Vec<MemoryBackend>,
     /// What the host has left to give, checked before each DIMM is added.
     pub host: HostMemory,
-    /// What the VM was started with, for `vm.info`.
-    pub described: VmConfigInfo,
     pub controller: Arc<Mutex<MemoryHotplugController>>,
     pub changed: Arc<Condvar>,
     pub ged: Arc<Ged>,
@@ -287,7 +236,7 @@ pub enum HotplugSetupError {
     },
 }
 
-fn dimm_id(slot: u32) -> String {
+pub(crate) fn dimm_id(slot: u32) -> String {
     format!("dimm{slot}")
 }
 
@@ -309,17 +258,14 @@ impl MemoryHotplug {
             spaces,
             first_kvm_slot: parts.first_kvm_slot,
         }));
-        let events = Arc::new(EventHub::default());
         if let Ok(mut controller) = parts.controller.lock() {
             controller.set_eject_handler(Box::new(Ejector(dimms.clone())));
-            controller.set_listener(Box::new(HubListener(events.clone())));
         }
         Ok(Self {
             regions: parts.regions,
             node_boot: parts.node_boot,
             backends: parts.backends,
             host: parts.host,
-            described: parts.described,
             dimms,
             controller: parts.controller,
             changed: parts.changed,
@@ -327,7 +273,6 @@ impl MemoryHotplug {
             operation: Mutex::new(()),
             plug_order: Mutex::new(Vec::new()),
             timeout: parts.timeout,
-            events,
             stopping: OnceLock::new(),
         })
     }
@@ -376,14 +321,10 @@ impl MemoryHotplug {
         self.changed.notify_all();
     }
 
-    fn stopping_error(why: &str) -> ApiError {
-        ApiError::new(ErrorKind::Internal, format!("the VM is stopping: {why}"))
-    }
-
-    fn controller(&self) -> Result<MutexGuard<'_, MemoryHotplugController>, ApiError> {
+    fn controller(&self) -> Result<MutexGuard<'_, MemoryHotplugController>, HotplugError> {
         self.controller
             .lock()
-            .map_err(|_| ApiError::new(ErrorKind::Internal, "hotplug controller lock poisoned"))
+            .map_err(|_| HotplugError::Poisoned("hotplug controller"))
     }
 
     /// Every occupied slot.
@@ -398,7 +339,7 @@ impl MemoryHotplug {
     }
 
     /// Boot RAM of node `scope`, or of the whole VM (`None`).
-    fn boot_ram(&self, scope: Option<u32>) -> u64 {
+    pub(crate) fn boot_ram(&self, scope: Option<u32>) -> u64 {
         match scope {
             None => self.node_boot.iter().sum(),
             Some(node) => usize::try_from(node)
@@ -410,12 +351,12 @@ impl MemoryHotplug {
     }
 
     /// Bytes in DIMMs the guest has accepted and still holds: of node `scope`, or all (`None`).
-    fn hotplugged(&self, scope: Option<u32>) -> u64 {
+    pub(crate) fn hotplugged(&self, scope: Option<u32>) -> u64 {
         self.bytes_in(scope, &[SlotState::Added, SlotState::Removing])
     }
 
     /// Bytes in DIMMs of node `scope` (or all, `None`) in one of `states`.
-    fn bytes_in(&self, scope: Option<u32>, states: &[SlotState]) -> u64 {
+    pub(crate) fn bytes_in(&self, scope: Option<u32>, states: &[SlotState]) -> u64 {
         self.slots()
             .iter()
             .filter(|(_, view)| states.contains(&view.state))
@@ -436,49 +377,36 @@ impl MemoryHotplug {
     }
 
     /// `node`'s share of the hotplug region, or why memory cannot be added to it.
-    fn node_region(&self, node: u32) -> Result<HotplugRegion, ApiError> {
+    fn node_region(&self, node: u32) -> Result<HotplugRegion, HotplugError> {
         if self.regions.iter().all(Option::is_none) {
-            return Err(ApiError::new(
-                ErrorKind::BadRequest,
-                "this VM has no hotplug region: start it with --memory size=...,hotplug_size=SIZE",
-            ));
+            return Err(HotplugError::NoRegion);
         }
         let share = usize::try_from(node)
             .ok()
             .and_then(|index| self.regions.get(index))
             .ok_or_else(|| self.no_such_node(node))?;
-        share.ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::BadRequest,
-                format!(
-                    "node {node} has no hotplug memory: give it hotplug_size=SIZE in its --numa"
-                ),
-            )
-        })
+        share.ok_or(HotplugError::NoShare(node))
     }
 
     /// The backend of `node`'s memory (a node that exists: the default for one that does not).
-    fn backend(&self, node: u32) -> MemoryBackend {
+    pub(crate) fn backend(&self, node: u32) -> MemoryBackend {
         let backend = usize::try_from(node)
             .ok()
             .and_then(|n| self.backends.get(n));
         backend.copied().unwrap_or_default()
     }
 
-    fn no_such_node(&self, node: u32) -> ApiError {
-        ApiError::new(
-            ErrorKind::NotFound,
-            format!(
-                "node {node} does not exist: this VM has NUMA nodes 0 to {}",
-                self.node_boot.len().saturating_sub(1)
-            ),
-        )
+    fn no_such_node(&self, node: u32) -> HotplugError {
+        HotplugError::NoSuchNode {
+            node,
+            nodes: self.node_boot.len(),
+        }
     }
 
     /// Refuses to add `size` bytes to `node` that the host does not have available (when it
     /// can tell): free memory, or free huge pages in the pool that backs the node.
-    fn check_host_memory(&self, size: u64, node: u32) -> Result<(), ApiError> {
-        let shortage = |message: String| Err(ApiError::new(ErrorKind::HostMemory, message));
+    fn check_host_memory(&self, size: u64, node: u32) -> Result<(), HotplugError> {
+        let shortage = |message: String| Err(HotplugError::HostShort(message));
         if let Some(page) = self.backend(node).huge_pages {
             let needed = size / page.bytes();
             return match self.host.free_huge_pages(page) {
@@ -506,7 +434,7 @@ impl MemoryHotplug {
     /// Refuses a total that node `scope` (the whole VM: `None`) can never have: not its boot
     /// RAM plus whole memory blocks, or above its boot RAM plus its share of the hotplug
     /// region. The error names the nearest totals it can have.
-    fn check_reachable(&self, scope: Option<u32>, desired: u64) -> Result<(), ApiError> {
+    fn check_reachable(&self, scope: Option<u32>, desired: u64) -> Result<(), HotplugError> {
         let region = match scope {
             None => self.regions.iter().flatten().map(|r| r.size).sum(),
             Some(node) => usize::try_from(node)
@@ -520,46 +448,37 @@ impl MemoryHotplug {
             if region == 0 {
                 self.node_region(scope.unwrap_or(0))?;
             }
-            return Err(ApiError::new(
-                ErrorKind::BadRequest,
-                format!(
-                    "desired_ram {} is more than {whose} can have: at most {} (boot RAM plus \
+            return Err(HotplugError::Invalid(format!(
+                "desired_ram {} is more than {whose} can have: at most {} (boot RAM plus \
                      the hotplug region)",
-                    format_size(desired),
-                    format_size(most)
-                ),
-            ));
+                format_size(desired),
+                format_size(most)
+            )));
         }
         let boot = self.boot_ram(scope);
         if desired < boot {
             let whose = scope.map_or("the boot memory".to_owned(), |node| {
                 format!("node {node}'s boot memory")
             });
-            return Err(ApiError::new(
-                ErrorKind::BadRequest,
-                format!(
-                    "desired_ram {} is below {whose} ({}), which is never removed",
-                    format_size(desired),
-                    format_size(boot)
-                ),
-            ));
+            return Err(HotplugError::Invalid(format!(
+                "desired_ram {} is below {whose} ({}), which is never removed",
+                format_size(desired),
+                format_size(boot)
+            )));
         }
         // DIMMs come in whole blocks on top of boot RAM (which need not be whole blocks).
         let over = desired.saturating_sub(boot) % MEMORY_BLOCK_SIZE;
         if over != 0 {
             let below = desired - over;
-            return Err(ApiError::new(
-                ErrorKind::BadRequest,
-                format!(
-                    "desired_ram {} is not boot RAM ({}) plus whole {} memory blocks: the \
+            return Err(HotplugError::Invalid(format!(
+                "desired_ram {} is not boot RAM ({}) plus whole {} memory blocks: the \
                      nearest totals are {} and {}",
-                    format_size(desired),
-                    format_size(boot),
-                    format_size(MEMORY_BLOCK_SIZE),
-                    format_size(below),
-                    format_size(below + MEMORY_BLOCK_SIZE)
-                ),
-            ));
+                format_size(desired),
+                format_size(boot),
+                format_size(MEMORY_BLOCK_SIZE),
+                format_size(below),
+                format_size(below + MEMORY_BLOCK_SIZE)
+            )));
         }
         Ok(())
     }
@@ -580,11 +499,10 @@ impl MemoryHotplug {
     }
 
     /// A request's timeout, or the VM's default.
-    fn timeout_for(&self, secs: Option<u64>) -> Result<Duration, ApiError> {
+    pub(crate) fn timeout_for(&self, secs: Option<u64>) -> Result<Duration, HotplugError> {
         match secs {
             None => Ok(self.timeout),
-            Some(secs) if !(1..=MAX_TIMEOUT_SECS).contains(&secs) => Err(ApiError::new(
-                ErrorKind::BadRequest,
+            Some(secs) if !(1..=MAX_TIMEOUT_SECS).contains(&secs) => Err(HotplugError::Invalid(
                 format!("timeout_secs must be from 1 to {MAX_TIMEOUT_SECS}, not {secs}"),
             )),
             Some(secs) => Ok(Duration::from_secs(secs)),
@@ -594,91 +512,70 @@ impl MemoryHotplug {
     /// The operation lock, waited for at most `patience`: it is held while an operation
     /// decides and sets going what it does, and while a shrink waits for the DIMM that keeps
     /// what it overshoots. Refused once the VM is stopping.
-    fn lock_operation(&self, patience: Duration) -> Result<MutexGuard<'_, ()>, ApiError> {
+    fn lock_operation(&self, patience: Duration) -> Result<MutexGuard<'_, ()>, HotplugError> {
         let deadline = Instant::now() + patience;
         loop {
             if let Some(why) = self.stopping.get() {
-                return Err(Self::stopping_error(why));
+                return Err(HotplugError::Stopping(why.clone()));
             }
             match self.operation.try_lock() {
                 Ok(guard) => return Ok(guard),
                 Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                Err(TryLockError::WouldBlock) => {
-                    return Err(ApiError::new(
-                        ErrorKind::Conflict,
-                        format!(
-                            "another memory hotplug operation has been in progress for over {} \
-                             s; try again when it is done",
-                            patience.as_secs()
-                        ),
-                    ))
-                }
+                Err(TryLockError::WouldBlock) => return Err(HotplugError::Busy(patience)),
                 Err(TryLockError::Poisoned(_)) => {
-                    return Err(ApiError::new(
-                        ErrorKind::Internal,
-                        "hotplug operation lock poisoned",
-                    ))
+                    return Err(HotplugError::Poisoned("hotplug operation"))
                 }
             }
         }
     }
 
     /// `node`'s share of the region, if `size` is a size DIMMs can have.
-    fn check_size(&self, size: u64, node: u32) -> Result<HotplugRegion, ApiError> {
+    fn check_size(&self, size: u64, node: u32) -> Result<HotplugRegion, HotplugError> {
         let region = self.node_region(node)?;
         if size == 0 || !size.is_multiple_of(MEMORY_BLOCK_SIZE) {
-            return Err(ApiError::new(
-                ErrorKind::BadRequest,
-                format!(
-                    "size {size} is not a positive multiple of the {} memory block size",
-                    format_size(MEMORY_BLOCK_SIZE)
-                ),
-            ));
+            return Err(HotplugError::Invalid(format!(
+                "size {size} is not a positive multiple of the {} memory block size",
+                format_size(MEMORY_BLOCK_SIZE)
+            )));
         }
         self.backend(node)
             .check_size(&format!("a DIMM for node {node}:"), size)
-            .map_err(|e| ApiError::new(ErrorKind::BadRequest, e.to_string()))?;
+            .map_err(|e| HotplugError::Invalid(e.to_string()))?;
         Ok(region)
     }
 
     /// Plugs one DIMM of `size` bytes into node `node`, for the guest's next scan (see
     /// [`MemoryHotplug::notify_guest`]). Unless `force`, refuses when the host has less memory
     /// available than `size`.
-    fn plug(&self, size: u64, node: u32, force: bool) -> Result<Pending, ApiError> {
+    fn plug(&self, size: u64, node: u32, force: bool) -> Result<Pending, HotplugError> {
         let region = self.check_size(size, node)?;
         if !force {
             self.check_host_memory(size, node)?;
         }
-        let slot = self.controller()?.free_slot().ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::BadRequest,
-                "every DIMM slot is in use: remove a DIMM or start the VM with more slots",
-            )
-        })?;
+        let slot = self
+            .controller()?
+            .free_slot()
+            .ok_or(HotplugError::NoFreeSlot)?;
         let base = {
             let mut dimms = self
                 .dimms
                 .lock()
-                .map_err(|_| ApiError::new(ErrorKind::Internal, "DIMM memory lock poisoned"))?;
+                .map_err(|_| HotplugError::Poisoned("DIMM memory"))?;
             let Some(base) = dimms.allocate(node, size) else {
                 // The message reads the controller: not while holding `dimms`, which an eject
                 // on a vCPU thread takes while holding the controller.
                 drop(dimms);
-                return Err(ApiError::new(
-                    ErrorKind::BadRequest,
-                    format!(
-                        "{} requested but {} has {} free (in one piece: maybe less)",
-                        format_size(size),
-                        if self.regions.len() > 1 {
-                            format!("node {node}'s share of the hotplug region")
-                        } else {
-                            "the hotplug region".to_owned()
-                        },
-                        format_size(self.region_free(node, region))
-                    ),
-                ));
+                return Err(HotplugError::RegionFull {
+                    size,
+                    share: if self.regions.len() > 1 {
+                        format!("node {node}'s share of the hotplug region")
+                    } else {
+                        "the hotplug region".to_owned()
+                    },
+                    free: self.region_free(node, region),
+                });
             };
             base
         };
@@ -693,11 +590,11 @@ impl MemoryHotplug {
             if let Ok(mut dimms) = self.dimms.lock() {
                 dimms.free(node, base, size);
             }
-            return Err(e.into_api_error());
+            return Err(e.into());
         }
         self.controller()?
             .plug(slot, dimm)
-            .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
+            .map_err(HotplugError::Slot)?;
         if let Ok(mut order) = self.plug_order.lock() {
             order.retain(|&s| s != slot);
             order.push(slot);
@@ -712,7 +609,7 @@ impl MemoryHotplug {
     /// Plugs `size` bytes into node `node`: one DIMM when a free piece of its share holds
     /// them, else one DIMM in each of the largest pieces (DIMMs come and go anywhere in the
     /// region, which leaves it in pieces). Checks the slots and the host for all of it first.
-    fn grow(&self, size: u64, node: u32, force: bool) -> Result<Vec<Pending>, ApiError> {
+    fn grow(&self, size: u64, node: u32, force: bool) -> Result<Vec<Pending>, HotplugError> {
         let pieces = match self.dimms.lock() {
             Ok(mut dimms) => dimms.space(node).map(|s| s.pieces(size)),
             Err(_) => None,
@@ -723,15 +620,11 @@ impl MemoryHotplug {
         };
         let free_slots = self.controller()?.free_slots();
         if free_slots < pieces.len() {
-            return Err(ApiError::new(
-                ErrorKind::BadRequest,
-                format!(
-                    "{} fits in the hotplug region only as {} DIMMs, and {free_slots} slots are \
-                     free: remove a DIMM or start the VM with more slots",
-                    format_size(size),
-                    pieces.len()
-                ),
-            ));
+            return Err(HotplugError::SlotsShort {
+                size,
+                pieces: pieces.len(),
+                free: free_slots,
+            });
         }
         if !force {
             self.check_host_memory(size, node)?;
@@ -740,16 +633,14 @@ impl MemoryHotplug {
         for piece in pieces {
             match self.plug(piece, node, true) {
                 Ok(pending) => plugged.push(pending),
-                Err(mut e) if !plugged.is_empty() => {
+                Err(e) if !plugged.is_empty() => {
                     // What is plugged stays, for the guest to take.
                     self.notify_guest();
-                    e.message = format!(
-                        "plugged {} of the {} asked for; then {}",
+                    return Err(e.after(format!(
+                        "plugged {} of the {} asked for",
                         format_size(plugged.iter().map(|p| p.dimm.size).sum()),
-                        format_size(size),
-                        e.message
-                    );
-                    return Err(e);
+                        format_size(size)
+                    )));
                 }
                 Err(e) => return Err(e),
             }
@@ -778,10 +669,99 @@ impl MemoryHotplug {
     }
 }
 
+/// The operations and figures the API's face (`control::VmHandle`) offers.
 impl MemoryHotplug {
+    /// Tells `listener` of every slot change, on the thread that made it.
+    pub(crate) fn set_listener(&self, listener: Box<dyn SlotListener>) {
+        if let Ok(mut controller) = self.controller.lock() {
+            controller.set_listener(listener);
+        }
+    }
+
+    /// Grows or shrinks node `scope` (the whole VM: `None`) to `desired` bytes
+    /// ([`MemoryHotplug::resize_memory`]), waiting `timeout_secs` (the default: `None`).
+    pub(crate) fn resize(
+        &self,
+        scope: Option<u32>,
+        desired: u64,
+        timeout_secs: Option<u64>,
+        force: bool,
+        wait: bool,
+    ) -> Result<(), HotplugError> {
+        let timeout = self.timeout_for(timeout_secs)?;
+        self.resize_memory(scope, desired, timeout, force, wait)
+    }
+
+    /// Plugs one DIMM of `size` bytes into `node` and waits for the guest to take it.
+    pub(crate) fn add(
+        &self,
+        size: u64,
+        node: u32,
+        force: bool,
+    ) -> Result<(u32, SlotView), HotplugError> {
+        let pending = {
+            let _operation = self.lock_operation(self.timeout)?;
+            let pending = self.plug(size, node, force)?;
+            self.notify_guest();
+            pending
+        };
+        self.wait_for(pending, self.timeout)?;
+        let view = self.controller()?.slot(pending.slot);
+        let view = view.ok_or_else(|| HotplugError::Vanished(dimm_id(pending.slot)))?;
+        Ok((pending.slot, view))
+    }
+
+    /// Asks the guest to eject DIMM `id` and waits until it has, `timeout_secs` at most.
+    pub(crate) fn remove(&self, id: &str, timeout_secs: Option<u64>) -> Result<(), HotplugError> {
+        let timeout = self.timeout_for(timeout_secs)?;
+        let removing = {
+            let _operation = self.lock_operation(timeout)?;
+            let slot = self.slot_of(id)?;
+            let removing = self.request_removals(&[slot])?;
+            self.notify_guest();
+            removing
+        };
+        for pending in removing {
+            self.wait_for(pending, timeout)?;
+        }
+        Ok(())
+    }
+
+    /// The node `zone` names (Cloud Hypervisor's memory zones are Tidal's NUMA nodes).
+    pub(crate) fn zone_node(&self, zone: &tidal_api::ZoneId) -> Result<u32, HotplugError> {
+        let nodes = self.node_boot.len();
+        match zone.node() {
+            Some(node) if usize::try_from(node).is_ok_and(|n| n < nodes) => Ok(node),
+            Some(node) => Err(self.no_such_node(node)),
+            None => Err(HotplugError::NoSuchZone {
+                zone: zone.to_string(),
+                nodes,
+            }),
+        }
+    }
+
+    /// Every DIMM, by slot.
+    pub(crate) fn dimms(&self) -> Vec<(u32, SlotView)> {
+        self.slots()
+    }
+
+    /// Each node's share of the hotplug region, by node id.
+    pub(crate) fn shares(&self) -> &[Option<HotplugRegion>] {
+        &self.regions
+    }
+
+    pub(crate) fn slot_count(&self) -> u32 {
+        self.controller.lock().map_or(0, |c| c.slot_count())
+    }
+
+    /// Whether the VM is stopping (see [`MemoryHotplug::stop`]).
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.get().is_some()
+    }
+
     /// The slot of DIMM `id` ("dimmN").
-    fn slot_of(&self, id: &str) -> Result<u32, ApiError> {
-        let not_found = || ApiError::new(ErrorKind::NotFound, format!("no DIMM called '{id}'"));
+    fn slot_of(&self, id: &str) -> Result<u32, HotplugError> {
+        let not_found = || HotplugError::NoSuchDimm(id.to_owned());
         let slot: u32 = id
             .strip_prefix("dimm")
             .and_then(|n| n.parse().ok())
@@ -807,171 +787,6 @@ pub fn ost_meaning(status: u32) -> String {
         _ => "unknown status",
     };
     format!("_OST status {status:#x} ({meaning})")
-}
-
-fn api_state(state: SlotState) -> DimmState {
-    match state {
-        SlotState::Empty => DimmState::Empty,
-        SlotState::Inserting => DimmState::Inserting,
-        SlotState::Added => DimmState::Added,
-        SlotState::Failed => DimmState::Failed,
-        SlotState::Removing => DimmState::Removing,
-    }
-}
-
-fn api_ost(ost: Ost) -> OstStatus {
-    OstStatus {
-        event: ost.event,
-        status: ost.status,
-    }
-}
-
-fn dimm_info(slot: u32, view: SlotView) -> Option<DimmInfo> {
-    let dimm = view.dimm?;
-    Some(DimmInfo {
-        id: dimm_id(slot),
-        slot,
-        node: dimm.node,
-        base: dimm.base,
-        size: dimm.size,
-        state: api_state(view.state),
-        last_ost: view.last_ost.map(api_ost),
-    })
-}
-
-impl VmApi for MemoryHotplug {
-    fn info(&self) -> VmInfo {
-        let boot = self.boot_ram(None);
-        let hotplugged = self.hotplugged(None);
-        let nodes = (0u32..)
-            .zip(&self.regions)
-            .map(|(id, region)| NodeMemory {
-                id,
-                boot: self.boot_ram(Some(id)),
-                hotplugged: self.hotplugged(Some(id)),
-                hotplug_size: region.map_or(0, |r| r.size),
-                backend: self.backend(id).into(),
-            })
-            .collect();
-        let desired_ram = boot + self.bytes_in(None, &TARGET_STATES);
-        let mut config = self.described.clone();
-        config.memory.size = desired_ram;
-        VmInfo {
-            state: if self.stopping.get().is_some() {
-                VmState::Shutdown
-            } else {
-                VmState::Running
-            },
-            memory_actual_size: boot + hotplugged,
-            desired_ram,
-            memory: MemoryInfo {
-                boot,
-                hotplugged,
-                hotplug_size: self.regions.iter().flatten().map(|r| r.size).sum(),
-                slots: self.controller.lock().map_or(0, |c| c.slot_count()),
-                block_size: MEMORY_BLOCK_SIZE,
-                inserting: self.bytes_in(None, &[SlotState::Inserting]),
-                removing: self.bytes_in(None, &[SlotState::Removing]),
-                nodes,
-            },
-            cpus: config.cpus.boot_vcpus,
-            config,
-        }
-    }
-
-    fn memory(&self) -> Vec<DimmInfo> {
-        self.slots()
-            .into_iter()
-            .filter_map(|(slot, view)| dimm_info(slot, view))
-            .collect()
-    }
-
-    /// Cloud Hypervisor's resize: memory to `desired_ram` (absent: as it is); `desired_vcpus`
-    /// and `desired_balloon` only as what the VM has (its vCPU count, no balloon).
-    fn resize(&self, request: ResizeRequest) -> Result<(), ApiError> {
-        let timeout = self.timeout_for(request.timeout_secs)?;
-        let cpus = self.described.cpus.boot_vcpus;
-        if let Some(vcpus) = request.desired_vcpus.filter(|&vcpus| vcpus != cpus) {
-            return Err(ApiError::new(
-                ErrorKind::BadRequest,
-                format!("vCPU hotplug is not supported: the VM has {cpus} vCPUs, not {vcpus}"),
-            ));
-        }
-        if let Some(balloon) = request.desired_balloon.filter(|&balloon| balloon != 0) {
-            return Err(ApiError::new(
-                ErrorKind::BadRequest,
-                format!("Tidal has no balloon device: desired_balloon must be 0, not {balloon}"),
-            ));
-        }
-        match request.desired_ram {
-            Some(desired) => {
-                self.resize_memory(None, desired, timeout, request.force, request.wait)
-            }
-            None => Ok(()),
-        }
-    }
-
-    fn resize_zone(&self, request: ResizeZoneRequest) -> Result<(), ApiError> {
-        let timeout = self.timeout_for(request.timeout_secs)?;
-        let node = match request.id.node() {
-            Some(node) if usize::try_from(node).is_ok_and(|n| n < self.node_boot.len()) => node,
-            Some(node) => return Err(self.no_such_node(node)),
-            None => {
-                return Err(ApiError::new(
-                    ErrorKind::NotFound,
-                    format!(
-                        "no memory zone {}: a zone is a NUMA node, named by its id (0 to {})",
-                        request.id,
-                        self.node_boot.len().saturating_sub(1)
-                    ),
-                ))
-            }
-        };
-        self.resize_memory(
-            Some(node),
-            request.desired_ram,
-            timeout,
-            request.force,
-            request.wait,
-        )
-    }
-
-    fn add_memory(&self, request: AddMemoryRequest) -> Result<DimmInfo, ApiError> {
-        let pending = {
-            let _operation = self.lock_operation(self.timeout)?;
-            let pending = self.plug(request.size, request.node, request.force)?;
-            self.notify_guest();
-            pending
-        };
-        self.wait_for(pending, self.timeout)?;
-        let view = self.controller()?.slot(pending.slot);
-        view.and_then(|view| dimm_info(pending.slot, view))
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorKind::Internal,
-                    format!("{} vanished", dimm_id(pending.slot)),
-                )
-            })
-    }
-
-    fn remove_memory(&self, request: RemoveMemoryRequest) -> Result<(), ApiError> {
-        let timeout = self.timeout_for(request.timeout_secs)?;
-        let removing = {
-            let _operation = self.lock_operation(timeout)?;
-            let slot = self.slot_of(&request.id)?;
-            let removing = self.request_removals(&[slot])?;
-            self.notify_guest();
-            removing
-        };
-        for pending in removing {
-            self.wait_for(pending, timeout)?;
-        }
-        Ok(())
-    }
-
-    fn subscribe(&self, sink: EventSink) {
-        self.events.subscribe(sink);
-    }
 }
 
 #[cfg(test)]

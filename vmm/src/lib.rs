@@ -5,6 +5,7 @@ pub mod backend;
 pub mod boot;
 pub mod config;
 pub mod console;
+pub mod control;
 pub mod cpu;
 pub mod dimm_space;
 pub mod host_memory;

@@ -36,6 +36,7 @@ use crate::boot::{self, BootError, BootSpec};
 use crate::config::SeccompMode;
 use crate::config::VmConfig;
 use crate::console::{self, ConsoleError};
+use crate::control::VmHandle;
 use crate::cpu::{self, Topology};
 use crate::host_memory::HostMemory;
 use crate::hotplug::{HotplugParts, HotplugRegion, MemoryHotplug};
@@ -217,6 +218,8 @@ pub struct Vm {
     vm: Arc<VmFd>,
     _ram: GuestRam,
     hotplug: Arc<MemoryHotplug>,
+    /// What the API server calls into.
+    control: Arc<VmHandle>,
     api_socket: Option<PathBuf>,
     io: Arc<IoManager>,
     exit: Arc<ExitSignal>,
@@ -372,13 +375,13 @@ impl Vm {
                 .collect(),
             backends: config.nodes.iter().map(|node| node.backend).collect(),
             host: HostMemory::open(),
-            described: config.describe(),
             controller,
             changed,
             ged,
             timeout: config.hotplug_timeout,
         })?);
         hotplug.plug_boot_memory(&removable_ram)?;
+        let control = Arc::new(VmHandle::new(hotplug.clone(), config.describe()));
 
         let supported = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -419,6 +422,7 @@ impl Vm {
             vm,
             _ram: ram,
             hotplug,
+            control,
             api_socket: config.api_socket.clone(),
             io: Arc::new(io),
             exit,
@@ -453,7 +457,7 @@ impl Vm {
         let _api = match &self.api_socket {
             Some(path) => Some(tidal_api::server::start(
                 path,
-                self.hotplug.clone(),
+                self.control.clone(),
                 api_thread_start,
             )?),
             None => None,

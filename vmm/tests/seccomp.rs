@@ -21,6 +21,7 @@ use tidal_devices::memory_hotplug::{MemoryHotplugController, SlotState};
 use tidal_devices::serial::SerialConsole;
 use tidal_devices::{EventFdTrigger, ExitReason, ExitSignal};
 use tidal_vmm::backend::{HugePageSize, MemoryBackend};
+use tidal_vmm::control::VmHandle;
 use tidal_vmm::host_memory::HostMemory;
 use tidal_vmm::hotplug::{HotplugParts, HotplugRegion, MemoryHotplug};
 use tidal_vmm::memory::set_kvm_slot;
@@ -402,7 +403,6 @@ fn vmm_case() {
                 },
             ],
             host: HostMemory::open(),
-            described: Default::default(),
             controller: controller.clone(),
             changed,
             ged: Arc::new(Ged::new(EventFdTrigger::new().unwrap())),
@@ -425,7 +425,7 @@ fn vmm_case() {
             let api_filter = filters.api.clone();
             let api = tidal_api::server::start(
                 &socket,
-                hotplug,
+                Arc::new(VmHandle::new(hotplug, Default::default())),
                 Arc::new(move || api_filter.apply_or_exit()),
             )
             .unwrap();

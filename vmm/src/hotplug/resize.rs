@@ -5,16 +5,16 @@
 use std::cmp::Ordering;
 use std::time::Duration;
 
-use tidal_api::{ApiError, ErrorKind};
 use tidal_devices::memory_hotplug::{Dimm, MemoryHotplugController, SlotState};
 
-use super::{dimm_id, ost_meaning, MemoryHotplug};
+use super::error::{HotplugError, Request};
+use super::{dimm_id, MemoryHotplug};
 use crate::layout::MEMORY_BLOCK_SIZE;
 use crate::resize_plan::{plan_shrink, Removable, Shrink};
 
 /// The states whose DIMMs count towards where the VM is going: an insertion the guest has not
 /// answered yet will be memory, a failed one is mapped and removable; a removal will not be.
-pub(super) const TARGET_STATES: [SlotState; 3] =
+pub(crate) const TARGET_STATES: [SlotState; 3] =
     [SlotState::Inserting, SlotState::Added, SlotState::Failed];
 
 /// A DIMM the guest has still to answer for: an insertion or a removal.
@@ -37,7 +37,7 @@ impl MemoryHotplug {
         timeout: Duration,
         force: bool,
         wait: bool,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), HotplugError> {
         self.check_reachable(scope, desired)?;
         let in_flight = {
             let _operation = self.lock_operation(timeout)?;
@@ -60,7 +60,7 @@ impl MemoryHotplug {
         desired: u64,
         timeout: Duration,
         force: bool,
-    ) -> Result<Vec<Pending>, ApiError> {
+    ) -> Result<Vec<Pending>, HotplugError> {
         let mut in_flight = self.ask_again(scope)?;
         let target = self.boot_ram(scope) + self.bytes_in(scope, &TARGET_STATES);
         match desired.cmp(&target) {
@@ -82,7 +82,7 @@ impl MemoryHotplug {
 
     /// Announces again every insertion of node `scope` the guest has not answered and asks
     /// again for every removal; returns them.
-    fn ask_again(&self, scope: Option<u32>) -> Result<Vec<Pending>, ApiError> {
+    fn ask_again(&self, scope: Option<u32>) -> Result<Vec<Pending>, HotplugError> {
         let mut controller = self.controller()?;
         let mut in_flight = Vec::new();
         for (slot, dimm, state) in in_scope(&controller, scope) {
@@ -106,17 +106,12 @@ impl MemoryHotplug {
         amount: u64,
         timeout: Duration,
         force: bool,
-    ) -> Result<Vec<Pending>, ApiError> {
+    ) -> Result<Vec<Pending>, HotplugError> {
         let removable = self.removable(scope)?;
         let (remove, excess) = match plan_shrink(&removable, amount, MEMORY_BLOCK_SIZE) {
             Some(Shrink::Exact(remove)) => (remove, 0),
             Some(Shrink::Replace { remove, plug }) => (remove, plug),
-            None => {
-                return Err(ApiError::new(
-                    ErrorKind::Internal,
-                    "the plugged DIMMs hold less than the resize would remove",
-                ))
-            }
+            None => return Err(HotplugError::Unplanned),
         };
         if excess == 0 {
             return self.request_removals(&remove);
@@ -125,14 +120,11 @@ impl MemoryHotplug {
         if self.room_for(node, excess) {
             let replacement = self.plug(excess, node, force)?;
             self.notify_guest();
-            self.wait_for(replacement, timeout).map_err(|mut e| {
-                e.message = format!(
-                    "nothing was removed: {} was plugged to keep what the removal overshoots, \
-                     and {}",
-                    dimm_id(replacement.slot),
-                    e.message
-                );
-                e
+            self.wait_for(replacement, timeout).map_err(|e| {
+                e.after(format!(
+                    "nothing was removed: {} was plugged to keep what the removal overshoots",
+                    dimm_id(replacement.slot)
+                ))
             })?;
             return self.request_removals(&remove);
         }
@@ -141,23 +133,22 @@ impl MemoryHotplug {
         for pending in removing {
             self.wait_for(pending, timeout)?;
         }
-        let replacement = self.plug(excess, node, force).map_err(|mut e| {
-            e.message = format!(
-                "the VM has given back more than asked: what it overshot could not be plugged \
-                 back: {}",
-                e.message
-            );
-            e
+        let replacement = self.plug(excess, node, force).map_err(|e| {
+            e.after(
+                "the VM has given back more than asked, and what it overshot could not be \
+                 plugged back"
+                    .to_owned(),
+            )
         })?;
         Ok(vec![replacement])
     }
 
     /// The DIMMs of node `scope` a shrink may take, newest first, with their resident memory.
-    fn removable(&self, scope: Option<u32>) -> Result<Vec<Removable>, ApiError> {
+    fn removable(&self, scope: Option<u32>) -> Result<Vec<Removable>, HotplugError> {
         let order = self
             .plug_order
             .lock()
-            .map_err(|_| ApiError::new(ErrorKind::Internal, "plug order lock poisoned"))?
+            .map_err(|_| HotplugError::Poisoned("plug order"))?
             .clone();
         let candidates: Vec<(u32, Dimm)> = {
             let controller = self.controller()?;
@@ -176,7 +167,7 @@ impl MemoryHotplug {
         let dimms = self
             .dimms
             .lock()
-            .map_err(|_| ApiError::new(ErrorKind::Internal, "DIMM memory lock poisoned"))?;
+            .map_err(|_| HotplugError::Poisoned("DIMM memory"))?;
         Ok(candidates
             .into_iter()
             .map(|(slot, dimm)| Removable {
@@ -188,7 +179,7 @@ impl MemoryHotplug {
     }
 
     /// Asks the guest to eject each of `slots`.
-    pub(super) fn request_removals(&self, slots: &[u32]) -> Result<Vec<Pending>, ApiError> {
+    pub(super) fn request_removals(&self, slots: &[u32]) -> Result<Vec<Pending>, HotplugError> {
         let mut controller = self.controller()?;
         let mut removing = Vec::new();
         for &slot in slots {
@@ -208,7 +199,7 @@ impl MemoryHotplug {
     /// Waits until the guest has answered for `pending` (or the DIMM has left the state for
     /// another reason), at most `timeout` and only until the VM starts stopping. An insertion
     /// the guest failed and a removal it refused are errors; the DIMM stays mapped and usable.
-    pub(super) fn wait_for(&self, pending: Pending, timeout: Duration) -> Result<(), ApiError> {
+    pub(super) fn wait_for(&self, pending: Pending, timeout: Duration) -> Result<(), HotplugError> {
         let Pending { slot, dimm, state } = pending;
         let unanswered = |c: &MemoryHotplugController| {
             c.slot(slot)
@@ -220,54 +211,42 @@ impl MemoryHotplug {
             .wait_timeout_while(controller, timeout, |c| {
                 self.stopping.get().is_none() && unanswered(c)
             })
-            .map_err(|_| ApiError::new(ErrorKind::Internal, "hotplug controller lock poisoned"))?;
+            .map_err(|_| HotplugError::Poisoned("hotplug controller"))?;
         let still = unanswered(&controller);
         let now = controller.slot(slot).filter(|v| v.dimm == Some(dimm));
         drop(controller);
         let id = dimm_id(slot);
         let status = now.and_then(|v| v.last_ost).map(|o| o.status);
-        match (state, now.map(|v| v.state)) {
+        let request = if state == SlotState::Inserting {
+            Request::Insertion
+        } else {
+            Request::Removal
+        };
+        match (request, now.map(|v| v.state)) {
             _ if still => Err(match self.stopping.get() {
-                Some(why) => ApiError::new(
-                    ErrorKind::Internal,
-                    format!("the VM is stopping ({why}) before the guest answered for {id}"),
-                ),
-                None => unanswered_error(&id, state, timeout),
+                Some(why) => HotplugError::StoppedWaiting {
+                    why: why.clone(),
+                    id,
+                },
+                None => HotplugError::Timeout {
+                    id,
+                    request,
+                    waited: timeout,
+                },
             }),
-            (SlotState::Inserting, Some(SlotState::Failed)) => Err(ApiError::new(
-                ErrorKind::GuestRefused,
-                format!(
-                    "the guest refused {id}: {}",
-                    ost_meaning(status.unwrap_or(0))
-                ),
-            )),
-            (SlotState::Removing, Some(SlotState::Added)) => Err(ApiError::new(
-                ErrorKind::GuestRefused,
-                format!(
-                    "the guest refused to eject {id}: {}; it stays plugged and usable",
-                    ost_meaning(status.unwrap_or(0x01))
-                ),
-            )),
+            (Request::Insertion, Some(SlotState::Failed)) => Err(HotplugError::GuestRefused {
+                id,
+                request,
+                status: status.unwrap_or(0),
+            }),
+            (Request::Removal, Some(SlotState::Added)) => Err(HotplugError::GuestRefused {
+                id,
+                request,
+                status: status.unwrap_or(0x01),
+            }),
             _ => Ok(()),
         }
     }
-}
-
-/// What a wait that ran out says, by what the guest did not answer.
-fn unanswered_error(id: &str, state: SlotState, timeout: Duration) -> ApiError {
-    let secs = timeout.as_secs();
-    let message = if state == SlotState::Inserting {
-        format!(
-            "the guest did not answer the insertion of {id} within {secs} s; it stays plugged \
-             (state inserting): does the guest kernel support ACPI memory hotplug?"
-        )
-    } else {
-        format!(
-            "the guest did not eject {id} within {secs} s; it stays plugged and in use (the \
-             guest may still finish; retry to ask again)"
-        )
-    };
-    ApiError::new(ErrorKind::Timeout, message)
 }
 
 /// Every DIMM of node `scope` (all nodes: `None`), with its slot and state.
@@ -286,11 +265,14 @@ fn in_scope(
         .collect()
 }
 
-fn request_removal(controller: &mut MemoryHotplugController, slot: u32) -> Result<(), ApiError> {
-    controller.request_removal(slot).map_err(|e| {
-        ApiError::new(
-            ErrorKind::Conflict,
-            format!("cannot remove {}: {e}", dimm_id(slot)),
-        )
-    })
+fn request_removal(
+    controller: &mut MemoryHotplugController,
+    slot: u32,
+) -> Result<(), HotplugError> {
+    controller
+        .request_removal(slot)
+        .map_err(|source| HotplugError::NotRemovable {
+            id: dimm_id(slot),
+            source,
+        })
 }
