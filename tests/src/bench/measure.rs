@@ -181,14 +181,13 @@ fn record_filled_removal(
     )?;
     run_ok(vm.guest(), ONLINE_IDLE_BLOCKS, BRIEF)?;
     progress.enter(vm, Step::Shrink(size));
-    let start = Instant::now();
-    let (gone, removed) = vm.shrink_by(size, &idle)?;
+    let (took, removed) = vm.shrink_by(size, &idle)?;
     if removed != idle {
         return Err(VmmError::Shrink(format!(
             "the shrink removed {removed}, the filled DIMM, not {idle}, the empty one"
         )));
     }
-    figures.insert(Figure::ShrinkCheapest(size), ms(gone.duration_since(start)));
+    figures.insert(Figure::ShrinkCheapest(size), ms(took));
     let filled = rss(vm)?;
     let dimm = filled.guest_ram_added_since(baseline);
     let dimm_resident = resident_kib(vm, &dimm)?;

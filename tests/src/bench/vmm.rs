@@ -156,8 +156,9 @@ pub trait Vmm {
 
     /// Shrinks the guest by `size` bytes, one of its DIMMs, of which `cheapest` holds the
     /// least: Tidal chooses by itself (`vm.resize`, waiting for the guest), QEMU, which has no
-    /// resize, removes `cheapest`. Returns when the DIMM was gone and which one went.
-    fn shrink_by(&mut self, size: u64, cheapest: &str) -> Result<(Instant, String), VmmError>;
+    /// resize, removes `cheapest`. Returns how long it took from the request until the DIMM
+    /// was gone, and which one went.
+    fn shrink_by(&mut self, size: u64, cheapest: &str) -> Result<(Duration, String), VmmError>;
 
     /// The VMM's DIMMs as it describes them (Tidal: `vm.memory`; QEMU: `query-memory-devices`),
     /// `None` when it does not answer: for the evidence of a failed run.
@@ -226,24 +227,25 @@ impl Vmm for Tidal {
         Ok(Instant::now())
     }
 
-    fn shrink_by(&mut self, size: u64, _cheapest: &str) -> Result<(Instant, String), VmmError> {
+    fn shrink_by(&mut self, size: u64, _cheapest: &str) -> Result<(Duration, String), VmmError> {
         let ids = |dimms: Vec<DimmInfo>| dimms.into_iter().map(|d| d.id).collect::<Vec<_>>();
         let before = ids(self.api.memory()?);
         let total = self.api.info()?.memory_actual_size;
+        let start = Instant::now();
         self.api.resize(&ResizeRequest {
             desired_ram: Some(total - size),
             timeout_secs: Some(REMOVE_TIMEOUT.as_secs()),
             wait: true,
             ..ResizeRequest::default()
         })?;
-        let gone = Instant::now();
+        let took = start.elapsed();
         let after = ids(self.api.memory()?);
         match before
             .into_iter()
             .filter(|id| !after.contains(id))
             .collect::<Vec<_>>()[..]
         {
-            [ref removed] => Ok((gone, removed.clone())),
+            [ref removed] => Ok((took, removed.clone())),
             ref removed => Err(VmmError::Shrink(format!(
                 "the shrink by {size} bytes removed {removed:?}, not one DIMM"
             ))),
@@ -389,8 +391,10 @@ impl Vmm for Qemu {
         Ok(gone)
     }
 
-    fn shrink_by(&mut self, _size: u64, cheapest: &str) -> Result<(Instant, String), VmmError> {
-        Ok((self.remove_dimm(cheapest)?, cheapest.to_owned()))
+    fn shrink_by(&mut self, _size: u64, cheapest: &str) -> Result<(Duration, String), VmmError> {
+        let start = Instant::now();
+        let gone = self.remove_dimm(cheapest)?;
+        Ok((gone.duration_since(start), cheapest.to_owned()))
     }
 
     /// Only once QMP is connected: a QEMU that never answered has nothing to show.
