@@ -29,10 +29,10 @@ use tidal_devices::{EventFdTrigger, ExitReason, ExitSignal};
 use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vm_device::{DeviceMmio, DevicePio};
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::signal::Killable;
 
-use crate::boot::{self, BootError, BootSpec};
+use crate::boot::{self, BootError, BootInfo, BootSpec};
 use crate::config::SeccompMode;
 use crate::config::VmConfig;
 use crate::console::{self, ConsoleError};
@@ -46,6 +46,7 @@ use crate::layout::{
 };
 use crate::memory::{GuestMemoryLayout, GuestRam, MemoryError};
 use crate::numa;
+use crate::ram::GuestMemory;
 use crate::reset_vector;
 use crate::seccomp::{self, Filters, SeccompError};
 use crate::signals::{SignalError, StopSignal, StopSignals};
@@ -253,163 +254,39 @@ impl std::fmt::Display for VmExit {
 }
 
 impl Vm {
+    /// Builds the VM in the order each part needs the ones before: the KVM VM, guest memory,
+    /// what the guest boots from, the devices, memory hotplug, the vCPUs.
     pub fn new(config: &VmConfig) -> Result<Self, VmError> {
-        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
-        let api = kvm.get_api_version();
-        if api != 12 {
-            return Err(VmError::KvmApiVersion(api));
-        }
-        let max = kvm.get_max_vcpus();
-        if usize::from(config.cpus) > max {
-            return Err(VmError::TooManyVcpus {
-                count: config.cpus,
-                max,
-            });
-        }
-        let vm = Arc::new(kvm.create_vm().map_err(kvm_err("create the VM"))?);
-        vm.set_tss_address(KVM_TSS_ADDRESS)
-            .map_err(kvm_err("set the TSS address"))?;
-        vm.create_irq_chip()
-            .map_err(kvm_err("create the in-kernel interrupt controller"))?;
-
+        let (kvm, vm) = create_kvm_vm(config)?;
         let layout = GuestMemoryLayout::new(config.memory.size);
         // Hotpluggable nodes' boot memory is mapped as DIMMs present from boot, below.
         let (fixed_ram, removable_ram) = numa::split_boot_ranges(&layout, &config.nodes);
         let ram = GuestRam::new(&fixed_ram)?;
         let boot_kvm_slots = ram.register_with_kvm(&vm)?;
         let memory = ram.atomic();
-        let mem = memory.memory();
-
-        let tables = acpi_tables(config)?;
-        for table in &tables.tables {
-            mem.write_slice(&table.bytes, GuestAddress(table.address))
-                .map_err(|e| VmError::AcpiWrite {
-                    signature: String::from_utf8_lossy(&table.signature).into_owned(),
-                    address: table.address,
-                    reason: e.to_string(),
-                })?;
-        }
-        let boot = boot::load(
-            &*mem,
-            &BootSpec {
-                kernel: &config.kernel,
-                initramfs: config.initramfs.as_deref(),
-                cmdline: &config.cmdline,
-                layout: &layout,
-                // Node 0 starts at 0 and is never hotpluggable: its first range stays.
-                initramfs_ceiling: fixed_ram.first().map_or(0, |range| range.base + range.size),
-                rsdp: GuestAddress(tables.rsdp_address),
-            },
-        )?;
-        cpu::write_boot_page_tables_and_gdt(&*mem)
-            .map_err(|source| VmError::VcpuSetup { index: 0, source })?;
-        reset_vector::write_reset_stub(&*mem, RESET_PORT, RESET_VALUE)
-            .map_err(|e| VmError::Boot(BootError::Write(e.to_string())))?;
-
+        // Node 0 starts at 0 and is never hotpluggable: its first range stays.
+        let initramfs_ceiling = fixed_ram.first().map_or(0, |range| range.base + range.size);
+        let boot = load_guest(config, &memory.memory(), &layout, initramfs_ceiling)?;
         let exit = Arc::new(ExitSignal::new().map_err(|source| VmError::Resource {
             what: "the exit event",
             source,
         })?);
-        let interrupt = EventFdTrigger::new().map_err(|source| VmError::Resource {
-            what: "the serial interrupt",
-            source,
-        })?;
-        vm.register_irqfd(interrupt.event_fd(), COM1_IRQ)
-            .map_err(kvm_err("connect the serial interrupt"))?;
-        let serial = Arc::new(Mutex::new(SerialConsole::new(
-            interrupt,
-            console::output(&config.serial)?,
-        )));
-        let mut io = IoManager::new();
-        register_pio(&mut io, COM1_PORT, SERIAL_PORT_SIZE, serial.clone())?;
-        register_pio(
-            &mut io,
-            I8042_PORT,
-            I8042_PORT_SIZE,
-            Arc::new(Mutex::new(I8042::new(exit.clone()))),
-        )?;
-        register_pio(
-            &mut io,
-            POWER_PORT,
-            POWER_PORT_SIZE,
-            Arc::new(Mutex::new(AcpiPower::new(exit.clone()))),
-        )?;
-        let ged_interrupt = EventFdTrigger::new().map_err(|source| VmError::Resource {
-            what: "the GED interrupt",
-            source,
-        })?;
-        vm.register_irqfd(ged_interrupt.event_fd(), GED_IRQ)
-            .map_err(kvm_err("connect the GED interrupt"))?;
-        let ged = Arc::new(Ged::new(ged_interrupt));
-        register_mmio(&mut io, GED_MMIO_START, GED_REGISTER_LEN, ged.clone())?;
-        register_mmio(
-            &mut io,
-            u64::from(PVPANIC_MMIO_START),
-            PVPANIC_REGISTER_LEN,
-            Arc::new(PvPanic::new(exit.clone())),
-        )?;
-        let changed = Arc::new(Condvar::new());
-        let controller = Arc::new(Mutex::new(MemoryHotplugController::new(
-            config.memory.slots,
-            changed.clone(),
-        )));
-        let regions = hotplug_shares(config);
-        if config.memory.slots > 0 {
-            register_mmio(
-                &mut io,
-                MEMORY_HOTPLUG_MMIO_START,
-                HOTPLUG_REGISTERS_LEN,
-                controller.clone(),
-            )?;
-        }
-        let hotplug = Arc::new(MemoryHotplug::new(HotplugParts {
-            vm: vm.clone(),
-            memory: memory.clone(),
-            first_kvm_slot: boot_kvm_slots,
-            regions,
-            // A hotpluggable node's boot memory is counted with its DIMMs.
-            node_boot: config
-                .nodes
-                .iter()
-                .map(|node| if node.hotpluggable { 0 } else { node.memory })
-                .collect(),
-            backends: config.nodes.iter().map(|node| node.backend).collect(),
-            host: HostMemory::open(),
-            controller,
-            changed,
+        let Devices {
+            mut io,
+            serial,
             ged,
-            timeout: config.hotplug_timeout,
-        })?);
+        } = Devices::new(&vm, config, &exit)?;
+        let hotplug = Arc::new(MemoryHotplug::new(hotplug_parts(
+            config,
+            &vm,
+            memory,
+            boot_kvm_slots,
+            &mut io,
+            ged,
+        )?)?);
         hotplug.plug_boot_memory(&removable_ram)?;
         let control = Arc::new(VmHandle::new(hotplug.clone(), config.describe()));
-
-        let supported = kvm
-            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_err("report its supported CPUID"))?;
-        let topology = Topology { cpus: config.cpus };
-        let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
-        for index in 0..config.cpus {
-            let vcpu = vm
-                .create_vcpu(u64::from(index))
-                .map_err(kvm_err("create a vCPU"))?;
-            let setup = |vcpu: &VcpuFd| -> Result<(), cpu::regs::RegsError> {
-                vcpu.set_cpuid2(&cpu::build_cpuid(&supported, index, topology))
-                    .map_err(|source| cpu::regs::RegsError::Kvm {
-                        what: "CPUID",
-                        source,
-                    })?;
-                cpu::setup_msrs(vcpu)?;
-                cpu::setup_fpu(vcpu)?;
-                cpu::setup_lapic(vcpu)?;
-                // Application processors wait for INIT/SIPI from the boot processor.
-                if index == 0 {
-                    cpu::setup_boot_registers(vcpu, boot.entry)?;
-                }
-                Ok(())
-            };
-            setup(&vcpu).map_err(|source| VmError::VcpuSetup { index, source })?;
-            vcpus.push(vcpu);
-        }
+        let vcpus = create_vcpus(&kvm, &vm, config, boot.entry)?;
         log::info!(
             "VM ready: {} vCPUs, {} MiB RAM, kernel {}",
             config.cpus,
@@ -495,6 +372,195 @@ impl Vm {
             other => Ok(other),
         }
     }
+}
+
+/// Opens KVM and creates the VM with its in-kernel interrupt controller.
+fn create_kvm_vm(config: &VmConfig) -> Result<(Kvm, Arc<VmFd>), VmError> {
+    let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+    let api = kvm.get_api_version();
+    if api != 12 {
+        return Err(VmError::KvmApiVersion(api));
+    }
+    let max = kvm.get_max_vcpus();
+    if usize::from(config.cpus) > max {
+        return Err(VmError::TooManyVcpus {
+            count: config.cpus,
+            max,
+        });
+    }
+    let vm = Arc::new(kvm.create_vm().map_err(kvm_err("create the VM"))?);
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(kvm_err("set the TSS address"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("create the in-kernel interrupt controller"))?;
+    Ok((kvm, vm))
+}
+
+/// Writes what the guest boots from into its memory: the ACPI tables, the kernel, initramfs
+/// and zero page, the boot page tables and GDT, and the reset-vector stub.
+fn load_guest(
+    config: &VmConfig,
+    mem: &GuestMemory,
+    layout: &GuestMemoryLayout,
+    initramfs_ceiling: u64,
+) -> Result<BootInfo, VmError> {
+    let tables = acpi_tables(config)?;
+    for table in &tables.tables {
+        mem.write_slice(&table.bytes, GuestAddress(table.address))
+            .map_err(|e| VmError::AcpiWrite {
+                signature: String::from_utf8_lossy(&table.signature).into_owned(),
+                address: table.address,
+                reason: e.to_string(),
+            })?;
+    }
+    let boot = boot::load(
+        mem,
+        &BootSpec {
+            kernel: &config.kernel,
+            initramfs: config.initramfs.as_deref(),
+            cmdline: &config.cmdline,
+            layout,
+            initramfs_ceiling,
+            rsdp: GuestAddress(tables.rsdp_address),
+        },
+    )?;
+    cpu::write_boot_page_tables_and_gdt(mem)
+        .map_err(|source| VmError::VcpuSetup { index: 0, source })?;
+    reset_vector::write_reset_stub(mem, RESET_PORT, RESET_VALUE)
+        .map_err(|e| VmError::Boot(BootError::Write(e.to_string())))?;
+    Ok(boot)
+}
+
+/// The devices on the I/O buses, and the two the VM keeps a hand on.
+struct Devices {
+    io: IoManager,
+    serial: Arc<Mutex<SerialConsole>>,
+    ged: Arc<Ged>,
+}
+
+impl Devices {
+    /// The serial port, i8042, ACPI power registers, GED and pvpanic, with their interrupts.
+    fn new(vm: &VmFd, config: &VmConfig, exit: &Arc<ExitSignal>) -> Result<Self, VmError> {
+        let interrupt = EventFdTrigger::new().map_err(|source| VmError::Resource {
+            what: "the serial interrupt",
+            source,
+        })?;
+        vm.register_irqfd(interrupt.event_fd(), COM1_IRQ)
+            .map_err(kvm_err("connect the serial interrupt"))?;
+        let serial = Arc::new(Mutex::new(SerialConsole::new(
+            interrupt,
+            console::output(&config.serial)?,
+        )));
+        let mut io = IoManager::new();
+        register_pio(&mut io, COM1_PORT, SERIAL_PORT_SIZE, serial.clone())?;
+        register_pio(
+            &mut io,
+            I8042_PORT,
+            I8042_PORT_SIZE,
+            Arc::new(Mutex::new(I8042::new(exit.clone()))),
+        )?;
+        register_pio(
+            &mut io,
+            POWER_PORT,
+            POWER_PORT_SIZE,
+            Arc::new(Mutex::new(AcpiPower::new(exit.clone()))),
+        )?;
+        let ged_interrupt = EventFdTrigger::new().map_err(|source| VmError::Resource {
+            what: "the GED interrupt",
+            source,
+        })?;
+        vm.register_irqfd(ged_interrupt.event_fd(), GED_IRQ)
+            .map_err(kvm_err("connect the GED interrupt"))?;
+        let ged = Arc::new(Ged::new(ged_interrupt));
+        register_mmio(&mut io, GED_MMIO_START, GED_REGISTER_LEN, ged.clone())?;
+        register_mmio(
+            &mut io,
+            u64::from(PVPANIC_MMIO_START),
+            PVPANIC_REGISTER_LEN,
+            Arc::new(PvPanic::new(exit.clone())),
+        )?;
+        Ok(Self { io, serial, ged })
+    }
+}
+
+/// The memory-hotplug controller on the MMIO bus (when the VM has slots) and what the hotplug
+/// side is built from.
+fn hotplug_parts(
+    config: &VmConfig,
+    vm: &Arc<VmFd>,
+    memory: GuestMemoryAtomic<GuestMemory>,
+    first_kvm_slot: u32,
+    io: &mut IoManager,
+    ged: Arc<Ged>,
+) -> Result<HotplugParts, VmError> {
+    let changed = Arc::new(Condvar::new());
+    let controller = Arc::new(Mutex::new(MemoryHotplugController::new(
+        config.memory.slots,
+        changed.clone(),
+    )));
+    if config.memory.slots > 0 {
+        register_mmio(
+            io,
+            MEMORY_HOTPLUG_MMIO_START,
+            HOTPLUG_REGISTERS_LEN,
+            controller.clone(),
+        )?;
+    }
+    Ok(HotplugParts {
+        vm: vm.clone(),
+        memory,
+        first_kvm_slot,
+        regions: hotplug_shares(config),
+        // A hotpluggable node's boot memory is counted with its DIMMs.
+        node_boot: config
+            .nodes
+            .iter()
+            .map(|node| if node.hotpluggable { 0 } else { node.memory })
+            .collect(),
+        backends: config.nodes.iter().map(|node| node.backend).collect(),
+        host: HostMemory::open(),
+        controller,
+        changed,
+        ged,
+        timeout: config.hotplug_timeout,
+    })
+}
+
+/// The vCPUs, each with its CPUID, MSRs, FPU and local APIC; the boot processor also with the
+/// registers that start it at `entry` (the others wait for INIT/SIPI from it).
+fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    config: &VmConfig,
+    entry: GuestAddress,
+) -> Result<Vec<VcpuFd>, VmError> {
+    let supported = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("report its supported CPUID"))?;
+    let topology = Topology { cpus: config.cpus };
+    (0..config.cpus)
+        .map(|index| {
+            let vcpu = vm
+                .create_vcpu(u64::from(index))
+                .map_err(kvm_err("create a vCPU"))?;
+            let setup = |vcpu: &VcpuFd| -> Result<(), cpu::regs::RegsError> {
+                vcpu.set_cpuid2(&cpu::build_cpuid(&supported, index, topology))
+                    .map_err(|source| cpu::regs::RegsError::Kvm {
+                        what: "CPUID",
+                        source,
+                    })?;
+                cpu::setup_msrs(vcpu)?;
+                cpu::setup_fpu(vcpu)?;
+                cpu::setup_lapic(vcpu)?;
+                if index == 0 {
+                    cpu::setup_boot_registers(vcpu, entry)?;
+                }
+                Ok(())
+            };
+            setup(&vcpu).map_err(|source| VmError::VcpuSetup { index, source })?;
+            Ok(vcpu)
+        })
+        .collect()
 }
 
 fn register_mmio(
