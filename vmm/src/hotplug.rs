@@ -111,11 +111,10 @@ impl DimmMemory {
 
     /// Takes a DIMM's memory away: the KVM slot first, so no vCPU can reach it, then the map
     /// entry; the host memory is unmapped when the last reference to the region is dropped.
+    /// The map entry is looked up before anything changes, so a DIMM that cannot go keeps
+    /// both its slot and its entry.
     fn unmap(&mut self, slot: u32, dimm: Dimm) -> Result<(), String> {
         let Dimm { base, size, node } = dimm;
-        let started = Instant::now();
-        delete_kvm_slot(&self.vm, self.first_kvm_slot + slot, base).map_err(|e| e.to_string())?;
-        let slot_deleted = started.elapsed();
         let guard = self
             .memory
             .lock()
@@ -125,6 +124,9 @@ impl DimmMemory {
             .memory()
             .remove_region(GuestAddress(base), size)
             .map_err(|e| format!("DIMM at {base:#x} is not in the guest memory map: {e}"))?;
+        let started = Instant::now();
+        delete_kvm_slot(&self.vm, self.first_kvm_slot + slot, base).map_err(|e| e.to_string())?;
+        let slot_deleted = started.elapsed();
         guard.replace(map);
         drop(region);
         // The VMM's share of an eject, for profiling removals (docs/benchmarks.md).
@@ -592,9 +594,16 @@ impl MemoryHotplug {
             }
             return Err(e.into());
         }
-        self.controller()?
-            .plug(slot, dimm)
-            .map_err(HotplugError::Slot)?;
+        let plugged = self.controller()?.plug(slot, dimm);
+        if let Err(e) = plugged {
+            // Undo the mapping: nothing of this DIMM stays behind.
+            if let Ok(mut dimms) = self.dimms.lock() {
+                if let Err(undo) = dimms.unmap(slot, dimm) {
+                    log::error!("cannot undo the mapping of {}: {undo}", dimm_id(slot));
+                }
+            }
+            return Err(HotplugError::Slot(e));
+        }
         if let Ok(mut order) = self.plug_order.lock() {
             order.retain(|&s| s != slot);
             order.push(slot);
