@@ -22,7 +22,7 @@ fn quick_bench_measures_every_figure_of_both_vmms() {
 /// A failed run keeps its evidence: Tidal's guest is made to panic (SysRq `c`) as the run
 /// starts filling its DIMM, once; the run fails at the next guest command, and what it leaves
 /// behind must say why: Tidal's exit status 3, its panic line, the guest's `Kernel panic`, the
-/// step, and the DIMM as Tidal last described it. One boot: Tidal alone, not retried.
+/// step, and the DIMMs as Tidal last described them. One boot: Tidal alone, not retried.
 #[test]
 fn a_failed_run_keeps_its_evidence() {
     let dir = tempfile::tempdir().expect("a directory for the evidence");
@@ -72,9 +72,10 @@ fn a_failed_run_keeps_its_evidence() {
     assert!(read("stderr.log").contains("the guest kernel panicked"));
     let memory: serde_json::Value =
         serde_json::from_str(&read("memory.json")).expect("memory.json is JSON");
+    // At the fill: the DIMM kept empty and the one being filled.
     assert_eq!(
         memory.as_array().map(Vec::len),
-        Some(1),
-        "the filled DIMM, as Tidal last described it: {memory}"
+        Some(2),
+        "the DIMMs, as Tidal last described them: {memory}"
     );
 }
