@@ -133,7 +133,7 @@ list_tests() {
 # - the nested guest triple-faults (the harness prints "the guest triple-faulted", from tidal's
 #   log, or for the benchmark's QEMU from its SHUTDOWN event): under QEMU TCG's emulated SVM
 #   guests die this way at random, even idle ones with one vCPU and no hotplug yet
-#   (docs/testing.md, "Open");
+#   (docs/testing.md, "Known problems", "Guests dying of a triple fault");
 # - the nested guest falls silent halfway through a command's output or a line, answers no
 #   input, and no vCPU thread of tidal waits on a lock (the harness probes it and prints "the
 #   guest stopped answering inside KVM_RUN", see diagnose_silence in tests/src/lib.rs): seen in
