@@ -77,10 +77,10 @@ pub struct Ged {
 /// registers") and `slots` DIMM slot devices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryHotplug {
-    /// Guest physical address of the [`MEMORY_HOTPLUG_REGISTERS_LEN`]-byte register block,
-    /// accessed only with 4-byte reads and writes.
+    /// Guest physical address of the [`REGISTERS_LEN`]-byte register block, accessed only with
+    /// 4-byte reads and writes.
     ///
-    /// [`MEMORY_HOTPLUG_REGISTERS_LEN`]: crate::MEMORY_HOTPLUG_REGISTERS_LEN
+    /// [`REGISTERS_LEN`]: crate::memory_hotplug_layout::REGISTERS_LEN
     pub mmio_base: u64,
     /// Number of DIMM slots, 1 to [`MAX_MEMORY_SLOTS`](crate::MAX_MEMORY_SLOTS).
     pub slots: u32,

@@ -15,6 +15,7 @@ mod ged;
 mod layout;
 mod madt;
 mod memory_hotplug;
+pub mod memory_hotplug_layout;
 mod numa;
 mod pvpanic;
 mod root;
@@ -26,7 +27,7 @@ pub use config::{
 };
 
 pub use ged::{GED_MEMORY_HOTPLUG, GED_POWER_BUTTON};
-pub use memory_hotplug::{MAX_MEMORY_SLOTS, MEMORY_HOTPLUG_REGISTERS_LEN};
+pub use memory_hotplug::MAX_MEMORY_SLOTS;
 pub use pvpanic::{PVPANIC_HID, PVPANIC_REGISTER_LEN};
 
 use layout::TableArea;

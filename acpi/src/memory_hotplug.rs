@@ -16,10 +16,12 @@ use acpi_tables::aml::{
 use acpi_tables::{Aml, AmlSink};
 
 use crate::aml::{AmlBytes, STA_PRESENT};
+use crate::memory_hotplug_layout::{
+    control, status, BASE_HI, BASE_LO, CONTROL, LEN_HI, LEN_LO, NODE, OST_EVENT, OST_STATUS,
+    REGISTERS_LEN, REGISTER_WIDTH, SELECTOR, STATUS,
+};
 use crate::{AcpiError, MemoryHotplug};
 
-/// Length of the controller's register block.
-pub const MEMORY_HOTPLUG_REGISTERS_LEN: u64 = 0x18;
 /// Most DIMM slots: their devices are named `ME00` to `MEFF`.
 pub const MAX_MEMORY_SLOTS: u32 = 256;
 
@@ -63,36 +65,23 @@ pub(crate) fn devices(hotplug: &MemoryHotplug) -> Result<Vec<AmlBytes>, AcpiErro
 /// `Device (MHPC)`: the register block, its lock, and the methods the slot devices call.
 fn controller(hotplug: &MemoryHotplug) -> AmlBytes {
     // Read side: what the selected slot holds.
-    let slot_info = Field::new(
-        "MHPR".into(),
-        FieldAccessType::DWord,
-        FieldLockRule::NoLock,
-        FieldUpdateRule::WriteAsZeroes,
-        vec![
-            FieldEntry::Named(*b"MBAS", 64), // 0x00: base
-            FieldEntry::Named(*b"MLEN", 64), // 0x08: length
-            FieldEntry::Named(*b"MPXD", 32), // 0x10: proximity domain
-            FieldEntry::Named(*b"MSEN", 1),  // 0x14 bit 0: enabled
-            FieldEntry::Named(*b"MSIP", 1),  // 0x14 bit 1: insert pending
-            FieldEntry::Named(*b"MSRP", 1),  // 0x14 bit 2: remove pending
-        ],
-    );
+    let slot_info = register_field(&[
+        RegisterField::registers(*b"MBAS", BASE_LO, BASE_HI),
+        RegisterField::registers(*b"MLEN", LEN_LO, LEN_HI),
+        RegisterField::registers(*b"MPXD", NODE, NODE),
+        RegisterField::bit(*b"MSEN", STATUS, status::ENABLED),
+        RegisterField::bit(*b"MSIP", STATUS, status::INSERT_PENDING),
+        RegisterField::bit(*b"MSRP", STATUS, status::REMOVE_PENDING),
+    ]);
     // Write side of the same registers: selector, _OST, control.
-    let slot_control = Field::new(
-        "MHPR".into(),
-        FieldAccessType::DWord,
-        FieldLockRule::NoLock,
-        FieldUpdateRule::WriteAsZeroes,
-        vec![
-            FieldEntry::Named(*b"MSEL", 32), // 0x00: slot selector
-            FieldEntry::Named(*b"MOEV", 32), // 0x04: _OST event
-            FieldEntry::Named(*b"MOSC", 32), // 0x08: _OST status (completes the _OST)
-            FieldEntry::Reserved(65),        // up to 0x14 bit 1
-            FieldEntry::Named(*b"MCIN", 1),  // 0x14 bit 1: clear insert pending
-            FieldEntry::Named(*b"MCRM", 1),  // 0x14 bit 2: clear remove pending
-            FieldEntry::Named(*b"MEJT", 1),  // 0x14 bit 3: eject
-        ],
-    );
+    let slot_control = register_field(&[
+        RegisterField::registers(*b"MSEL", SELECTOR, SELECTOR),
+        RegisterField::registers(*b"MOEV", OST_EVENT, OST_EVENT),
+        RegisterField::registers(*b"MOSC", OST_STATUS, OST_STATUS),
+        RegisterField::bit(*b"MCIN", CONTROL, control::CLEAR_INSERT),
+        RegisterField::bit(*b"MCRM", CONTROL, control::CLEAR_REMOVE),
+        RegisterField::bit(*b"MEJT", CONTROL, control::EJECT),
+    ]);
     let methods = [
         notify_method(hotplug.slots),
         scan_method(hotplug.slots),
@@ -106,7 +95,7 @@ fn controller(hotplug: &MemoryHotplug) -> AmlBytes {
         "MHPR".into(),
         OpRegionSpace::SystemMemory,
         &hotplug.mmio_base,
-        &MEMORY_HOTPLUG_REGISTERS_LEN,
+        &REGISTERS_LEN,
     );
     let lock = Mutex::new("MLCK".into(), 0);
     let hid = Name::new("_HID".into(), &"PNP0A06");
@@ -114,6 +103,61 @@ fn controller(hotplug: &MemoryHotplug) -> AmlBytes {
     let mut children: Vec<&dyn Aml> = vec![&hid, &uid, &region, &slot_info, &slot_control, &lock];
     children.extend(methods.iter().map(|method| method as &dyn Aml));
     AmlBytes::of(&Device::new("MHPC".into(), children))
+}
+
+/// A named field of the register block: bits `start..end`, counted from the block's start.
+struct RegisterField {
+    name: [u8; 4],
+    start: u64,
+    end: u64,
+}
+
+impl RegisterField {
+    /// The registers from `first` to `last` as one field (the 64-bit base and length: two
+    /// registers, low half first).
+    fn registers(name: [u8; 4], first: u64, last: u64) -> Self {
+        Self {
+            name,
+            start: first * 8,
+            end: (last + REGISTER_WIDTH) * 8,
+        }
+    }
+
+    /// Bit `bit` of the register at `offset`.
+    fn bit(name: [u8; 4], offset: u64, bit: u32) -> Self {
+        let start = offset * 8 + u64::from(bit);
+        Self {
+            name,
+            start,
+            end: start + 1,
+        }
+    }
+}
+
+/// `Field (MHPR, DWordAcc, NoLock, WriteAsZeros)` holding `fields` (in ascending order), with
+/// reserved bits in the gaps between them.
+fn register_field(fields: &[RegisterField]) -> Field {
+    let bits = |n: u64| usize::try_from(n).expect("the register block is a few bytes long");
+    let mut entries = Vec::new();
+    let mut next = 0;
+    for field in fields {
+        assert!(
+            field.start >= next,
+            "register fields overlap or are out of order"
+        );
+        if field.start > next {
+            entries.push(FieldEntry::Reserved(bits(field.start - next)));
+        }
+        entries.push(FieldEntry::Named(field.name, bits(field.end - field.start)));
+        next = field.end;
+    }
+    Field::new(
+        "MHPR".into(),
+        FieldAccessType::DWord,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::WriteAsZeroes,
+        entries,
+    )
 }
 
 /// A method body that runs with the controller lock held, after selecting the slot in Arg0:

@@ -13,7 +13,8 @@ use tokio::sync::watch;
 
 use crate::request_clock;
 use crate::routes;
-use crate::server::{http1_builder, ServerLimits, Stopping};
+use crate::server::{http1_builder, ServerLimits};
+use crate::stopping::Stopping;
 use crate::VmApi;
 
 /// Serves one connection on which a client writes `request` (one request, several, or

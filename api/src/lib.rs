@@ -11,6 +11,7 @@ mod routes;
 pub mod server;
 pub mod size;
 mod socket;
+mod stopping;
 pub mod types;
 
 pub use client::{ApiClient, ClientError, EventStream};

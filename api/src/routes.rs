@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use crate::endpoints::Endpoint;
-use crate::server::Stopping;
+use crate::stopping::Stopping;
 use crate::types::{
     AddMemoryRequest, ApiError, DimmInfo, ErrorBody, HotplugEvent, PingResponse,
     RemoveMemoryRequest, ResizeRequest, ResizeZoneRequest, VmInfo,

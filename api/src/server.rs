@@ -26,6 +26,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use crate::request_clock::{self, RequestClock};
 use crate::routes;
 use crate::socket::{SocketError, SocketFile};
+use crate::stopping::Stopping;
 use crate::VmApi;
 
 /// How long a stopping server lets requests in flight finish before cutting them off. A
@@ -304,20 +305,5 @@ fn log_connection_error(error: &hyper::Error) {
         info!("API connection closed: {error}");
     } else {
         debug!("API connection closed: {error}");
-    }
-}
-
-/// Tells whoever holds a clone that the server is stopping, so that answers with no natural
-/// end (the events stream) end instead of holding up the graceful shutdown. The receiver is
-/// open to the crate so that `fuzzing` can make one that reads as stopped from the start.
-#[derive(Debug, Clone)]
-pub(crate) struct Stopping(pub(crate) watch::Receiver<bool>);
-
-impl Stopping {
-    /// Resolves once the handle asks the server to stop or is gone; at once if that already
-    /// happened, however often it is asked.
-    pub(crate) async fn requested(mut self) {
-        // An error means the sender was dropped: also a reason to stop.
-        let _ = self.0.wait_for(|&stop| stop).await;
     }
 }

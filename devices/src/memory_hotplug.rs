@@ -5,32 +5,19 @@
 
 use std::sync::{Arc, Condvar};
 
+use tidal_acpi::memory_hotplug_layout::{
+    self as reg, control, status, REGISTERS_LEN, REGISTER_WIDTH,
+};
 use vm_device::bus::{MmioAddress, MmioAddressOffset};
 use vm_device::MutDeviceMmio;
 
-/// Size of the register block.
-pub const REGISTERS_LEN: u64 = 0x18;
-
-mod reg {
-    pub const BASE_LO: u64 = 0x00; // write: slot selector
-    pub const BASE_HI: u64 = 0x04; // write: _OST event
-    pub const LEN_LO: u64 = 0x08; // write: _OST status (completes the _OST)
-    pub const LEN_HI: u64 = 0x0c;
-    pub const NODE: u64 = 0x10;
-    pub const STATUS: u64 = 0x14; // write: control
-    pub const SELECTOR: u64 = BASE_LO;
-    pub const OST_EVENT: u64 = BASE_HI;
-    pub const OST_STATUS: u64 = LEN_LO;
-    pub const CONTROL: u64 = STATUS;
-}
-
-/// Status bits (read) and control bits (write) at offset 0x14.
-const STATUS_ENABLED: u32 = 1 << 0;
-const STATUS_INSERT_PENDING: u32 = 1 << 1;
-const STATUS_REMOVE_PENDING: u32 = 1 << 2;
-const CONTROL_CLEAR_INSERT: u32 = 1 << 1;
-const CONTROL_CLEAR_REMOVE: u32 = 1 << 2;
-const CONTROL_EJECT: u32 = 1 << 3;
+/// The status (read) and control (write) bits as masks.
+const STATUS_ENABLED: u32 = 1 << status::ENABLED;
+const STATUS_INSERT_PENDING: u32 = 1 << status::INSERT_PENDING;
+const STATUS_REMOVE_PENDING: u32 = 1 << status::REMOVE_PENDING;
+const CONTROL_CLEAR_INSERT: u32 = 1 << control::CLEAR_INSERT;
+const CONTROL_CLEAR_REMOVE: u32 = 1 << control::CLEAR_REMOVE;
+const CONTROL_EJECT: u32 = 1 << control::EJECT;
 
 /// ACPI notification types `_OST` reports on.
 pub const OST_EVENT_DEVICE_CHECK: u32 = 1;
@@ -461,7 +448,9 @@ impl MemoryHotplugController {
 
     fn decode(&mut self, offset: u64, len: usize) -> bool {
         self.accesses = self.accesses.saturating_add(1);
-        let valid = len == 4 && offset.is_multiple_of(4) && offset < REGISTERS_LEN;
+        let valid = u64::try_from(len) == Ok(REGISTER_WIDTH)
+            && offset.is_multiple_of(REGISTER_WIDTH)
+            && offset < REGISTERS_LEN;
         if !valid {
             self.warn_bad_access(offset, len);
         }
@@ -685,7 +674,7 @@ mod tests {
         write(&mut c, reg::CONTROL, u32::MAX);
         ost(&mut c, 99, 1, 0);
         ost(&mut c, 1, 1, 0);
-        write(&mut c, 0x18, 1);
+        write(&mut c, REGISTERS_LEN, 1);
         write(&mut c, 0x2, 1);
         c.mmio_write(MmioAddress(0), reg::SELECTOR, &[1]);
         c.mmio_write(MmioAddress(0), reg::SELECTOR, &[1; 8]);

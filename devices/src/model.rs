@@ -12,6 +12,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
+use tidal_acpi::memory_hotplug_layout::REGISTERS_LEN;
 use vm_device::bus::MmioAddress;
 use vm_device::{DeviceMmio, MutDeviceMmio};
 
@@ -19,12 +20,13 @@ use crate::ged::Ged;
 use crate::memory_hotplug::{
     Dimm, EjectHandler, HotplugError, MemoryHotplugController, Ost, SlotEvent, SlotListener,
     SlotState, SlotView, OST_EJECT_IN_PROGRESS, OST_EVENT_DEVICE_CHECK, OST_EVENT_EJECT_REQUEST,
-    OST_SUCCESS, REGISTERS_LEN,
+    OST_SUCCESS,
 };
 use crate::EventFdTrigger;
 
-/// Register offsets and control bits as docs/design.md gives them (the controller keeps its own
-/// private), so that a controller that moved a register disagrees with the model.
+/// Register offsets and control bits as docs/design.md gives them, written out here rather than
+/// taken from [`tidal_acpi::memory_hotplug_layout`] (which the controller and the AML share), so
+/// that a layout that moved a register disagrees with the model.
 pub mod reg {
     /// Write: the slot selector. Read: the selected DIMM's base, low half.
     pub const SELECTOR: u64 = 0x00;

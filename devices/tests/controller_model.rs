@@ -13,9 +13,9 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
+use tidal_acpi::memory_hotplug_layout::REGISTERS_LEN;
 use tidal_devices::memory_hotplug::{
     Dimm, OST_EJECT_IN_PROGRESS, OST_EVENT_DEVICE_CHECK, OST_EVENT_EJECT_REQUEST, OST_SUCCESS,
-    REGISTERS_LEN,
 };
 use tidal_devices::model::reg::{CONTROL, OST_EVENT, OST_STATUS, SELECTOR};
 use tidal_devices::model::{Harness, Op};

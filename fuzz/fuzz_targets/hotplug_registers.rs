@@ -23,10 +23,10 @@ use std::collections::BTreeMap;
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
+use tidal_acpi::memory_hotplug_layout::REGISTERS_LEN;
 use tidal_acpi::{GED_MEMORY_HOTPLUG, GED_POWER_BUTTON};
 use tidal_devices::memory_hotplug::{
     Dimm, OST_EJECT_IN_PROGRESS, OST_EVENT_DEVICE_CHECK, OST_EVENT_EJECT_REQUEST, OST_SUCCESS,
-    REGISTERS_LEN,
 };
 use tidal_devices::model::reg::{
     CLEAR_INSERT, CLEAR_REMOVE, CONTROL, EJECT, INSERT_PENDING, OST_EVENT, OST_STATUS,

@@ -5,6 +5,9 @@
 
 use std::time::Duration;
 
+use tidal_acpi::memory_hotplug_layout::{
+    control as control_bits, CONTROL, OST_EVENT, OST_STATUS, REGISTERS_LEN, SELECTOR,
+};
 use tidal_api::{
     ApiClient, ClientError, DimmState, Endpoint, RemoveMemoryRequest, ResizeRequest,
     ResizeZoneRequest, ZoneId,
@@ -645,9 +648,8 @@ fn add_remove_cycles(cycles: usize, dimm: u64, fresh: u64, stress: Option<u64>) 
 }
 
 /// The guest-physical addresses of the memory-hotplug registers and the GED's (vmm/src/layout.rs;
-/// the guest learns them from the DSDT), and the hotplug block's length.
+/// the guest learns them from the DSDT).
 const HOTPLUG_REGISTERS: u64 = 0xfeb0_1000;
-const HOTPLUG_REGISTERS_LEN: u64 = 0x18;
 const GED_REGISTERS: u64 = 0xfeb0_0000;
 
 /// What must hold while a guest plays with the registers: both DIMMs still plugged, accepted,
@@ -687,17 +689,23 @@ fn a_hostile_guest_writing_the_hotplug_registers_cannot_take_memory_away() {
     let total = vm.memtotal_kib();
     let mapped = vm.host_ram_mapped_kib();
     let (h, g) = (HOTPLUG_REGISTERS, GED_REGISTERS);
-    let (selector, ost_event, ost_status, control) = (h, h + 0x4, h + 0x8, h + 0x14);
+    let (selector, ost_event, ost_status, control) =
+        (h + SELECTOR, h + OST_EVENT, h + OST_STATUS, h + CONTROL);
+    let eject = 1u32 << control_bits::EJECT;
+    let every_control_bit =
+        (1 << control_bits::CLEAR_INSERT) | (1 << control_bits::CLEAR_REMOVE) | eject;
     let attacks = [
         // Eject DIMMs the host never asked to remove, with every width.
-        format!("mmio write {selector} 4 0; mmio write {control} 4 8"),
+        format!("mmio write {selector} 4 0; mmio write {control} 4 {eject}"),
         format!(
-            "mmio write {selector} 4 1; mmio write {control} 1 8; mmio write {control} 2 8; \
-             mmio write {control} 8 8"
+            "mmio write {selector} 4 1; mmio write {control} 1 {eject}; \
+             mmio write {control} 2 {eject}; mmio write {control} 8 {eject}"
         ),
         // An empty slot, the slot past the last one, the largest selector.
-        format!("mmio write {selector} 4 3; mmio write {control} 4 14"),
-        format!("mmio write {selector} 4 4; mmio write {control} 4 8; mmio read {control} 4"),
+        format!("mmio write {selector} 4 3; mmio write {control} 4 {every_control_bit}"),
+        format!(
+            "mmio write {selector} 4 4; mmio write {control} 4 {eject}; mmio read {control} 4"
+        ),
         format!("mmio write {selector} 4 0xffffffff; mmio write {control} 4 0xffffffff; mmio read {h} 8"),
         // _OST: an eject the host never asked for reported done, a failed insertion of a DIMM
         // that was accepted long ago, and garbage.
@@ -710,7 +718,7 @@ fn a_hostile_guest_writing_the_hotplug_registers_cannot_take_memory_away() {
             h + 1,
             h + 0x13,
             h + 0x16,
-            h + HOTPLUG_REGISTERS_LEN
+            h + REGISTERS_LEN
         ),
         // The GED's event register is the guest's to read, not to write.
         format!("mmio write {g} 4 0xffffffff; mmio read {g} 4; mmio write {} 1 1", g + 1),
@@ -722,7 +730,7 @@ fn a_hostile_guest_writing_the_hotplug_registers_cannot_take_memory_away() {
 
     // Random accesses, any offset, width and value: 20000 on each block.
     vm.guest.run_ok(&format!(
-        "mmio storm {h} {HOTPLUG_REGISTERS_LEN} 20000 1 && mmio storm {g} 8 20000 2"
+        "mmio storm {h} {REGISTERS_LEN} 20000 1 && mmio storm {g} 8 20000 2"
     ));
     assert_dimms_untouched(&mut vm, total, mapped, "the register storm");
 
@@ -731,7 +739,8 @@ fn a_hostile_guest_writing_the_hotplug_registers_cannot_take_memory_away() {
     // ejects under its AML only breaks its own hotplug). The _OST registers are fair game: the
     // host's calls may fail; Tidal must stay whole.
     vm.guest.run_ok(&format!(
-        "(mmio storm {ost_event} 16 200000 3 > /tmp/storm.log 2>&1 &)"
+        "(mmio storm {ost_event} {} 200000 3 > /tmp/storm.log 2>&1 &)",
+        CONTROL - OST_EVENT
     ));
     let added = vm.add(256 * MIB, 0);
     let removed = vm.api.remove_memory(&RemoveMemoryRequest {

@@ -11,14 +11,13 @@ use std::time::{Duration, Instant};
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use thiserror::Error;
+use tidal_acpi::memory_hotplug_layout::REGISTERS_LEN as HOTPLUG_REGISTERS_LEN;
 use tidal_acpi::{
     AcpiConfig, AcpiTables, IoApic, LegacySerial, MemoryRange, NumaConfig, NumaNode, PowerRegisters,
 };
 use tidal_devices::ged::{Ged, GED_REGISTER_LEN};
 use tidal_devices::i8042::{I8042, I8042_PORT, I8042_PORT_SIZE};
-use tidal_devices::memory_hotplug::{
-    MemoryHotplugController, REGISTERS_LEN as HOTPLUG_REGISTERS_LEN,
-};
+use tidal_devices::memory_hotplug::MemoryHotplugController;
 use tidal_devices::power::{
     AcpiPower, POWER_PORT, POWER_PORT_SIZE, RESET_PORT, RESET_VALUE, SLEEP_CONTROL_PORT,
     SLEEP_STATUS_PORT,
@@ -123,7 +122,6 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 // the reset-vector stub: checked when Tidal is compiled.
 const _: () = {
     assert!(tidal_acpi::S5_SLEEP_TYPE == tidal_devices::power::S5_SLEEP_TYPE);
-    assert!(tidal_acpi::MEMORY_HOTPLUG_REGISTERS_LEN == HOTPLUG_REGISTERS_LEN);
     assert!(tidal_acpi::PVPANIC_REGISTER_LEN as u64 == PVPANIC_REGISTER_LEN);
     assert!(ACPI_END <= crate::reset_vector::RESET_VECTOR);
 };

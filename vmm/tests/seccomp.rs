@@ -15,9 +15,12 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::Kvm;
+use tidal_acpi::memory_hotplug_layout::{control, CONTROL, OST_EVENT, OST_STATUS, SELECTOR};
 use tidal_api::{AddMemoryRequest, ApiClient, RemoveMemoryRequest, ResizeRequest};
 use tidal_devices::ged::Ged;
-use tidal_devices::memory_hotplug::{MemoryHotplugController, SlotState};
+use tidal_devices::memory_hotplug::{
+    MemoryHotplugController, SlotState, OST_EVENT_DEVICE_CHECK, OST_SUCCESS,
+};
 use tidal_devices::serial::SerialConsole;
 use tidal_devices::{EventFdTrigger, ExitReason, ExitSignal};
 use tidal_vmm::backend::{HugePageSize, MemoryBackend};
@@ -295,15 +298,6 @@ fn console_case() {
     assert_eq!(received, console_input());
 }
 
-// The memory-hotplug controller's registers (docs/design.md), as the guest's AML uses them.
-const SELECTOR: u64 = 0x00;
-const OST_EVENT: u64 = 0x04;
-const OST_STATUS: u64 = 0x08;
-const CONTROL: u64 = 0x14;
-const CONTROL_EJECT: u32 = 1 << 3;
-const OST_DEVICE_CHECK: u32 = 1;
-const OST_SUCCESS: u32 = 0;
-
 /// A guest that accepts every DIMM and ejects every DIMM it is asked to give back, through the
 /// registers, as a vCPU's MMIO exits would; and says hello on the serial port first.
 fn play_guest(
@@ -328,12 +322,12 @@ fn play_guest(
                 match c.slot(slot).map(|view| view.state) {
                     Some(SlotState::Inserting) => {
                         write(&mut c, SELECTOR, slot);
-                        write(&mut c, OST_EVENT, OST_DEVICE_CHECK);
+                        write(&mut c, OST_EVENT, OST_EVENT_DEVICE_CHECK);
                         write(&mut c, OST_STATUS, OST_SUCCESS);
                     }
                     Some(SlotState::Removing) => {
                         write(&mut c, SELECTOR, slot);
-                        write(&mut c, CONTROL, CONTROL_EJECT);
+                        write(&mut c, CONTROL, 1 << control::EJECT);
                     }
                     _ => {}
                 }
