@@ -86,8 +86,12 @@ impl Slot {
 /// vCPU thread before the guest's `_EJ0` returns, so the slot reads empty afterwards.
 pub trait EjectHandler: Send {
     /// Removes the DIMM's memory. An error keeps the DIMM plugged.
-    fn eject(&mut self, slot: u32, dimm: Dimm) -> Result<(), String>;
+    fn eject(&mut self, slot: u32, dimm: Dimm) -> Result<(), EjectError>;
 }
+
+/// Why an [`EjectHandler`] could not take a DIMM's memory away: the host side's own error,
+/// which the controller only logs.
+pub type EjectError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A slot's state change, for whoever follows hotplug events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -393,7 +397,7 @@ impl MemoryHotplugController {
         };
         let result = match self.eject_handler.as_mut() {
             Some(handler) => handler.eject(slot_index, dimm),
-            None => Err("no eject handler".to_string()),
+            None => Err("no eject handler".into()),
         };
         match result {
             Ok(()) => {
@@ -488,7 +492,7 @@ mod tests {
     #[derive(Clone, Default)]
     struct Recorder(Arc<Mutex<Vec<(u32, Dimm)>>>, bool);
     impl EjectHandler for Recorder {
-        fn eject(&mut self, slot: u32, dimm: Dimm) -> Result<(), String> {
+        fn eject(&mut self, slot: u32, dimm: Dimm) -> Result<(), EjectError> {
             if self.1 {
                 return Err("refused".into());
             }

@@ -18,9 +18,9 @@ use vm_device::{DeviceMmio, MutDeviceMmio};
 
 use crate::ged::Ged;
 use crate::memory_hotplug::{
-    Dimm, EjectHandler, HotplugError, MemoryHotplugController, Ost, SlotEvent, SlotListener,
-    SlotState, SlotView, OST_EJECT_IN_PROGRESS, OST_EVENT_DEVICE_CHECK, OST_EVENT_EJECT_REQUEST,
-    OST_SUCCESS,
+    Dimm, EjectError, EjectHandler, HotplugError, MemoryHotplugController, Ost, SlotEvent,
+    SlotListener, SlotState, SlotView, OST_EJECT_IN_PROGRESS, OST_EVENT_DEVICE_CHECK,
+    OST_EVENT_EJECT_REQUEST, OST_SUCCESS,
 };
 use crate::EventFdTrigger;
 
@@ -350,10 +350,10 @@ struct Unmapper {
 }
 
 impl EjectHandler for Unmapper {
-    fn eject(&mut self, slot: u32, dimm: Dimm) -> Result<(), String> {
+    fn eject(&mut self, slot: u32, dimm: Dimm) -> Result<(), EjectError> {
         lock(&self.calls).push((slot, dimm));
         if self.fail.load(Ordering::Relaxed) {
-            return Err("unmap failed".to_string());
+            return Err("unmap failed".into());
         }
         Ok(())
     }

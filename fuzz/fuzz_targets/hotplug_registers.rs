@@ -6,7 +6,7 @@
 //! controller reports, every slot, the GED's events and its interrupt.
 //!
 //! The host is played here as the VMM plays it (vmm/src/hotplug.rs): a DIMM's range comes from
-//! the VMM's own allocator of the hotplug region (`tidal_vmm::dimm_space::DimmSpace`) and goes
+//! the VMM's own allocator of the hotplug region (`tidal_vmm::memory::dimm_space::DimmSpace`) and goes
 //! into the memory map before the plug; an eject takes it out of the map and gives it back to the
 //! allocator. After every step the map holds exactly the DIMMs in the slots, none overlapping,
 //! all inside the region; the allocator refuses a DIMM only when the map has no gap for it,
@@ -33,7 +33,7 @@ use tidal_devices::model::reg::{
     REMOVE_PENDING, SELECTOR, STATUS,
 };
 use tidal_devices::model::{Applied, Harness, Op};
-use tidal_vmm::dimm_space::DimmSpace;
+use tidal_vmm::memory::dimm_space::DimmSpace;
 use tidal_vmm::layout::{HOTPLUG_ALIGNMENT, MEMORY_BLOCK_SIZE, MMIO_HOLE_END};
 
 /// The most DIMM slots a VM has (`--memory slots=`).

@@ -11,7 +11,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tidal_api::size::{format_size, parse_size};
-use tidal_vmm::backend::MemoryBackend;
+use tidal_vmm::memory::backend::MemoryBackend;
 use tidal_vmm::config::{parse_memory, MemoryConfig};
 use tidal_vmm::numa::{parse_node, NodeConfig};
 

@@ -14,7 +14,7 @@ use thiserror::Error;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, ReadVolatile};
 
 use crate::layout::{CMDLINE_START, HIMEM_START, PAGE_SIZE, ZERO_PAGE_START};
-use crate::memory::GuestMemoryLayout;
+use crate::memory::guest::GuestMemoryLayout;
 
 #[derive(Debug, Error)]
 pub enum BootError {

@@ -9,9 +9,9 @@ use std::time::Duration;
 use clap::Parser;
 use thiserror::Error;
 
-use crate::backend::{BackendError, MemoryBackend, BACKEND_KEYS};
 use crate::layout::{MAX_GUEST_PHYSICAL, MEMORY_BLOCK_SIZE, PAGE_SIZE};
-use crate::memory::GuestMemoryLayout;
+use crate::memory::backend::{BackendError, MemoryBackend, BACKEND_KEYS};
+use crate::memory::guest::GuestMemoryLayout;
 use crate::numa::{
     check_boot_pages, check_nodes, parse_node, split_boot_ranges, NodeConfig, NumaError,
 };

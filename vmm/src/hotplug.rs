@@ -3,6 +3,7 @@
 //! the memory-hotplug controller and the GED, and taken back when the guest ejects them.
 //! This is what the API's memory calls end up in.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
@@ -10,19 +11,20 @@ use kvm_ioctls::VmFd;
 use tidal_api::MAX_TIMEOUT_SECS;
 use tidal_devices::ged::Ged;
 use tidal_devices::memory_hotplug::{
-    Dimm, EjectHandler, MemoryHotplugController, SlotListener, SlotState, SlotView,
+    Dimm, EjectError, EjectHandler, MemoryHotplugController, SlotListener, SlotState, SlotView,
 };
 use vm_memory::{
     GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryRegion,
+    GuestRegionCollectionError,
 };
 
-use crate::backend::MemoryBackend;
-use crate::dimm_space::DimmSpace;
-use crate::host_memory::HostMemory;
 use crate::layout::MEMORY_BLOCK_SIZE;
-use crate::memory::{delete_kvm_slot, set_kvm_slot};
+use crate::memory::backend::MemoryBackend;
+use crate::memory::dimm_space::{DimmSpace, HotplugRegion};
+use crate::memory::host::HostMemory;
+use crate::memory::kvm_slot::{KvmSlot, KvmSlotError};
+use crate::memory::ram::{GuestMemory, RamError, RamRegion};
 use crate::numa::BootDimm;
-use crate::ram::{GuestMemory, RamError, RamRegion};
 use tidal_api::size::format_size;
 
 mod error;
@@ -31,14 +33,6 @@ mod resize;
 pub use error::HotplugError;
 use resize::Pending;
 pub(crate) use resize::TARGET_STATES;
-
-/// A part of guest physical space DIMMs are carved from: the hotplug region, or one NUMA node's
-/// share of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HotplugRegion {
-    pub base: u64,
-    pub size: u64,
-}
 
 /// Host memory behind the DIMMs: the region's allocator, the KVM slots and the guest memory
 /// map. Shared by the API thread (plugging) and the vCPU thread that handles an eject.
@@ -49,6 +43,8 @@ struct DimmMemory {
     spaces: Vec<Option<DimmSpace>>,
     /// DIMM slot `n` uses KVM slot `first_kvm_slot + n`.
     first_kvm_slot: u32,
+    /// The KVM slot of each DIMM slot that maps memory.
+    kvm_slots: BTreeMap<u32, KvmSlot>,
 }
 
 impl DimmMemory {
@@ -84,48 +80,61 @@ impl DimmMemory {
     }
 
     /// Puts a DIMM's host memory (see [`dimm_memory`]) in slot `slot`: its KVM slot, then the
-    /// guest memory map.
+    /// guest memory map. On an error neither stays.
     fn install(&mut self, slot: u32, region: Arc<RamRegion>) -> Result<(), MapError> {
         let base = region.start_addr().0;
-        set_kvm_slot(&self.vm, self.first_kvm_slot + slot, &region)
-            .map_err(|e| MapError::Other(e.to_string()))?;
+        if self.kvm_slots.contains_key(&slot) {
+            return Err(MapError::SlotMapped(slot));
+        }
+        let kvm_slot = KvmSlot::new(self.vm.clone(), self.first_kvm_slot + slot, region.clone())?;
         let guard = self
             .memory
             .lock()
-            .map_err(|_| MapError::Other("guest memory map lock poisoned".to_owned()))?;
-        match self.memory.memory().insert_region(region) {
-            Ok(map) => {
-                guard.replace(map);
-                Ok(())
-            }
-            Err(e) => {
-                drop(guard);
-                // Undo the KVM slot before the mapping behind it goes away.
-                let _ = delete_kvm_slot(&self.vm, self.first_kvm_slot + slot, base);
-                Err(MapError::Other(format!(
-                    "cannot add the DIMM to the guest memory map: {e}"
-                )))
-            }
-        }
+            .map_err(|_| MapError::Poisoned("guest memory map"))?;
+        // An error drops `kvm_slot`, which deletes the slot before the mapping can go.
+        let map = self
+            .memory
+            .memory()
+            .insert_region(region)
+            .map_err(|source| MapError::GuestMap {
+                action: "add",
+                base,
+                source,
+            })?;
+        guard.replace(map);
+        self.kvm_slots.insert(slot, kvm_slot);
+        Ok(())
     }
 
     /// Takes a DIMM's memory away: the KVM slot first, so no vCPU can reach it, then the map
     /// entry; the host memory is unmapped when the last reference to the region is dropped.
     /// The map entry is looked up before anything changes, so a DIMM that cannot go keeps
-    /// both its slot and its entry.
-    fn unmap(&mut self, slot: u32, dimm: Dimm) -> Result<(), String> {
+    /// both its slot and its entry; a slot with no KVM slot left has nothing to delete.
+    fn unmap(&mut self, slot: u32, dimm: Dimm) -> Result<(), MapError> {
         let Dimm { base, size, node } = dimm;
         let guard = self
             .memory
             .lock()
-            .map_err(|_| "guest memory map lock poisoned")?;
+            .map_err(|_| MapError::Poisoned("guest memory map"))?;
         let (map, region) = self
             .memory
             .memory()
             .remove_region(GuestAddress(base), size)
-            .map_err(|e| format!("DIMM at {base:#x} is not in the guest memory map: {e}"))?;
+            .map_err(|source| MapError::GuestMap {
+                action: "remove",
+                base,
+                source,
+            })?;
         let started = Instant::now();
-        delete_kvm_slot(&self.vm, self.first_kvm_slot + slot, base).map_err(|e| e.to_string())?;
+        if let Some(kvm_slot) = self.kvm_slots.remove(&slot) {
+            match kvm_slot.delete() {
+                Ok(mapped) => drop(mapped),
+                Err((kvm_slot, e)) => {
+                    self.kvm_slots.insert(slot, kvm_slot);
+                    return Err(e.into());
+                }
+            }
+        }
         let slot_deleted = started.elapsed();
         guard.replace(map);
         drop(region);
@@ -142,22 +151,34 @@ impl DimmMemory {
 /// Fresh host memory from `backend` for `dimm`. Made without holding the DIMM lock: with
 /// `prefault` it takes as long as allocating all of it, and a guest's eject takes that lock.
 fn dimm_memory(dimm: Dimm, backend: &MemoryBackend) -> Result<Arc<RamRegion>, MapError> {
-    let len = usize::try_from(dimm.size).map_err(|e| MapError::Other(e.to_string()))?;
+    let len = usize::try_from(dimm.size).map_err(|_| MapError::TooLarge(dimm.size))?;
     RamRegion::new(GuestAddress(dimm.base), len, backend)
         .map(Arc::new)
         .map_err(|source| MapError::Host {
-            size: format_size(dimm.size),
+            size: dimm.size,
             source,
         })
 }
 
-/// Why a DIMM's memory could not be mapped.
+/// Why a DIMM's memory could not be mapped or taken away.
 #[derive(Debug, thiserror::Error)]
 pub enum MapError {
-    #[error("cannot map {size} of host memory: {source}")]
-    Host { size: String, source: RamError },
-    #[error("{0}")]
-    Other(String),
+    #[error("cannot map {} of host memory: {source}", format_size(*.size))]
+    Host { size: u64, source: RamError },
+    #[error("{} does not fit this host's address space", format_size(*.0))]
+    TooLarge(u64),
+    #[error(transparent)]
+    KvmSlot(#[from] KvmSlotError),
+    #[error("cannot {action} the DIMM at {base:#x} in the guest memory map: {source}")]
+    GuestMap {
+        action: &'static str,
+        base: u64,
+        source: GuestRegionCollectionError,
+    },
+    #[error("memory slot {0} already maps a DIMM")]
+    SlotMapped(u32),
+    #[error("{0} lock poisoned")]
+    Poisoned(&'static str),
 }
 
 impl MapError {
@@ -171,8 +192,11 @@ impl MapError {
 struct Ejector(Arc<Mutex<DimmMemory>>);
 
 impl EjectHandler for Ejector {
-    fn eject(&mut self, slot: u32, dimm: Dimm) -> Result<(), String> {
-        let mut memory = self.0.lock().map_err(|_| "DIMM memory lock poisoned")?;
+    fn eject(&mut self, slot: u32, dimm: Dimm) -> Result<(), EjectError> {
+        let mut memory = self
+            .0
+            .lock()
+            .map_err(|_| MapError::Poisoned("DIMM memory"))?;
         memory.unmap(slot, dimm)?;
         log::info!(
             "memory slot {slot}: {} returned to the host",
@@ -230,11 +254,11 @@ pub struct HotplugParts {
 pub enum HotplugSetupError {
     #[error("cannot set up the hotplug region allocator: {0}")]
     Allocator(vm_allocator::Error),
-    #[error("cannot map node {node}'s boot memory at {base:#x} as a DIMM: {reason}")]
+    #[error("cannot map node {node}'s boot memory at {base:#x} as a DIMM: {source}")]
     BootMemory {
         node: u32,
         base: u64,
-        reason: String,
+        source: HotplugError,
     },
 }
 
@@ -259,6 +283,7 @@ impl MemoryHotplug {
             memory: parts.memory,
             spaces,
             first_kvm_slot: parts.first_kvm_slot,
+            kvm_slots: BTreeMap::new(),
         }));
         if let Ok(mut controller) = parts.controller.lock() {
             controller.set_eject_handler(Box::new(Ejector(dimms.clone())));
@@ -284,27 +309,25 @@ impl MemoryHotplug {
     /// guest finds them present when it scans its memory devices, and they go like any DIMM.
     pub fn plug_boot_memory(&self, dimms: &[BootDimm]) -> Result<(), HotplugSetupError> {
         for &BootDimm { node, base, size } in dimms {
-            let fail = |reason: String| HotplugSetupError::BootMemory { node, base, reason };
-            let mut controller = self
-                .controller
-                .lock()
-                .map_err(|_| fail("hotplug controller lock poisoned".to_owned()))?;
-            let slot = controller
-                .free_slot()
-                .ok_or_else(|| fail("no free DIMM slot".to_owned()))?;
-            let region = dimm_memory(Dimm { base, size, node }, &self.backend(node))
-                .map_err(|e| fail(e.to_string()))?;
-            self.dimms
-                .lock()
-                .map_err(|_| fail("DIMM memory lock poisoned".to_owned()))?
-                .install(slot, region)
-                .map_err(|e| fail(e.to_string()))?;
-            controller
-                .plug_at_boot(slot, Dimm { base, size, node })
-                .map_err(|e| fail(e.to_string()))?;
-            if let Ok(mut order) = self.plug_order.lock() {
-                order.push(slot);
-            }
+            self.plug_at_boot(Dimm { base, size, node })
+                .map_err(|source| HotplugSetupError::BootMemory { node, base, source })?;
+        }
+        Ok(())
+    }
+
+    fn plug_at_boot(&self, dimm: Dimm) -> Result<(), HotplugError> {
+        let mut controller = self.controller()?;
+        let slot = controller.free_slot().ok_or(HotplugError::NoFreeSlot)?;
+        let region = dimm_memory(dimm, &self.backend(dimm.node))?;
+        self.dimms
+            .lock()
+            .map_err(|_| HotplugError::Poisoned("DIMM memory"))?
+            .install(slot, region)?;
+        controller
+            .plug_at_boot(slot, dimm)
+            .map_err(HotplugError::Slot)?;
+        if let Ok(mut order) = self.plug_order.lock() {
+            order.push(slot);
         }
         Ok(())
     }
@@ -585,7 +608,7 @@ impl MemoryHotplug {
         let installed = dimm_memory(dimm, &self.backend(node)).and_then(|region| {
             self.dimms
                 .lock()
-                .map_err(|_| MapError::Other("DIMM memory lock poisoned".to_owned()))?
+                .map_err(|_| MapError::Poisoned("DIMM memory"))?
                 .install(slot, region)
         });
         if let Err(e) = installed {

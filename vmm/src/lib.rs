@@ -1,20 +1,16 @@
 //! Tidal's VMM: configuration, guest memory, Linux boot, vCPUs and the VM that ties them to the
 //! devices and ACPI tables.
 
-pub mod backend;
 pub mod boot;
 pub mod config;
 pub mod console;
 pub mod control;
 pub mod cpu;
-pub mod dimm_space;
-pub mod host_memory;
 pub mod hotplug;
 pub mod layout;
 pub mod memory;
 pub mod numa;
 pub mod options;
-pub mod ram;
 pub mod reset_vector;
 pub mod resize_plan;
 pub mod seccomp;

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 use tidal_api::size::format_size;
 
-use crate::backend::{BackendError, MemoryBackend, BACKEND_KEYS};
-use crate::hotplug::HotplugRegion;
 use crate::layout::MEMORY_BLOCK_SIZE;
-use crate::memory::{GuestMemoryLayout, RamRange};
+use crate::memory::backend::{BackendError, MemoryBackend, BACKEND_KEYS};
+use crate::memory::dimm_space::HotplugRegion;
+use crate::memory::guest::{GuestMemoryLayout, RamRange};
 use crate::options::{KeyValues, OptionError};
 
 /// More nodes than this are refused (the SLIT and the tests stop here).

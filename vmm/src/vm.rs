@@ -37,15 +37,16 @@ use crate::config::VmConfig;
 use crate::console::{self, ConsoleError};
 use crate::control::VmHandle;
 use crate::cpu::{self, Topology};
-use crate::host_memory::HostMemory;
-use crate::hotplug::{HotplugParts, HotplugRegion, MemoryHotplug};
+use crate::hotplug::{HotplugParts, MemoryHotplug};
 use crate::layout::{
     ACPI_END, ACPI_START, APIC_START, GED_IRQ, GED_MMIO_START, IOAPIC_START,
     MEMORY_HOTPLUG_MMIO_START, PVPANIC_MMIO_START,
 };
-use crate::memory::{GuestMemoryLayout, GuestRam, MemoryError};
+use crate::memory::dimm_space::HotplugRegion;
+use crate::memory::guest::{GuestMemoryLayout, GuestRam, MemoryError};
+use crate::memory::host::HostMemory;
+use crate::memory::ram::GuestMemory;
 use crate::numa;
-use crate::ram::GuestMemory;
 use crate::reset_vector;
 use crate::seccomp::{self, Filters, SeccompError};
 use crate::signals::{SignalError, StopSignal, StopSignals};
@@ -259,7 +260,7 @@ impl Vm {
         let layout = GuestMemoryLayout::new(config.memory.size);
         // Hotpluggable nodes' boot memory is mapped as DIMMs present from boot, below.
         let (fixed_ram, removable_ram) = numa::split_boot_ranges(&layout, &config.nodes);
-        let ram = GuestRam::new(&fixed_ram)?;
+        let mut ram = GuestRam::new(&fixed_ram)?;
         let boot_kvm_slots = ram.register_with_kvm(&vm)?;
         let memory = ram.atomic();
         // Node 0 starts at 0 and is never hotpluggable: its first range stays.

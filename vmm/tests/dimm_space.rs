@@ -4,8 +4,8 @@
 //! leaves the region, and once everything is freed the whole region is one piece again.
 
 use proptest::prelude::*;
-use tidal_vmm::dimm_space::DimmSpace;
 use tidal_vmm::layout::MEMORY_BLOCK_SIZE;
+use tidal_vmm::memory::dimm_space::DimmSpace;
 
 const BLOCK: u64 = MEMORY_BLOCK_SIZE;
 /// Where the region starts: above 4 GiB, like a real hotplug region.

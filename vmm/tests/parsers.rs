@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use tidal_api::size::{format_size, parse_size};
 use tidal_vmm::config::{parse_memory, MAX_MEMORY, MAX_SLOTS, MIN_MEMORY};
 use tidal_vmm::layout::{MAX_GUEST_PHYSICAL, MEMORY_BLOCK_SIZE, PAGE_SIZE};
-use tidal_vmm::memory::GuestMemoryLayout;
+use tidal_vmm::memory::guest::GuestMemoryLayout;
 use tidal_vmm::numa::parse_node;
 
 /// Size-like text: digits with an optional unit, sometimes with noise around it.

@@ -23,12 +23,13 @@ use tidal_devices::memory_hotplug::{
 };
 use tidal_devices::serial::SerialConsole;
 use tidal_devices::{EventFdTrigger, ExitReason, ExitSignal};
-use tidal_vmm::backend::{HugePageSize, MemoryBackend};
 use tidal_vmm::control::VmHandle;
-use tidal_vmm::host_memory::HostMemory;
-use tidal_vmm::hotplug::{HotplugParts, HotplugRegion, MemoryHotplug};
-use tidal_vmm::memory::set_kvm_slot;
-use tidal_vmm::ram::{GuestMemory, RamRegion};
+use tidal_vmm::hotplug::{HotplugParts, MemoryHotplug};
+use tidal_vmm::memory::backend::{HugePageSize, MemoryBackend};
+use tidal_vmm::memory::dimm_space::HotplugRegion;
+use tidal_vmm::memory::host::HostMemory;
+use tidal_vmm::memory::kvm_slot::KvmSlot;
+use tidal_vmm::memory::ram::{GuestMemory, RamRegion};
 use tidal_vmm::seccomp::{self, Filters, ThreadFilter, ThreadKind, SIGSYS_EXIT_CODE};
 use tidal_vmm::{console, vcpu};
 use vm_device::bus::{MmioAddress, PioAddress};
@@ -361,8 +362,9 @@ fn vmm_case() {
     let filters = Filters::new().unwrap();
     let vm = Arc::new(kvm.create_vm().unwrap());
     let boot = RamRegion::new(GuestAddress(0), 2 << 20, &MemoryBackend::default()).unwrap();
-    set_kvm_slot(&vm, 0, &boot).unwrap();
-    let memory = GuestMemoryAtomic::new(GuestMemory::from_regions(vec![boot]).unwrap());
+    let boot = Arc::new(boot);
+    let _boot_slot = KvmSlot::new(vm.clone(), 0, boot.clone()).unwrap();
+    let memory = GuestMemoryAtomic::new(GuestMemory::from_arc_regions(vec![boot]).unwrap());
     let changed = Arc::new(Condvar::new());
     let controller = Arc::new(Mutex::new(MemoryHotplugController::new(4, changed.clone())));
     let hotplug = Arc::new(

@@ -26,7 +26,7 @@ use vm_memory::{
     GuestRegionMmap, GuestUsize, MemoryRegionAddress, VolatileSlice,
 };
 
-use crate::backend::{HugePageSize, MemoryBackend};
+use super::backend::{HugePageSize, MemoryBackend};
 
 /// The size of an x86 huge page, and so the alignment guest RAM is mapped at.
 pub const HUGE_PAGE_SIZE: usize = 2 << 20;
@@ -360,7 +360,7 @@ mod tests {
     use vm_memory::{Address, Bytes, GuestMemoryBackend};
 
     use super::*;
-    use crate::host_memory::HostMemory;
+    use crate::memory::host::HostMemory;
 
     const BASE: GuestAddress = GuestAddress(1 << 32);
 

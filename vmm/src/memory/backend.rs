@@ -1,7 +1,7 @@
 //! What host memory backs a NUMA node's guest RAM, its boot memory and every DIMM hot-added to
 //! it: private anonymous memory (the default), a shared memfd, huge pages from the host's
 //! hugetlb pool, touched in advance or not, bound to a host NUMA node or not. `--memory` (one
-//! node) and each `--numa` node take the same keys. [`crate::ram`] maps what this describes.
+//! node) and each `--numa` node take the same keys. [`super::ram`] maps what this describes.
 
 use std::path::Path;
 

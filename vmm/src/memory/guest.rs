@@ -2,31 +2,32 @@
 //! given, and the host mappings behind it, registered with KVM. The map lives in a
 //! `GuestMemoryAtomic` so that regions can be added and removed while vCPUs run.
 
-use kvm_bindings::kvm_userspace_memory_region;
+use std::sync::Arc;
+
 use kvm_ioctls::VmFd;
 use thiserror::Error;
 use tidal_api::size::format_size;
-use vm_memory::{
-    GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryRegion,
-};
+use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestRegionCollectionError};
 
-use crate::backend::MemoryBackend;
+use super::backend::MemoryBackend;
+use super::kvm_slot::{KvmSlot, KvmSlotError};
+use super::ram::{GuestMemory, RamError, RamRegion};
 use crate::layout::{EBDA_START, HIMEM_START, HOTPLUG_ALIGNMENT, MMIO_HOLE_END, MMIO_HOLE_START};
-use crate::ram::{GuestMemory, RamRegion};
 
 #[derive(Debug, Error)]
 pub enum MemoryError {
-    #[error("cannot allocate {} of guest memory at {base:#x}: {reason}", format_size(*.size))]
+    #[error("cannot allocate {} of guest memory at {base:#x}: {source}", format_size(*.size))]
     Allocate {
         base: u64,
         size: u64,
-        reason: String,
+        source: RamError,
     },
-    #[error("cannot register guest memory at {base:#x} with KVM: {source}")]
-    KvmSlot {
-        base: u64,
-        source: kvm_ioctls::Error,
-    },
+    #[error("{} of guest memory at {base:#x} does not fit this host's address space", format_size(*.size))]
+    TooLarge { base: u64, size: u64 },
+    #[error("cannot build the guest memory map: {0}")]
+    Map(#[from] GuestRegionCollectionError),
+    #[error(transparent)]
+    KvmSlot(#[from] KvmSlotError),
 }
 
 /// e820 entry types the kernel understands.
@@ -115,6 +116,9 @@ pub struct RamRange {
 /// The guest's boot memory map.
 pub struct GuestRam {
     memory: GuestMemoryAtomic<GuestMemory>,
+    /// The map's regions, in its order, for their KVM slots.
+    regions: Vec<Arc<RamRegion>>,
+    kvm_slots: Vec<KvmSlot>,
 }
 
 impl GuestRam {
@@ -127,21 +131,16 @@ impl GuestRam {
             backend,
         } in ranges
         {
-            let region = usize::try_from(size)
-                .map_err(|e| e.to_string())
-                .and_then(|len| {
-                    RamRegion::new(GuestAddress(base), len, &backend).map_err(|e| e.to_string())
-                })
-                .map_err(|reason| MemoryError::Allocate { base, size, reason })?;
-            regions.push(region);
+            let len = usize::try_from(size).map_err(|_| MemoryError::TooLarge { base, size })?;
+            let region = RamRegion::new(GuestAddress(base), len, &backend)
+                .map_err(|source| MemoryError::Allocate { base, size, source })?;
+            regions.push(Arc::new(region));
         }
-        let map = GuestMemory::from_regions(regions).map_err(|e| MemoryError::Allocate {
-            base: 0,
-            size: ranges.iter().map(|range| range.size).sum(),
-            reason: e.to_string(),
-        })?;
+        let map = GuestMemory::from_arc_regions(regions.clone())?;
         Ok(Self {
             memory: GuestMemoryAtomic::new(map),
+            regions,
+            kvm_slots: Vec::new(),
         })
     }
 
@@ -150,52 +149,21 @@ impl GuestRam {
         self.memory.clone()
     }
 
-    /// Registers every region of the map with KVM, one slot each; returns how many it used.
-    pub fn register_with_kvm(&self, vm: &VmFd) -> Result<u32, MemoryError> {
-        let map = self.memory.memory();
-        let mut slot = 0;
-        for region in map.iter() {
-            set_kvm_slot(vm, slot, region)?;
-            slot += 1;
+    /// Registers every region of the map with KVM, one slot each from slot 0, for as long as
+    /// this lives; returns how many slots it used.
+    pub fn register_with_kvm(&mut self, vm: &Arc<VmFd>) -> Result<u32, MemoryError> {
+        for (slot, region) in (0u32..).zip(&self.regions) {
+            let kvm_slot = KvmSlot::new(vm.clone(), slot, region.clone())?;
+            self.kvm_slots.push(kvm_slot);
         }
-        Ok(slot)
+        Ok(u32::try_from(self.kvm_slots.len()).unwrap_or(u32::MAX))
     }
-}
-
-/// Maps `region` into the guest through KVM memory slot `slot`.
-pub fn set_kvm_slot(vm: &VmFd, slot: u32, region: &RamRegion) -> Result<(), MemoryError> {
-    let base = region.start_addr().0;
-    let host = region.host_address();
-    let entry = kvm_userspace_memory_region {
-        slot,
-        flags: 0,
-        guest_phys_addr: base,
-        memory_size: region.len(),
-        userspace_addr: host as u64,
-    };
-    // SAFETY: the host range [host, host + len) is a live mapping owned by `region`, which the
-    // guest memory map keeps alive until the slot is deleted (`delete_kvm_slot`).
-    unsafe { vm.set_user_memory_region(entry) }
-        .map_err(|source| MemoryError::KvmSlot { base, source })
-}
-
-/// Takes KVM memory slot `slot` away from the guest. After this returns no vCPU can reach the
-/// memory it mapped, so the host may unmap it.
-pub fn delete_kvm_slot(vm: &VmFd, slot: u32, base: u64) -> Result<(), MemoryError> {
-    let entry = kvm_userspace_memory_region {
-        slot,
-        flags: 0,
-        guest_phys_addr: base,
-        memory_size: 0,
-        userspace_addr: 0,
-    };
-    // SAFETY: a zero-sized region deletes the slot; KVM touches no host memory for it.
-    unsafe { vm.set_user_memory_region(entry) }
-        .map_err(|source| MemoryError::KvmSlot { base, source })
 }
 
 #[cfg(test)]
 mod tests {
+    use vm_memory::{GuestAddressSpace, GuestMemoryBackend};
+
     use super::*;
 
     #[test]

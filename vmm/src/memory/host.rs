@@ -10,7 +10,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use crate::backend::HugePageSize;
+use super::backend::HugePageSize;
 
 /// The host's free memory as Tidal can read it.
 #[derive(Debug)]

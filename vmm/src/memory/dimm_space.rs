@@ -1,10 +1,18 @@
-//! Where DIMMs go in the hotplug region: block-aligned ranges handed out lowest first and taken
+//! The hotplug region and where DIMMs go in it: block-aligned ranges handed out lowest first and taken
 //! back when a DIMM is ejected. Kept apart from KVM and the memory map so that it can be checked
 //! against a model (vmm/tests/dimm_space.rs).
 
 use vm_allocator::{AddressAllocator, AllocPolicy, RangeInclusive};
 
 use crate::layout::MEMORY_BLOCK_SIZE;
+
+/// A part of guest physical space DIMMs are carved from: the hotplug region, or one NUMA node's
+/// share of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HotplugRegion {
+    pub base: u64,
+    pub size: u64,
+}
 
 /// The hotplug region's free and used address space.
 #[derive(Debug)]
