@@ -19,8 +19,8 @@ use tokio::runtime::Runtime;
 
 use crate::endpoints::Endpoint;
 use crate::types::{
-    AddMemoryRequest, DimmInfo, ErrorBody, HotplugEvent, PingResponse, RemoveMemoryRequest,
-    ResizeRequest, ResizeZoneRequest, VmInfo,
+    AddMemoryRequest, DimmInfo, ErrorBody, HotplugEvent, LaggedRecord, PingResponse,
+    RemoveMemoryRequest, ResizeRequest, ResizeZoneRequest, VmInfo,
 };
 
 /// Why a call failed. [`ClientError::Api`] is the server's own answer; the rest are failures to
@@ -47,6 +47,10 @@ pub enum ClientError {
     Runtime(#[source] io::Error),
     #[error("no answer on API socket {} within {timeout:?}", socket.display())]
     Timeout { socket: PathBuf, timeout: Duration },
+    /// The events stream skipped this many events (the reader fell behind, or asked for
+    /// more history than the server holds); the stream goes on after it.
+    #[error("the events stream skipped {0} events")]
+    Lagged(u64),
 }
 
 /// A response of any status, as received.
@@ -129,8 +133,17 @@ impl ApiClient {
     /// happens. Returns as soon as the server has accepted the subscription, so events from then
     /// on are not missed.
     pub fn events(&self) -> Result<EventStream, ClientError> {
-        let endpoint = Endpoint::Events;
-        let request = build_request(endpoint.method(), endpoint.path(), None)?;
+        self.subscribe(Endpoint::Events.path().to_owned())
+    }
+
+    /// `GET /api/v1/events?since=N`: [`ApiClient::events`], after first the events numbered above
+    /// `seq` that the server still holds (a reconnecting reader's way to miss nothing).
+    pub fn events_since(&self, seq: u64) -> Result<EventStream, ClientError> {
+        self.subscribe(format!("{}?since={seq}", Endpoint::Events.path()))
+    }
+
+    fn subscribe(&self, path: String) -> Result<EventStream, ClientError> {
+        let request = build_request(Endpoint::Events.method(), &path, None)?;
         let runtime = runtime()?;
         let response = runtime.block_on(self.open(request))?;
         let status = response.status();
@@ -277,7 +290,13 @@ impl Iterator for EventStream {
     type Item = Result<HotplugEvent, ClientError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.next_line().map(|line| decode(&line?))
+        self.next_line().map(|line| {
+            let line = line?;
+            match serde_json::from_slice::<LaggedRecord>(&line) {
+                Ok(LaggedRecord { lagged }) => Err(ClientError::Lagged(lagged)),
+                Err(_) => decode(&line),
+            }
+        })
     }
 }
 

@@ -6,6 +6,7 @@ pub mod client;
 pub mod endpoints;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod journal;
 mod request_clock;
 mod routes;
 pub mod server;
@@ -16,6 +17,7 @@ pub mod types;
 
 pub use client::{ApiClient, ClientError, EventStream};
 pub use endpoints::Endpoint;
+pub use journal::{EventJournal, Record, Subscription};
 pub use server::{start, start_with_limits, ApiServer, ServerError, ServerLimits, ThreadStart};
 pub use socket::SocketError;
 pub use types::*;
@@ -37,10 +39,7 @@ pub trait VmApi: Send + Sync + 'static {
     /// Asks the guest to eject one DIMM and waits, up to `timeout_secs` (or the VMM's default),
     /// until the memory is back with the host.
     fn remove_memory(&self, request: RemoveMemoryRequest) -> Result<(), ApiError>;
-    /// Calls `sink` with every hotplug event from now on, until it returns false (its reader
-    /// went away). Called on whichever VMM thread made the change: `sink` must not block.
-    fn subscribe(&self, sink: EventSink);
+    /// Every hotplug event from now on (with `since`, first those after event `since` that the
+    /// VMM still holds): see [`EventJournal::subscribe`].
+    fn subscribe(&self, since: Option<u64>) -> Subscription;
 }
-
-/// Where a subscriber's hotplug events go; returns false once nobody reads them any more.
-pub type EventSink = Box<dyn Fn(&HotplugEvent) -> bool + Send>;

@@ -15,12 +15,12 @@ use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
 use log::{debug, info};
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc;
 
 use crate::endpoints::Endpoint;
+use crate::journal::{Record, Subscription};
 use crate::stopping::Stopping;
 use crate::types::{
-    AddMemoryRequest, ApiError, DimmInfo, ErrorBody, HotplugEvent, PingResponse,
+    AddMemoryRequest, ApiError, DimmInfo, ErrorBody, LaggedRecord, PingResponse,
     RemoveMemoryRequest, ResizeRequest, ResizeZoneRequest, VmInfo,
 };
 use crate::VmApi;
@@ -145,44 +145,64 @@ async fn remove_memory(
 }
 
 /// Subscribes to the VMM's events and streams them, one JSON line each, until the client goes
-/// away or the server stops. The sink only queues: the VMM calls it on its own threads, which
-/// must not wait for a slow client; the queue is unbounded because events are rare (a few per
-/// DIMM) and a client that stopped reading is noticed at its disconnect.
+/// away or the server stops; `?since=N` first replays the events after event N that the VMM
+/// still holds. A reader that falls behind gets a `{"lagged": N}` line for what it missed
+/// (the journal, not the reader, bounds what is queued).
 async fn events(
     State(vm): State<Vm>,
     State(stopping): State<Stopping>,
+    uri: Uri,
 ) -> Result<Response, ErrorResponse> {
-    let (sender, receiver) = mpsc::unbounded_channel();
-    // A send fails once the stream below is dropped: then the VMM drops the sink.
-    let sink = Box::new(move |event: &HotplugEvent| sender.send(event.clone()).is_ok());
-    call_vm(vm, move |vm| vm.subscribe(sink)).await?;
-    let body = Body::from_stream(event_lines(receiver, stopping));
+    let since = since(uri.query())?;
+    let subscription = call_vm(vm, move |vm| vm.subscribe(since)).await?;
+    let body = Body::from_stream(event_lines(subscription, stopping));
     Ok(([(CONTENT_TYPE, NDJSON)], body).into_response())
 }
 
+/// The events stream's one query parameter, `since=N`.
+fn since(query: Option<&str>) -> Result<Option<u64>, ErrorResponse> {
+    let Some(query) = query.filter(|query| !query.is_empty()) else {
+        return Ok(None);
+    };
+    query
+        .strip_prefix("since=")
+        .and_then(|n| n.parse().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ErrorResponse::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "bad query '{query}': the events stream takes only since=N, N an event's seq"
+                ),
+            )
+        })
+}
+
 /// The lines of the events stream. Dropped when the client disconnects (hyper notices the
-/// closed socket and drops the response), which drops `events`. When the server stops, the
-/// stream takes no more events, sends those already queued and ends, so the client sees a
-/// complete answer and the graceful shutdown need not wait for its grace period.
+/// closed socket and drops the response), which drops the subscription. When the server
+/// stops, the stream sends what is already queued and ends, so the client sees a complete
+/// answer and the graceful shutdown need not wait for its grace period.
 fn event_lines(
-    events: mpsc::UnboundedReceiver<HotplugEvent>,
+    subscription: Subscription,
     stopping: Stopping,
 ) -> impl Stream<Item = Result<Vec<u8>, serde_json::Error>> {
-    stream::unfold(events, move |mut events| {
+    stream::unfold(subscription, move |mut subscription| {
         let stopping = stopping.clone();
         async move {
-            let event = tokio::select! {
-                event = events.recv() => event,
-                () = stopping.requested() => {
-                    events.close();
-                    events.recv().await
-                }
+            let record = tokio::select! {
+                biased;
+                record = subscription.next() => record,
+                () = stopping.requested() => subscription.try_next(),
             }?;
-            let line = serde_json::to_vec(&event).map(|mut line| {
+            let line = match record {
+                Record::Event(event) => serde_json::to_vec(&event),
+                Record::Lagged(lagged) => serde_json::to_vec(&LaggedRecord { lagged }),
+            };
+            let line = line.map(|mut line| {
                 line.push(b'\n');
                 line
             });
-            Some((line, events))
+            Some((line, subscription))
         }
     })
 }

@@ -265,6 +265,9 @@ pub struct RemoveMemoryRequest {
 /// One line of the `events` stream: a DIMM changed state, or the guest reported `_OST`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HotplugEvent {
+    /// The event's number: 1 for the VM's first, one more for each after it (`?since=` this
+    /// to have the events after it again).
+    pub seq: u64,
     /// The DIMM's id.
     pub id: String,
     pub slot: u32,
@@ -278,6 +281,15 @@ pub struct HotplugEvent {
     /// When it happened, in microseconds since the Unix epoch (fine enough to time the VMM's
     /// own share of an operation).
     pub timestamp_us: u64,
+}
+
+/// The line of the `events` stream that stands for events the reader will not see: it fell
+/// too far behind, or asked for events (`?since=`) older than the history holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaggedRecord {
+    /// How many events were skipped.
+    pub lagged: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

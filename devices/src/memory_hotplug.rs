@@ -342,6 +342,7 @@ impl MemoryHotplugController {
             return;
         }
         let ost = Ost { event, status };
+        let repeated = slot.last_ost == Some(ost);
         slot.last_ost = Some(ost);
         let old = slot.state;
         slot.state = match (slot.state, event, status) {
@@ -356,6 +357,11 @@ impl MemoryHotplugController {
             }
             (state, _, _) => state,
         };
+        // The same report again changes nothing: no log line, no event (a guest looping on the
+        // register would otherwise make one of each per write).
+        if repeated && old == slot.state {
+            return;
+        }
         self.report(selected, old, Some(ost));
     }
 

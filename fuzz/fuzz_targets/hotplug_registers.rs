@@ -33,8 +33,8 @@ use tidal_devices::model::reg::{
     REMOVE_PENDING, SELECTOR, STATUS,
 };
 use tidal_devices::model::{Applied, Harness, Op};
-use tidal_vmm::memory::dimm_space::DimmSpace;
 use tidal_vmm::layout::{HOTPLUG_ALIGNMENT, MEMORY_BLOCK_SIZE, MMIO_HOLE_END};
+use tidal_vmm::memory::dimm_space::DimmSpace;
 
 /// The most DIMM slots a VM has (`--memory slots=`).
 const MAX_SLOTS: u32 = tidal_acpi::MAX_MEMORY_SLOTS;

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use tidal_api::fuzzing::serve_bytes;
 use tidal_api::{
-    AddMemoryRequest, ApiError, DimmInfo, DimmState, ErrorKind, EventSink, HotplugEvent,
+    AddMemoryRequest, ApiError, DimmInfo, DimmState, ErrorKind, EventJournal, HotplugEvent,
     MemoryBackendInfo, MemoryInfo, NodeMemory, OstStatus, RemoveMemoryRequest, ResizeRequest,
-    ResizeZoneRequest, VmApi, VmConfigInfo, VmInfo, VmState,
+    ResizeZoneRequest, Subscription, VmApi, VmConfigInfo, VmInfo, VmState,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -107,10 +107,14 @@ impl VmApi for FixedVm {
         refusal(request.id.bytes().map(u64::from).sum())
     }
 
-    /// One event, then the subscriber is dropped, as when the VMM sees its reader gone.
-    fn subscribe(&self, sink: EventSink) {
+    /// One event (after `since`'s replay of nothing), then the stream ends, as when the VMM
+    /// goes away.
+    fn subscribe(&self, since: Option<u64>) -> Subscription {
         let dimm = dimm();
-        sink(&HotplugEvent {
+        let journal = EventJournal::default();
+        let subscription = journal.subscribe(since);
+        journal.publish(HotplugEvent {
+            seq: 0,
             id: dimm.id,
             slot: dimm.slot,
             node: dimm.node,
@@ -121,6 +125,7 @@ impl VmApi for FixedVm {
             ost: dimm.last_ost,
             timestamp_us: 1,
         });
+        subscription
     }
 }
 

@@ -11,8 +11,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use tidal_api::size::{format_size, parse_size};
-use tidal_vmm::memory::backend::MemoryBackend;
 use tidal_vmm::config::{parse_memory, MemoryConfig};
+use tidal_vmm::memory::backend::MemoryBackend;
 use tidal_vmm::numa::{parse_node, NodeConfig};
 
 fuzz_target!(|data: &[u8]| {

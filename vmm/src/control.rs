@@ -2,12 +2,12 @@
 //! what the VM was started with, turns slot changes into the API's events, and the hotplug
 //! logic's errors into the API's (`From<HotplugError> for ApiError`).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tidal_api::{
-    AddMemoryRequest, ApiError, DimmInfo, DimmState, EventSink, HotplugEvent, MemoryInfo,
-    NodeMemory, OstStatus, RemoveMemoryRequest, ResizeRequest, ResizeZoneRequest, VmApi,
-    VmConfigInfo, VmInfo, VmState,
+    AddMemoryRequest, ApiError, DimmInfo, DimmState, EventJournal, HotplugEvent, MemoryInfo,
+    NodeMemory, OstStatus, RemoveMemoryRequest, ResizeRequest, ResizeZoneRequest, Subscription,
+    VmApi, VmConfigInfo, VmInfo, VmState,
 };
 use tidal_devices::memory_hotplug::{Ost, SlotEvent, SlotListener, SlotState, SlotView};
 
@@ -19,12 +19,12 @@ pub struct VmHandle {
     hotplug: Arc<MemoryHotplug>,
     /// What the VM was started with, for `vm.info`.
     described: VmConfigInfo,
-    events: Arc<EventHub>,
+    events: Arc<EventJournal>,
 }
 
 impl VmHandle {
     pub fn new(hotplug: Arc<MemoryHotplug>, described: VmConfigInfo) -> Self {
-        let events = Arc::new(EventHub::default());
+        let events = Arc::new(EventJournal::default());
         hotplug.set_listener(Box::new(HubListener(events.clone())));
         Self {
             hotplug,
@@ -125,28 +125,14 @@ impl VmApi for VmHandle {
         Ok(self.hotplug.remove(&request.id, request.timeout_secs)?)
     }
 
-    fn subscribe(&self, sink: EventSink) {
-        self.events.subscribe(sink);
+    fn subscribe(&self, since: Option<u64>) -> Subscription {
+        self.events.subscribe(since)
     }
 }
 
-/// Hands every slot change to the API's event subscribers, dropping those that went away.
-#[derive(Default)]
-struct EventHub {
-    sinks: Mutex<Vec<EventSink>>,
-}
-
-impl EventHub {
-    fn subscribe(&self, sink: EventSink) {
-        if let Ok(mut sinks) = self.sinks.lock() {
-            sinks.push(sink);
-        }
-    }
-}
-
-/// The controller's view of the hub (it is called with the controller locked, so sinks must
-/// not block: they only queue the event).
-struct HubListener(Arc<EventHub>);
+/// Hands every slot change to the API's events journal. The controller's view of the journal (it is called with the controller locked; publishing
+/// never waits for a reader).
+struct HubListener(Arc<EventJournal>);
 
 impl SlotListener for HubListener {
     fn slot_changed(&self, event: SlotEvent) {
@@ -154,6 +140,7 @@ impl SlotListener for HubListener {
             return;
         };
         let event = HotplugEvent {
+            seq: 0,
             id: dimm_id(event.slot),
             slot: event.slot,
             node: dimm.node,
@@ -166,9 +153,7 @@ impl SlotListener for HubListener {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
         };
-        if let Ok(mut sinks) = self.0.sinks.lock() {
-            sinks.retain(|sink| sink(&event));
-        }
+        self.0.publish(event);
     }
 }
 

@@ -11,7 +11,7 @@ use serde::Serialize;
 use tidal_api::size::{format_size, parse_size};
 use tidal_api::{
     AddMemoryRequest, ApiClient, ClientError, DimmInfo, DimmState, Endpoint, HotplugEvent,
-    MemoryBackendInfo, OstStatus, PingResponse, RemoveMemoryRequest, ResizeRequest,
+    LaggedRecord, MemoryBackendInfo, OstStatus, PingResponse, RemoveMemoryRequest, ResizeRequest,
     ResizeZoneRequest, VmInfo, VmState, ZoneId,
 };
 
@@ -38,7 +38,11 @@ enum Command {
     #[command(flatten)]
     Call(Call),
     /// Follow the hotplug events, one line each, until the VMM ends the stream (or Ctrl-C).
-    Events,
+    Events {
+        /// First the events after this one (its seq) that the VMM still holds.
+        #[arg(long, value_name = "SEQ")]
+        since: Option<u64>,
+    },
 }
 
 /// A command that is one request and its answer.
@@ -116,7 +120,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
     let client = ApiClient::new(&cli.api_socket);
     match &cli.command {
         Command::Call(call) => run_call(&client, call, cli.json),
-        Command::Events => follow_events(&client, cli.json),
+        Command::Events { since } => follow_events(&client, *since, cli.json),
     }
 }
 
@@ -135,13 +139,18 @@ fn run_call(client: &ApiClient, call: &Call, json: bool) -> Result<(), ClientErr
 
 /// Prints each event as it arrives, until the server ends the stream. Stops quietly once
 /// stdout is closed (`tidalctl events | head -3`): nobody reads any more.
-fn follow_events(client: &ApiClient, json: bool) -> Result<(), ClientError> {
-    let mut events = client.events()?;
+fn follow_events(client: &ApiClient, since: Option<u64>, json: bool) -> Result<(), ClientError> {
+    let mut events = match since {
+        Some(seq) => client.events_since(seq)?,
+        None => client.events()?,
+    };
     let mut stdout = io::stdout().lock();
     while let Some(line) = events.next_line() {
         let line = line?;
         let text = if json {
             String::from_utf8_lossy(&line).into_owned()
+        } else if let Ok(LaggedRecord { lagged }) = serde_json::from_slice(&line) {
+            format!("({lagged} events skipped: this reader fell behind, or they are gone)")
         } else {
             event_summary(&from_json(&line)?)
         };
@@ -364,8 +373,9 @@ fn event_time(micros: u64) -> String {
 /// if it caused the change.
 fn event_summary(event: &HotplugEvent) -> String {
     let mut line = format!(
-        "{} {} slot {}: {} -> {}",
+        "{} #{} {} slot {}: {} -> {}",
         event_time(event.timestamp_us),
+        event.seq,
         event.id,
         event.slot,
         state_name(event.old_state),

@@ -1,10 +1,13 @@
-//! The events stream: events reach the client as they happen, one JSON line each, a client that
-//! goes away is unsubscribed, and a stopping server ends the stream instead of waiting for it.
+//! The events stream: events reach the client as they happen, one JSON line each, numbered; a
+//! reconnecting client has what it missed again (`since`), a client that falls behind is told
+//! what it missed, a client that goes away is unsubscribed, and a stopping server ends the
+//! stream instead of waiting for it.
 
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use tidal_api::journal::{HISTORY, QUEUE};
 use tidal_api::{ClientError, HotplugEvent};
 
 use crate::mock::{sample_events, Call, MockVm, PanickingVm, TestServer};
@@ -14,7 +17,7 @@ fn events_arrive_in_order_as_they_happen() {
     let mock = MockVm::new();
     let server = TestServer::start(mock.clone());
     let mut events = server.client.events().unwrap();
-    assert_eq!(mock.calls(), [Call::Subscribe]);
+    assert_eq!(mock.calls(), [Call::Subscribe(None)]);
     // One at a time: each is read before the next happens.
     for event in sample_events() {
         assert_eq!(mock.emit(&event), 1);
@@ -76,7 +79,77 @@ fn a_client_that_goes_away_is_unsubscribed() {
     // The server is fine and serves new subscribers.
     let mut events = server.client.events().unwrap();
     assert_eq!(mock.emit(event), 1);
-    assert_eq!(&events.next().unwrap().unwrap(), event);
+    assert_eq!(events.next().unwrap().unwrap().id, event.id);
+}
+
+#[test]
+fn a_reconnecting_client_gets_the_events_after_the_last_it_saw() {
+    let mock = MockVm::new();
+    let server = TestServer::start(mock.clone());
+    let events = sample_events();
+    for event in &events {
+        mock.emit(event);
+    }
+    let mut again = server.client.events_since(2).unwrap();
+    assert_eq!(mock.calls(), [Call::Subscribe(Some(2))]);
+    let replayed: Vec<HotplugEvent> = again.by_ref().take(2).map(Result::unwrap).collect();
+    assert_eq!(replayed, events[2..]);
+    // Then the live ones, numbered on.
+    mock.emit(&events[0]);
+    assert_eq!(again.next().unwrap().unwrap().seq, 5);
+}
+
+#[test]
+fn a_since_past_the_history_says_how_many_are_gone() {
+    let mock = MockVm::new();
+    let server = TestServer::start(mock.clone());
+    let event = &sample_events()[0];
+    let published = HISTORY as u64 + 3;
+    for _ in 0..published {
+        mock.emit(event);
+    }
+    let mut again = server.client.events_since(0).unwrap();
+    assert!(matches!(again.next(), Some(Err(ClientError::Lagged(3)))));
+    assert_eq!(again.next().unwrap().unwrap().seq, 4);
+}
+
+#[test]
+fn a_reader_that_falls_behind_is_told_what_it_missed_and_goes_on() {
+    let mock = MockVm::new();
+    let server = TestServer::start(mock.clone());
+    let mut events = server.client.events().unwrap();
+    let event = &sample_events()[0];
+    // Far more than the queue and whatever the socket buffers hold before the server's
+    // writes stall: the server is left with more than it may queue for this reader.
+    let published = QUEUE as u64 * 40;
+    for _ in 0..published {
+        mock.emit(event);
+    }
+    let mut seen = 0u64;
+    let mut missed = 0u64;
+    let mut last = 0;
+    while last < published {
+        match events.next().unwrap() {
+            Ok(event) => {
+                assert!(event.seq > last, "{} after {last}", event.seq);
+                last = event.seq;
+                seen += 1;
+            }
+            Err(ClientError::Lagged(n)) => missed += n,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(missed > 0, "the reader missed nothing of {published}");
+    assert_eq!(seen + missed, published);
+}
+
+#[test]
+fn a_bad_query_is_refused() {
+    let server = TestServer::start(MockVm::new());
+    for query in ["since=x", "since=-1", "from=3", "since=1&since=2"] {
+        let response = server.send("GET", &format!("/api/v1/events?{query}"), None);
+        assert_eq!(response.status, 400, "{query}");
+    }
 }
 
 #[test]

@@ -10,9 +10,10 @@ use tempfile::TempDir;
 use tidal_api::client::RawResponse;
 use tidal_api::{
     AddMemoryRequest, ApiClient, ApiError, ApiServer, ConsoleInfo, CpusConfigInfo, DimmInfo,
-    DimmState, ErrorBody, EventSink, HotplugEvent, MemoryBackendInfo, MemoryConfigInfo, MemoryInfo,
-    NodeMemory, OstStatus, PayloadInfo, RemoveMemoryRequest, ResizeRequest, ResizeZoneRequest,
-    ServerError, ServerLimits, VmApi, VmConfigInfo, VmInfo, VmState,
+    DimmState, ErrorBody, EventJournal, HotplugEvent, MemoryBackendInfo, MemoryConfigInfo,
+    MemoryInfo, NodeMemory, OstStatus, PayloadInfo, RemoveMemoryRequest, ResizeRequest,
+    ResizeZoneRequest, ServerError, ServerLimits, Subscription, VmApi, VmConfigInfo, VmInfo,
+    VmState,
 };
 
 pub const GIB: u64 = 1 << 30;
@@ -25,16 +26,16 @@ pub enum Call {
     ResizeZone(ResizeZoneRequest),
     AddMemory(AddMemoryRequest),
     RemoveMemory(RemoveMemoryRequest),
-    Subscribe,
+    Subscribe(Option<u64>),
 }
 
 /// Records every call; `resize`, `add_memory` and `remove_memory` fail with the error set by
-/// [`MockVm::fail_with`] and wait while [`MockVm::hold`] is in force. Keeps the subscribers'
-/// sinks and feeds them what [`MockVm::emit`] is given, as the VMM does with its events.
+/// [`MockVm::fail_with`] and wait while [`MockVm::hold`] is in force. Publishes what
+/// [`MockVm::emit`] is given in its events journal, as the VMM does with its events.
 #[derive(Default)]
 pub struct MockVm {
     calls: Mutex<Vec<Call>>,
-    sinks: Mutex<Vec<EventSink>>,
+    journal: EventJournal,
     call_made: Condvar,
     failure: Mutex<Option<ApiError>>,
     held: Mutex<bool>,
@@ -64,12 +65,9 @@ impl MockVm {
         self.released.notify_all();
     }
 
-    /// Sends `event` to every subscriber, drops those whose sink returns false, and returns how
-    /// many are left.
+    /// Publishes `event` (numbered next) and returns how many subscribers it reaches.
     pub fn emit(&self, event: &HotplugEvent) -> usize {
-        let mut sinks = self.sinks.lock().unwrap();
-        sinks.retain(|sink| sink(event));
-        sinks.len()
+        self.journal.publish(event.clone())
     }
 
     /// Waits until `count` calls have been made.
@@ -138,10 +136,11 @@ impl VmApi for MockVm {
         self.outcome()
     }
 
-    fn subscribe(&self, sink: EventSink) {
-        // The sink first: once the call shows, a test may emit.
-        self.sinks.lock().unwrap().push(sink);
-        self.record(Call::Subscribe);
+    fn subscribe(&self, since: Option<u64>) -> Subscription {
+        // Subscribed first: once the call shows, a test may emit.
+        let subscription = self.journal.subscribe(since);
+        self.record(Call::Subscribe(since));
+        subscription
     }
 }
 
@@ -236,9 +235,11 @@ pub fn sample_dimms() -> Vec<DimmInfo> {
     ]
 }
 
-/// dimm2 plugged and accepted, then dimm1 ejected, as the VMM reports them.
+/// dimm2 plugged and accepted, then dimm1 ejected, as the VMM reports them: numbered as a
+/// fresh VM's first events.
 pub fn sample_events() -> Vec<HotplugEvent> {
-    let event = |slot: u32, old_state, new_state, ost, timestamp_us| HotplugEvent {
+    let event = |seq, slot: u32, old_state, new_state, ost, timestamp_us| HotplugEvent {
+        seq,
         id: format!("dimm{slot}"),
         slot,
         node: 0,
@@ -252,10 +253,10 @@ pub fn sample_events() -> Vec<HotplugEvent> {
     let ost = |event, status| Some(OstStatus { event, status });
     use DimmState::{Added, Empty, Inserting, Removing};
     vec![
-        event(2, Empty, Inserting, None, 1_795_987_800_000_000),
-        event(2, Inserting, Added, ost(1, 0), 1_795_987_800_042_000),
-        event(1, Added, Removing, ost(3, 0x84), 1_795_987_803_202_000),
-        event(1, Removing, Empty, ost(3, 0), 1_795_987_804_500_000),
+        event(1, 2, Empty, Inserting, None, 1_795_987_800_000_000),
+        event(2, 2, Inserting, Added, ost(1, 0), 1_795_987_800_042_000),
+        event(3, 1, Added, Removing, ost(3, 0x84), 1_795_987_803_202_000),
+        event(4, 1, Removing, Empty, ost(3, 0), 1_795_987_804_500_000),
     ]
 }
 
@@ -281,7 +282,7 @@ impl VmApi for PanickingVm {
     fn remove_memory(&self, _: RemoveMemoryRequest) -> Result<(), ApiError> {
         panic!("remove_memory failed");
     }
-    fn subscribe(&self, _: EventSink) {
+    fn subscribe(&self, _: Option<u64>) -> Subscription {
         panic!("subscribe failed");
     }
 }

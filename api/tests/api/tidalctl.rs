@@ -234,12 +234,12 @@ fn events_prints_a_line_per_event() {
     assert_eq!(
         follow_events(&[]),
         [
-            "2026-11-29T21:30:00.000Z dimm2 slot 2: empty -> inserting\n",
-            "2026-11-29T21:30:00.042Z dimm2 slot 2: inserting -> added \
+            "2026-11-29T21:30:00.000Z #1 dimm2 slot 2: empty -> inserting\n",
+            "2026-11-29T21:30:00.042Z #2 dimm2 slot 2: inserting -> added \
              _OST(event 0x1, status 0x0)\n",
-            "2026-11-29T21:30:03.202Z dimm1 slot 1: added -> removing \
+            "2026-11-29T21:30:03.202Z #3 dimm1 slot 1: added -> removing \
              _OST(event 0x3, status 0x84)\n",
-            "2026-11-29T21:30:04.500Z dimm1 slot 1: removing -> empty \
+            "2026-11-29T21:30:04.500Z #4 dimm1 slot 1: removing -> empty \
              _OST(event 0x3, status 0x0)\n",
         ]
     );
@@ -320,4 +320,31 @@ fn a_bad_size_is_refused_before_any_request() {
     let message = String::from_utf8(output.stderr).unwrap();
     assert!(message.contains("invalid size '2X'"), "{message}");
     assert_eq!(mock.calls(), []);
+}
+
+#[test]
+fn events_since_prints_the_held_events_after_it_first() {
+    let mock = MockVm::new();
+    let server = TestServer::start(mock.clone());
+    for event in sample_events() {
+        mock.emit(&event);
+    }
+    let mut child = command(server.socket(), &["events", "--since", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    mock.wait_for_calls(1);
+    assert_eq!(mock.calls(), [Call::Subscribe(Some(2))]);
+    let mut printed = BufReader::new(child.stdout.take().unwrap());
+    let seqs: Vec<String> = (0..2)
+        .map(|_| {
+            let mut line = String::new();
+            printed.read_line(&mut line).unwrap();
+            line.split(' ').nth(1).unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(seqs, ["#3", "#4"]);
+    server.stop();
+    assert!(child.wait().unwrap().success());
 }
