@@ -268,7 +268,8 @@ impl ControllerModel {
     }
 
     /// An `_OST` moves a slot along the diagram; one for an empty or missing slot has nothing to
-    /// report on. Any other is recorded (and reported) without changing the state.
+    /// report on. Any other is recorded without changing the state, and reported unless it
+    /// repeats the slot's last report and leaves the state as it was.
     fn ost(&mut self, status: u32, expected: &mut Expected) {
         let (selected, event) = (self.selected, self.ost_event);
         let Some(entry) = self.slot_mut(selected).filter(|s| s.dimm.is_some()) else {
@@ -290,9 +291,12 @@ impl ControllerModel {
             unchanged => unchanged,
         };
         let ost = Ost { event, status };
+        let repeated = entry.last_ost == Some(ost);
         entry.last_ost = Some(ost);
         let (dimm, new) = (entry.dimm, entry.state);
-        expected.event(selected, dimm, old, new, Some(ost));
+        if !(repeated && old == new) {
+            expected.event(selected, dimm, old, new, Some(ost));
+        }
     }
 
     /// Clears come before the eject; an eject is passed to the host only for a DIMM being
