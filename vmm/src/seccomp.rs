@@ -240,7 +240,8 @@ const EVENT_LOOP: [libc::c_long; 5] = [
 
 /// The main thread after it started the others: the event loop (epoll on eventfds and the
 /// stop signals' signalfd), kicking the vCPUs out of `KVM_RUN` and joining them, stopping the
-/// API server (which removes its socket file), unmapping guest memory and closing KVM.
+/// API server (which removes its socket file), deleting the KVM memory slots before unmapping
+/// the memory they map, and closing KVM.
 fn main_rules(rules: &mut Rules, kick_signal: i32) -> Result<(), seccompiler::BackendError> {
     use libc::*;
     rules.allow(&EVENT_LOOP);
@@ -258,6 +259,7 @@ fn main_rules(rules: &mut Rules, kick_signal: i32) -> Result<(), seccompiler::Ba
         SYS_unlink,
         SYS_unlinkat,
     ]);
+    rules.allow_arg(SYS_ioctl, 1, &[KVM_SET_USER_MEMORY_REGION])?;
     let kick = int(kick_signal);
     rules.allow_arg(SYS_tgkill, 2, &[kick])?;
     rules.allow_arg(SYS_tkill, 1, &[kick])?;
