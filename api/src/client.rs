@@ -96,6 +96,11 @@ impl ApiClient {
         decode(&self.call(Endpoint::Ping, None)?)
     }
 
+    /// `PUT /api/v1/vmm.shutdown`; returns once the VMM has been told to stop.
+    pub fn shutdown(&self) -> Result<(), ClientError> {
+        self.call(Endpoint::Shutdown, None).map(drop)
+    }
+
     /// `GET /api/v1/vm.info`.
     pub fn info(&self) -> Result<VmInfo, ClientError> {
         decode(&self.call(Endpoint::VmInfo, None)?)

@@ -8,6 +8,8 @@ use http::Method;
 pub enum Endpoint {
     /// `GET /api/v1/vmm.ping`: the server answers and says its version.
     Ping,
+    /// `PUT /api/v1/vmm.shutdown`: end the VM and the VMM.
+    Shutdown,
     /// `GET /api/v1/vm.info`: the VM's state and memory totals.
     VmInfo,
     /// `GET /api/v1/vm.memory`: every DIMM.
@@ -27,8 +29,9 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint the server serves; the router is built from this list.
-    pub const ALL: [Endpoint; 8] = [
+    pub const ALL: [Endpoint; 9] = [
         Endpoint::Ping,
+        Endpoint::Shutdown,
         Endpoint::VmInfo,
         Endpoint::VmMemory,
         Endpoint::VmResize,
@@ -42,6 +45,7 @@ impl Endpoint {
     pub fn path(self) -> &'static str {
         match self {
             Endpoint::Ping => "/api/v1/vmm.ping",
+            Endpoint::Shutdown => "/api/v1/vmm.shutdown",
             Endpoint::VmInfo => "/api/v1/vm.info",
             Endpoint::VmMemory => "/api/v1/vm.memory",
             Endpoint::VmResize => "/api/v1/vm.resize",
@@ -58,7 +62,8 @@ impl Endpoint {
             Endpoint::Ping | Endpoint::VmInfo | Endpoint::VmMemory | Endpoint::Events => {
                 Method::GET
             }
-            Endpoint::VmResize
+            Endpoint::Shutdown
+            | Endpoint::VmResize
             | Endpoint::VmResizeZone
             | Endpoint::VmAddMemory
             | Endpoint::VmRemoveMemory => Method::PUT,

@@ -42,4 +42,7 @@ pub trait VmApi: Send + Sync + 'static {
     /// Every hotplug event from now on (with `since`, first those after event `since` that the
     /// VMM still holds): see [`EventJournal::subscribe`].
     fn subscribe(&self, since: Option<u64>) -> Subscription;
+    /// Ends the VM and the VMM process, at once and without asking the guest (`vmm.shutdown`):
+    /// answered before the server stops.
+    fn shutdown(&self);
 }

@@ -89,6 +89,7 @@ fn method_router(endpoint: Endpoint) -> MethodRouter<ApiState> {
         .expect("endpoints use only standard HTTP methods");
     match endpoint {
         Endpoint::Ping => on(filter, ping),
+        Endpoint::Shutdown => on(filter, shutdown),
         Endpoint::VmInfo => on(filter, info),
         Endpoint::VmMemory => on(filter, memory),
         Endpoint::VmResize => on(filter, resize),
@@ -103,6 +104,13 @@ async fn ping() -> Json<PingResponse> {
     Json(PingResponse {
         version: env!("CARGO_PKG_VERSION").to_owned(),
     })
+}
+
+/// Answers once the VMM has been told to stop; the server then finishes the answers in
+/// flight and stops with it.
+async fn shutdown(State(vm): State<Vm>) -> Result<StatusCode, ErrorResponse> {
+    call_vm(vm, |vm| vm.shutdown()).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn info(State(vm): State<Vm>) -> Result<Json<VmInfo>, ErrorResponse> {

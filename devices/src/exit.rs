@@ -1,11 +1,11 @@
-//! How a device tells the VMM that the VM must end: the guest powered off, reset or panicked,
-//! or a vCPU failed.
+//! How a device (or the VMM's API) tells the VMM that the VM must end: the guest powered off,
+//! reset or panicked, a vCPU failed, or the VMM's user asked for a shutdown.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-/// Why the guest asked the VM to stop.
+/// Why the VM must stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitReason {
     /// ACPI S5 through the sleep control register.
@@ -16,6 +16,8 @@ pub enum ExitReason {
     Failed,
     /// The guest kernel reported a panic through the pvpanic device.
     GuestPanicked,
+    /// The VMM's user asked it to shut down (`vmm.shutdown`): the guest is stopped where it is.
+    Shutdown,
 }
 
 impl ExitReason {
@@ -25,6 +27,7 @@ impl ExitReason {
             ExitReason::Reset => 2,
             ExitReason::Failed => 3,
             ExitReason::GuestPanicked => 4,
+            ExitReason::Shutdown => 5,
         }
     }
 
@@ -34,6 +37,7 @@ impl ExitReason {
             2 => Some(ExitReason::Reset),
             3 => Some(ExitReason::Failed),
             4 => Some(ExitReason::GuestPanicked),
+            5 => Some(ExitReason::Shutdown),
             _ => None,
         }
     }
@@ -96,6 +100,7 @@ mod tests {
             ExitReason::Reset,
             ExitReason::Failed,
             ExitReason::GuestPanicked,
+            ExitReason::Shutdown,
         ] {
             let signal = ExitSignal::new().unwrap();
             signal.request(reason);

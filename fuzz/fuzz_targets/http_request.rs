@@ -127,6 +127,9 @@ impl VmApi for FixedVm {
         });
         subscription
     }
+
+    /// Nothing to stop: the answer is all the target looks at.
+    fn shutdown(&self) {}
 }
 
 /// Nothing, or a sequence of complete HTTP/1.x responses, none of them a 500.

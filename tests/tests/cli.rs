@@ -183,6 +183,33 @@ fn sighup_ends_tidal_with_129_and_removes_the_socket() {
     stop_while_booting(libc::SIGHUP, "SIGHUP", 129);
 }
 
+/// `vmm.shutdown` (as `tidalctl shutdown` and `ch-remote shutdown-vmm` send it) is answered,
+/// then Tidal stops with exit code 0, says why, and removes its socket.
+#[test]
+fn vmm_shutdown_ends_tidal_with_0_and_removes_the_socket() {
+    let dir = tempfile::tempdir().expect("create the socket directory");
+    let (mut tidal, api) = start_with_api(dir.path(), "");
+    if let Err(e) = api.shutdown() {
+        tidal.fail(&format!("vmm.shutdown failed: {e}"));
+    }
+    let exit_code = tidal.expect_exit_code(STOP_TIMEOUT);
+    if exit_code != 0 {
+        tidal.fail(&format!(
+            "tidal exited with {exit_code} after vmm.shutdown, expected 0"
+        ));
+    }
+    let said = "shutdown requested through the API; stopping the VM";
+    if !tidal.stderr().contains(said) {
+        tidal.fail(&format!("tidal's stderr does not say {said:?}"));
+    }
+    if api.socket().exists() {
+        tidal.fail(&format!(
+            "{} is still there after vmm.shutdown",
+            api.socket().display()
+        ));
+    }
+}
+
 /// A resize waiting for the guest when SIGTERM arrives gets an error answer at once, not a hang
 /// and not a dropped connection. The guest boots with `acpi=off`, so it never answers the
 /// hot-add, however fast it boots: the resize is certainly still waiting.

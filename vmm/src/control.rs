@@ -1,6 +1,6 @@
-//! The VM as the API sees it: [`VmHandle`] answers `VmApi` calls from the hotplug logic and
-//! what the VM was started with, turns slot changes into the API's events, and the hotplug
-//! logic's errors into the API's (`From<HotplugError> for ApiError`).
+//! The VM as the API sees it: [`VmHandle`] answers `VmApi` calls from the hotplug logic, the
+//! VM's exit signal and what the VM was started with, turns slot changes into the API's
+//! events, and the hotplug logic's errors into the API's (`From<HotplugError> for ApiError`).
 
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use tidal_api::{
     VmApi, VmConfigInfo, VmInfo, VmState,
 };
 use tidal_devices::memory_hotplug::{Ost, SlotEvent, SlotListener, SlotState, SlotView};
+use tidal_devices::{ExitReason, ExitSignal};
 
 use crate::hotplug::{dimm_id, HotplugError, MemoryHotplug, TARGET_STATES};
 use crate::layout::MEMORY_BLOCK_SIZE;
@@ -17,17 +18,24 @@ use crate::layout::MEMORY_BLOCK_SIZE;
 /// What the API server calls into.
 pub struct VmHandle {
     hotplug: Arc<MemoryHotplug>,
+    /// What ends the VM: the main loop waits on it.
+    exit: Arc<ExitSignal>,
     /// What the VM was started with, for `vm.info`.
     described: VmConfigInfo,
     events: Arc<EventJournal>,
 }
 
 impl VmHandle {
-    pub fn new(hotplug: Arc<MemoryHotplug>, described: VmConfigInfo) -> Self {
+    pub fn new(
+        hotplug: Arc<MemoryHotplug>,
+        exit: Arc<ExitSignal>,
+        described: VmConfigInfo,
+    ) -> Self {
         let events = Arc::new(EventJournal::default());
         hotplug.set_listener(Box::new(HubListener(events.clone())));
         Self {
             hotplug,
+            exit,
             described,
             events,
         }
@@ -128,10 +136,14 @@ impl VmApi for VmHandle {
     fn subscribe(&self, since: Option<u64>) -> Subscription {
         self.events.subscribe(since)
     }
+
+    fn shutdown(&self) {
+        self.exit.request(ExitReason::Shutdown);
+    }
 }
 
-/// Hands every slot change to the API's events journal. The controller's view of the journal (it is called with the controller locked; publishing
-/// never waits for a reader).
+/// Hands every slot change to the API's events journal (it is called with the controller
+/// locked; publishing never waits for a reader).
 struct HubListener(Arc<EventJournal>);
 
 impl SlotListener for HubListener {

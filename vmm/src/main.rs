@@ -45,17 +45,18 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
     }
     let vm = Vm::new(&config).map_err(|e| e.to_string())?;
     Ok(match vm.run().map_err(|e| e.to_string())? {
-        VmExit::Guest(ExitReason::PowerOff) => {
+        VmExit::Ended(ExitReason::PowerOff) => {
             log::info!("guest powered off");
             ExitCode::SUCCESS
         }
-        VmExit::Guest(ExitReason::Reset) => {
+        VmExit::Ended(ExitReason::Reset) => {
             log::info!("guest reset; Tidal does not restart guests");
             ExitCode::SUCCESS
         }
-        VmExit::Guest(ExitReason::Failed) => return Err("the VM failed".into()),
+        VmExit::Ended(ExitReason::Shutdown) => ExitCode::SUCCESS,
+        VmExit::Ended(ExitReason::Failed) => return Err("the VM failed".into()),
         // Logged when it happened (error level), before the VM stopped.
-        VmExit::Guest(ExitReason::GuestPanicked) => ExitCode::from(GUEST_PANICKED),
+        VmExit::Ended(ExitReason::GuestPanicked) => ExitCode::from(GUEST_PANICKED),
         VmExit::Signal(signal) => {
             log::info!("stopped by {}", signal.name());
             ExitCode::from(signal.exit_code())

@@ -234,8 +234,9 @@ pub struct Vm {
 /// Why [`Vm::run`] returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VmExit {
-    /// The guest ended the VM: it powered off, reset or panicked.
-    Guest(ExitReason),
+    /// The VM ended: the guest powered off, reset or panicked, a vCPU failed, or the API asked
+    /// for a shutdown.
+    Ended(ExitReason),
     /// Tidal received a stop signal (SIGTERM, SIGINT, SIGHUP).
     Signal(StopSignal),
 }
@@ -243,10 +244,11 @@ pub enum VmExit {
 impl std::fmt::Display for VmExit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            VmExit::Guest(ExitReason::PowerOff) => write!(f, "the guest powered off"),
-            VmExit::Guest(ExitReason::Reset) => write!(f, "the guest reset"),
-            VmExit::Guest(ExitReason::Failed) => write!(f, "a vCPU failed"),
-            VmExit::Guest(ExitReason::GuestPanicked) => write!(f, "the guest kernel panicked"),
+            VmExit::Ended(ExitReason::PowerOff) => write!(f, "the guest powered off"),
+            VmExit::Ended(ExitReason::Reset) => write!(f, "the guest reset"),
+            VmExit::Ended(ExitReason::Failed) => write!(f, "a vCPU failed"),
+            VmExit::Ended(ExitReason::GuestPanicked) => write!(f, "the guest kernel panicked"),
+            VmExit::Ended(ExitReason::Shutdown) => write!(f, "the API asked for a shutdown"),
             VmExit::Signal(signal) => write!(f, "Tidal received {}", signal.name()),
         }
     }
@@ -284,7 +286,11 @@ impl Vm {
             ged,
         )?)?);
         hotplug.plug_boot_memory(&removable_ram)?;
-        let control = Arc::new(VmHandle::new(hotplug.clone(), config.describe()));
+        let control = Arc::new(VmHandle::new(
+            hotplug.clone(),
+            exit.clone(),
+            config.describe(),
+        ));
         let vcpus = create_vcpus(&kvm, &vm, config, boot.entry)?;
         log::info!(
             "VM ready: {} vCPUs, {} MiB RAM, kernel {}",
@@ -367,7 +373,7 @@ impl Vm {
         stop_vcpus(threads);
         drop(self.vm);
         match exit? {
-            VmExit::Guest(ExitReason::Failed) => Err(VmError::VcpuFailed),
+            VmExit::Ended(ExitReason::Failed) => Err(VmError::VcpuFailed),
             other => Ok(other),
         }
     }
@@ -640,7 +646,7 @@ fn wait_for_exit(exit: &Arc<ExitSignal>, signals: StopSignals) -> Result<VmExit,
     let why = loop {
         events.run().map_err(VmError::EventLoop)?;
         if let Some(reason) = exit.reason() {
-            break VmExit::Guest(reason);
+            break VmExit::Ended(reason);
         }
         if let Some(&signal) = received.get() {
             break VmExit::Signal(signal);
@@ -648,8 +654,11 @@ fn wait_for_exit(exit: &Arc<ExitSignal>, signals: StopSignals) -> Result<VmExit,
     };
     match why {
         VmExit::Signal(signal) => log::warn!("received {}; stopping the VM", signal.name()),
-        VmExit::Guest(ExitReason::GuestPanicked) => {
+        VmExit::Ended(ExitReason::GuestPanicked) => {
             log::error!("the guest kernel panicked; stopping the VM");
+        }
+        VmExit::Ended(ExitReason::Shutdown) => {
+            log::info!("shutdown requested through the API; stopping the VM");
         }
         _ => {}
     }

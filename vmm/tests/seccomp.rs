@@ -421,7 +421,7 @@ fn vmm_case() {
             let api_filter = filters.api.clone();
             let api = tidal_api::server::start(
                 &socket,
-                Arc::new(VmHandle::new(hotplug, Default::default())),
+                Arc::new(VmHandle::new(hotplug, exit.clone(), Default::default())),
                 Arc::new(move || api_filter.apply_or_exit()),
             )
             .unwrap();

@@ -50,6 +50,9 @@ enum Command {
 enum Call {
     /// Check that the VMM answers and show its version.
     Ping,
+    /// End the VM and the VMM at once, without asking the guest (see `poweroff` in the guest
+    /// for an orderly stop).
+    Shutdown,
     /// Show the VM's state, vCPUs and memory totals.
     Info,
     /// List the DIMMs: id, slot, node, base, size, state and the guest's last _OST report.
@@ -166,6 +169,7 @@ fn follow_events(client: &ApiClient, since: Option<u64>, json: bool) -> Result<(
 fn request(call: &Call) -> Result<(Endpoint, Option<Vec<u8>>), ClientError> {
     Ok(match call {
         Call::Ping => (Endpoint::Ping, None),
+        Call::Shutdown => (Endpoint::Shutdown, None),
         Call::Info => (Endpoint::VmInfo, None),
         Call::Memory => (Endpoint::VmMemory, None),
         Call::Resize {
@@ -225,6 +229,7 @@ fn summary(call: &Call, answer: &[u8]) -> Result<String, ClientError> {
             let ping: PingResponse = from_json(answer)?;
             format!("tidal {} is up\n", ping.version)
         }
+        Call::Shutdown => "the VMM is shutting down\n".to_owned(),
         Call::Info => info_summary(&from_json(answer)?),
         Call::Memory => dimm_table(&from_json::<Vec<DimmInfo>>(answer)?),
         Call::Resize { memory, node, .. } => {

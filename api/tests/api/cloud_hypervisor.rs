@@ -60,6 +60,16 @@ fn ch_remote_resize_body_is_a_memory_resize() {
     );
 }
 
+/// `ch-remote shutdown-vmm` and Kata's clh driver, stopping a VM: a `PUT` without a body.
+#[test]
+fn vmm_shutdown_without_a_body_reaches_the_vmm() {
+    let mock = MockVm::new();
+    let server = TestServer::start(mock.clone());
+    let answer = exchange(&server, &head("PUT", "/api/v1/vmm.shutdown", ""));
+    assert!(answer.starts_with("HTTP/1.1 204 \r\n"), "{answer:?}");
+    assert_eq!(mock.calls(), [Call::Shutdown]);
+}
+
 #[test]
 fn kata_vcpu_resize_body_reaches_the_vmm() {
     let mock = MockVm::new();

@@ -27,6 +27,7 @@ pub enum Call {
     AddMemory(AddMemoryRequest),
     RemoveMemory(RemoveMemoryRequest),
     Subscribe(Option<u64>),
+    Shutdown,
 }
 
 /// Records every call; `resize`, `add_memory` and `remove_memory` fail with the error set by
@@ -141,6 +142,10 @@ impl VmApi for MockVm {
         let subscription = self.journal.subscribe(since);
         self.record(Call::Subscribe(since));
         subscription
+    }
+
+    fn shutdown(&self) {
+        self.record(Call::Shutdown);
     }
 }
 
@@ -284,6 +289,9 @@ impl VmApi for PanickingVm {
     }
     fn subscribe(&self, _: Option<u64>) -> Subscription {
         panic!("subscribe failed");
+    }
+    fn shutdown(&self) {
+        panic!("shutdown failed");
     }
 }
 

@@ -44,6 +44,15 @@ fn ping_prints_the_version() {
 }
 
 #[test]
+fn shutdown_asks_the_vmm_to_stop() {
+    let mock = MockVm::new();
+    let server = TestServer::start(mock.clone());
+    let output = tidalctl(server.socket(), &["shutdown"]);
+    assert_eq!(stdout(&output), "the VMM is shutting down\n");
+    assert_eq!(mock.calls(), [Call::Shutdown]);
+}
+
+#[test]
 fn info_json_prints_the_servers_json() {
     let server = TestServer::start(MockVm::new());
     let output = tidalctl(server.socket(), &["info", "--json"]);
