@@ -16,6 +16,8 @@ use futures_util::stream::{self, Stream};
 use log::{debug, info};
 use serde::de::DeserializeOwned;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use crate::endpoints::Endpoint;
 use crate::journal::{Record, Subscription};
 use crate::stopping::Stopping;
@@ -31,6 +33,11 @@ pub(crate) const BODY_LIMIT: usize = 64 * 1024;
 /// The media type of the events stream: one JSON object per line.
 const NDJSON: &str = "application/x-ndjson";
 
+/// How many events streams are served at once. A stream keeps its connection for as long as
+/// its client reads, so without a cap of their own streams could take every connection the
+/// server serves and leave none for calls.
+pub const MAX_EVENT_STREAMS: usize = 16;
+
 type Vm = Arc<dyn VmApi>;
 
 /// What the handlers share; each takes the part it needs.
@@ -39,7 +46,12 @@ struct ApiState {
     vm: Vm,
     stopping: Stopping,
     body_read_timeout: BodyReadTimeout,
+    event_streams: EventStreams,
 }
+
+/// The events streams still free to open, of [`MAX_EVENT_STREAMS`].
+#[derive(Clone)]
+struct EventStreams(Arc<Semaphore>);
 
 /// How long a request body may take to arrive once its headers are in.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +66,12 @@ impl FromRef<ApiState> for Vm {
 impl FromRef<ApiState> for Stopping {
     fn from_ref(state: &ApiState) -> Self {
         state.stopping.clone()
+    }
+}
+
+impl FromRef<ApiState> for EventStreams {
+    fn from_ref(state: &ApiState) -> Self {
+        state.event_streams.clone()
     }
 }
 
@@ -81,6 +99,7 @@ pub(crate) fn router(vm: Vm, stopping: Stopping, body_read_timeout: Duration) ->
             vm,
             stopping,
             body_read_timeout: BodyReadTimeout(body_read_timeout),
+            event_streams: EventStreams(Arc::new(Semaphore::new(MAX_EVENT_STREAMS))),
         })
 }
 
@@ -155,15 +174,26 @@ async fn remove_memory(
 /// Subscribes to the VMM's events and streams them, one JSON line each, until the client goes
 /// away or the server stops; `?since=N` first replays the events after event N that the VMM
 /// still holds. A reader that falls behind gets a `{"lagged": N}` line for what it missed
-/// (the journal, not the reader, bounds what is queued).
+/// (the journal, not the reader, bounds what is queued). Beyond [`MAX_EVENT_STREAMS`] at
+/// once, a stream is answered 503.
 async fn events(
     State(vm): State<Vm>,
     State(stopping): State<Stopping>,
+    State(EventStreams(streams)): State<EventStreams>,
     uri: Uri,
 ) -> Result<Response, ErrorResponse> {
     let since = since(uri.query())?;
+    let stream = streams.try_acquire_owned().map_err(|_| {
+        ErrorResponse::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{MAX_EVENT_STREAMS} events streams are open, the most served at once; \
+                 close one or try again later"
+            ),
+        )
+    })?;
     let subscription = call_vm(vm, move |vm| vm.subscribe(since)).await?;
-    let body = Body::from_stream(event_lines(subscription, stopping));
+    let body = Body::from_stream(event_lines(subscription, stopping, stream));
     Ok(([(CONTENT_TYPE, NDJSON)], body).into_response())
 }
 
@@ -189,12 +219,14 @@ fn since(query: Option<&str>) -> Result<Option<u64>, ErrorResponse> {
 /// The lines of the events stream. Dropped when the client disconnects (hyper notices the
 /// closed socket and drops the response), which drops the subscription. When the server
 /// stops, the stream sends what is already queued and ends, so the client sees a complete
-/// answer and the graceful shutdown need not wait for its grace period.
+/// answer and the graceful shutdown need not wait for its grace period. `stream` is the
+/// stream's place among [`MAX_EVENT_STREAMS`], given back with the stream.
 fn event_lines(
     subscription: Subscription,
     stopping: Stopping,
+    stream: OwnedSemaphorePermit,
 ) -> impl Stream<Item = Result<Vec<u8>, serde_json::Error>> {
-    stream::unfold(subscription, move |mut subscription| {
+    stream::unfold((subscription, stream), move |(mut subscription, stream)| {
         let stopping = stopping.clone();
         async move {
             let record = tokio::select! {
@@ -210,7 +242,7 @@ fn event_lines(
                 line.push(b'\n');
                 line
             });
-            Some((line, subscription))
+            Some((line, (subscription, stream)))
         }
     })
 }

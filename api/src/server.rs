@@ -3,7 +3,8 @@
 //!
 //! Connections are served by hyper's HTTP/1 server within [`ServerLimits`], so that a client
 //! that is slow, stuck or gone cannot hold the server: its request head must arrive within a
-//! time and a size, its body within a time, and only so many connections are served at once.
+//! time and a size, its body within a time, and only so many connections are served at once
+//! (a few more wait a moment for a free one; the rest are answered 503 at once).
 //! How long an answer takes is not limited: a resize may wait minutes for the guest.
 
 use std::io;
@@ -21,17 +22,23 @@ use log::{debug, error, info};
 use thiserror::Error;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::runtime::Runtime;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::request_clock::{self, RequestClock};
 use crate::routes;
 use crate::socket::{SocketError, SocketFile};
 use crate::stopping::Stopping;
+use crate::types::ErrorBody;
 use crate::VmApi;
 
 /// How long a stopping server lets requests in flight finish before cutting them off. A
 /// resize may wait much longer for the guest; its answer is then lost, not its effect.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a connection beyond [`ServerLimits::max_connections`] waits for a served one to
+/// close before it is answered 503. Served connections close when their client does, or at
+/// the head and body timeouts: a short wait covers clients that open one connection per call.
+pub const SLOT_WAIT: Duration = Duration::from_secs(1);
 
 /// How long to wait before accepting again after `accept` failed (as axum and hyper do): the
 /// usual cause, running out of file descriptors, takes a while to go away.
@@ -72,11 +79,10 @@ pub struct ServerLimits {
     /// The largest request line plus headers, in bytes; a bigger head is answered
     /// `431 Request Header Fields Too Large` and the connection closed.
     pub max_header_bytes: usize,
-    /// How many connections are served at once (at least one). More wait in the socket's
-    /// backlog, unread, until a served one closes: a client is made to wait rather than
-    /// refused, because the timeouts above free the connection of any client that is stuck or
-    /// gone, and only one that is waiting for an answer (a resize, the events stream) keeps its
-    /// connection.
+    /// How many connections are served at once (at least one). As many more may wait up to
+    /// [`SLOT_WAIT`] for a served one to close (the timeouts above free the connection of any
+    /// client that is stuck or gone); past that, or beyond them, a connection is answered
+    /// `503 Service Unavailable` and closed.
     pub max_connections: usize,
 }
 
@@ -225,7 +231,9 @@ fn serve(
 
 /// Accepts connections and serves each on its own task, at most `limits.max_connections` at
 /// once, until the server is asked to stop; then drops the listener, so that nobody else can
-/// connect.
+/// connect. A connection beyond the limit waits up to [`SLOT_WAIT`] for one to close (at most
+/// as many waiting as are served), else it is answered 503 and closed: a client learns at once
+/// that the server is full instead of waiting in the backlog for ever.
 async fn accept_until_stopped(
     listener: UnixListener,
     router: &Router,
@@ -233,13 +241,22 @@ async fn accept_until_stopped(
     connections: &GracefulShutdown,
     stopping: Stopping,
 ) {
-    let slots = Arc::new(Semaphore::new(
-        limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
-    ));
+    let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let admission = Admission {
+        slots: Arc::new(Semaphore::new(max)),
+        waiting: Arc::new(Semaphore::new(max)),
+        max,
+    };
+    // A waiting connection that got a slot; each waiter sends at most once.
+    let (admitted, mut ready) = mpsc::channel(max);
     loop {
         let (stream, slot) = tokio::select! {
             () = stopping.clone().requested() => return,
-            accepted = accept_in_a_free_slot(&listener, &slots) => accepted,
+            Some(ready) = ready.recv() => ready,
+            stream = accept(&listener) => match admission.admit(stream, &admitted) {
+                Some(admitted) => admitted,
+                None => continue,
+            },
         };
         let (stream, clock) = request_clock::counted(stream);
         let connection = http1_builder(&limits, clock).serve_connection(
@@ -270,27 +287,78 @@ pub(crate) fn http1_builder(limits: &ServerLimits, clock: RequestClock) -> http1
     http
 }
 
-/// Waits for a free connection slot, then for a connection. While every slot is taken,
-/// clients wait in the socket's backlog.
-async fn accept_in_a_free_slot(
-    listener: &UnixListener,
-    slots: &Arc<Semaphore>,
-) -> (UnixStream, OwnedSemaphorePermit) {
-    let slot = slots
-        .clone()
-        .acquire_owned()
-        .await
-        .expect("the connection slots are never closed");
+/// A connection and the slot it is served in.
+type Admitted = (UnixStream, OwnedSemaphorePermit);
+
+/// Which connections are served: `max` at once, as many more waiting for a slot.
+struct Admission {
+    slots: Arc<Semaphore>,
+    waiting: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Admission {
+    /// The connection and its slot if one is free; else the connection waits on a task of its
+    /// own (sent to `admitted` once it has a slot) or, with as many already waiting, is
+    /// refused.
+    fn admit(&self, stream: UnixStream, admitted: &mpsc::Sender<Admitted>) -> Option<Admitted> {
+        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            return Some((stream, slot));
+        }
+        let Ok(waiter) = self.waiting.clone().try_acquire_owned() else {
+            refuse(stream, self.max);
+            return None;
+        };
+        let (slots, admitted, max) = (self.slots.clone(), admitted.clone(), self.max);
+        tokio::spawn(async move {
+            match tokio::time::timeout(SLOT_WAIT, slots.acquire_owned()).await {
+                Ok(Ok(slot)) => {
+                    // Fails only if the server is stopping: the connection closes unserved.
+                    let _ = admitted.send((stream, slot)).await;
+                }
+                Ok(Err(_)) | Err(_) => refuse(stream, max),
+            }
+            drop(waiter);
+        });
+        None
+    }
+}
+
+/// Answers a connection the server has no slot for with a 503 and closes it. Nothing here
+/// waits: a new connection's send buffer has room for the answer, and what the client has sent
+/// so far is read and dropped (a Unix socket closed with bytes unread is reset, which could
+/// cost the client the answer).
+fn refuse(stream: UnixStream, max: usize) {
+    let mut unread = [0u8; 4096];
+    for _ in 0..16 {
+        if !matches!(stream.try_read(&mut unread), Ok(n) if n > 0) {
+            break;
+        }
+    }
+    let body = serde_json::to_string(&ErrorBody {
+        error: format!("the API server is serving {max} connections, the most it serves at once; try again later"),
+    })
+    .unwrap_or_default();
+    let answer = format!(
+        "HTTP/1.1 503 \r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    match stream.try_write(answer.as_bytes()) {
+        Ok(_) => debug!("API connection refused: all {max} connection slots are taken"),
+        Err(error) => debug!("API connection refused, and the answer not sent: {error}"),
+    }
+}
+
+/// The next connection. Errors are retried: a client that gave up before it was accepted
+/// needs nothing, and running out of file descriptors takes a while to go away.
+async fn accept(listener: &UnixListener) -> UnixStream {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => return (stream, slot),
-            // The client gave up before it was accepted: nothing to do.
+            Ok((stream, _)) => return stream,
             Err(error) if error.kind() == io::ErrorKind::ConnectionAborted => {
                 debug!("API connection aborted before it was accepted: {error}");
             }
             Err(error) => {
-                // Out of file descriptors, most likely: wait for some to be closed rather
-                // than spin.
                 error!("cannot accept an API connection: {error}");
                 tokio::time::sleep(ACCEPT_RETRY).await;
             }

@@ -39,6 +39,23 @@ fn ping(server: &TestServer) -> Result<(), tidal_api::ClientError> {
     client.ping().map(drop)
 }
 
+/// Pings until a connection is served: a server whose slots are all taken answers 503 for a
+/// while. Gives up after 10 s, by which a gone client's connection is long closed.
+fn ping_once_served(server: &TestServer) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match ping(server) {
+            Ok(()) => return,
+            Err(tidal_api::ClientError::Api { status, .. })
+                if status == 503 && std::time::Instant::now() < deadline =>
+            {
+                thread::sleep(Duration::from_millis(50));
+            }
+            Err(error) => panic!("ping failed: {error}"),
+        }
+    }
+}
+
 #[test]
 fn a_head_over_the_size_limit_is_answered_431_and_the_connection_closed() {
     let server = TestServer::start(MockVm::new());
@@ -183,9 +200,9 @@ fn clients_that_go_away_halfway_leave_the_server_serving() {
     ];
     for half in halves.iter().cycle().take(200) {
         let mut connection = RawConnection::connect(server.socket());
-        connection.send(half.as_bytes());
+        connection.send_unless_closed(half.as_bytes());
     }
-    ping(&server).unwrap();
+    ping_once_served(&server);
     assert_eq!(server.client.info().unwrap().state, VmState::Running);
     assert!(mock.calls().iter().all(|call| *call == Call::Info));
 }
@@ -214,23 +231,27 @@ fn a_client_gone_before_its_resize_is_answered_does_not_hold_the_server() {
     assert_eq!(mock.calls().len(), 2);
 }
 
-#[test]
-fn clients_over_the_connection_limit_wait_for_a_free_connection() {
-    let server = TestServer::start_with_limits(MockVm::new(), no_timeouts(2));
-    // Two connections kept alive, each with an answer, so the server has taken both.
-    let mut kept: Vec<RawConnection> = (0..2)
+/// Two connections kept alive, each with an answer, so that a server limited to two has taken
+/// both.
+fn take_both_slots(server: &TestServer) -> Vec<RawConnection> {
+    (0..2)
         .map(|_| {
             let mut connection = RawConnection::connect(server.socket());
             connection.send(head("GET", PING, "").as_bytes());
             assert_eq!(connection.read_response().status, 200);
             connection
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn clients_over_the_connection_limit_wait_a_moment_for_a_free_connection() {
+    let server = TestServer::start_with_limits(MockVm::new(), no_timeouts(2));
+    let mut kept = take_both_slots(&server);
 
     thread::scope(|scope| {
         let waiting = scope.spawn(|| ping(&server));
-        // Time for a wrongly served ping to be answered; a correct server passes whatever
-        // the time.
+        // Time for a wrongly served ping to be answered, well within the wait for a slot.
         thread::sleep(Duration::from_millis(300));
         assert!(!waiting.is_finished(), "a third connection was served");
 
@@ -241,4 +262,40 @@ fn clients_over_the_connection_limit_wait_for_a_free_connection() {
     let connection = &mut kept[0];
     connection.send(head("GET", PING, "").as_bytes());
     assert_eq!(connection.read_response().status, 200);
+}
+
+#[test]
+fn clients_over_the_connection_limit_are_answered_503_once_the_wait_is_over() {
+    let server = TestServer::start_with_limits(MockVm::new(), no_timeouts(2));
+    let mut kept = take_both_slots(&server);
+    // Two wait for a slot (as many as are served) and are refused after the wait; the fifth
+    // finds no room to wait and is refused at once, maybe before its request is sent: it
+    // only reads.
+    let mut over: Vec<RawConnection> = (0..3)
+        .map(|_| RawConnection::connect(server.socket()))
+        .collect();
+    let refused_at_once = over.pop().unwrap().read_response();
+    for connection in &mut over {
+        connection.send(head("GET", PING, "").as_bytes());
+    }
+    let started = std::time::Instant::now();
+    for mut connection in over {
+        let answer = connection.read_response();
+        assert_eq!(answer.status, 503, "{answer:?}");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "refused before the wait"
+    );
+    assert_eq!(refused_at_once.status, 503, "{refused_at_once:?}");
+    let error: serde_json::Value = serde_json::from_slice(&refused_at_once.body).unwrap();
+    assert_eq!(
+        error["error"],
+        "the API server is serving 2 connections, the most it serves at once; try again later"
+    );
+    // The served connections were not disturbed, and a slot freed is taken again.
+    kept[0].send(head("GET", PING, "").as_bytes());
+    assert_eq!(kept[0].read_response().status, 200);
+    drop(kept.pop());
+    ping(&server).unwrap();
 }

@@ -37,6 +37,19 @@ impl RawConnection {
         self.stream.write_all(bytes).unwrap();
     }
 
+    /// [`RawConnection::send`] to a server that may have closed the connection already (it
+    /// refuses connections beyond its limit at once).
+    pub fn send_unless_closed(&mut self, bytes: &[u8]) {
+        match self.stream.write_all(bytes) {
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) => {}
+            other => other.unwrap(),
+        }
+    }
+
     /// Sends `bytes` one at a time, `pause` apart, from another thread, until they are all
     /// sent, the server closes the connection or the returned guard is dropped.
     pub fn trickle(&self, bytes: &[u8], pause: Duration) -> Trickle {
