@@ -10,6 +10,7 @@ pub mod memory_hotplug;
 pub mod model;
 pub mod power;
 pub mod pvpanic;
+pub mod repeats;
 pub mod serial;
 
 pub use exit::{ExitReason, ExitSignal};

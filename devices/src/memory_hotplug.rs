@@ -11,6 +11,8 @@ use tidal_acpi::memory_hotplug_layout::{
 use vm_device::bus::{MmioAddress, MmioAddressOffset};
 use vm_device::MutDeviceMmio;
 
+use crate::repeats::Repeats;
+
 /// The status (read) and control (write) bits as masks.
 const STATUS_ENABLED: u32 = 1 << status::ENABLED;
 const STATUS_INSERT_PENDING: u32 = 1 << status::INSERT_PENDING;
@@ -127,10 +129,11 @@ pub struct MemoryHotplugController {
     listener: Option<Box<dyn SlotListener>>,
     /// Woken on every change the host may be waiting for (`_OST`, eject).
     changed: Arc<Condvar>,
-    /// A guest can make these mistakes in a loop: each kind is warned about once, so that it
-    /// cannot flood the host's log.
-    warned_bad_access: bool,
-    warned_bad_eject: bool,
+    /// What a guest can do in a loop and the host logs: logged as their counts double, so that
+    /// the guest cannot flood the host's log.
+    bad_accesses: Repeats,
+    bad_ejects: Repeats,
+    failed_ejects: Repeats,
     /// Guest register accesses since the host last plugged a DIMM or asked for one's removal:
     /// each is an exit to the VMM, so this is what the guest's scans cost (logged at debug
     /// level with each answer of the guest, for profiling).
@@ -146,8 +149,9 @@ impl MemoryHotplugController {
             eject_handler: None,
             listener: None,
             changed,
-            warned_bad_access: false,
-            warned_bad_eject: false,
+            bad_accesses: Repeats::new(),
+            bad_ejects: Repeats::new(),
+            failed_ejects: Repeats::new(),
             accesses: 0,
         }
     }
@@ -387,18 +391,13 @@ impl MemoryHotplugController {
             return;
         };
         let (Some(dimm), SlotState::Removing) = (slot.dimm, slot.state) else {
-            let level = if self.warned_bad_eject {
-                log::Level::Debug
-            } else {
-                log::Level::Warn
-            };
-            self.warned_bad_eject = true;
-            log::log!(
-                level,
-                "memory slot {slot_index}: guest ejected a DIMM in state {:?}; ignored (further \
-                 ones are logged at debug level)",
-                slot.state
-            );
+            if let Some(times) = self.bad_ejects.count() {
+                log::warn!(
+                    "memory slot {slot_index}: guest ejected a DIMM in state {:?}; ignored \
+                     ({times})",
+                    slot.state
+                );
+            }
             return;
         };
         let result = match self.eject_handler.as_mut() {
@@ -416,7 +415,12 @@ impl MemoryHotplugController {
                 self.report_eject(slot_index, dimm);
             }
             Err(e) => {
-                log::error!("memory slot {slot_index}: eject failed, DIMM kept: {e}");
+                if let Some(times) = self.failed_ejects.count() {
+                    log::error!(
+                        "memory slot {slot_index}: eject failed, DIMM kept: {e} (failed ejects: \
+                         {times})"
+                    );
+                }
                 self.changed.notify_all();
             }
         }
@@ -447,11 +451,10 @@ impl MemoryHotplugController {
     }
 
     fn warn_bad_access(&mut self, offset: u64, len: usize) {
-        if !self.warned_bad_access {
-            self.warned_bad_access = true;
+        if let Some(times) = self.bad_accesses.count() {
             log::warn!(
                 "memory-hotplug registers: ignored {len}-byte access at offset {offset:#x} \
-                 (only aligned 4-byte accesses are valid; further ones are not logged)"
+                 (only aligned 4-byte accesses are valid; {times})"
             );
         }
     }

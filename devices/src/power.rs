@@ -6,6 +6,7 @@ use std::sync::Arc;
 use vm_device::bus::{PioAddress, PioAddressOffset};
 use vm_device::MutDevicePio;
 
+use crate::repeats::Repeats;
 use crate::{ExitReason, ExitSignal};
 
 pub const POWER_PORT: u16 = 0x600;
@@ -26,11 +27,16 @@ const SLP_TYP_MASK: u8 = 0b111;
 
 pub struct AcpiPower {
     exit: Arc<ExitSignal>,
+    /// Requests for a sleep state Tidal does not offer.
+    unoffered_sleep: Repeats,
 }
 
 impl AcpiPower {
     pub fn new(exit: Arc<ExitSignal>) -> Self {
-        Self { exit }
+        Self {
+            exit,
+            unoffered_sleep: Repeats::new(),
+        }
     }
 }
 
@@ -50,9 +56,10 @@ impl MutDevicePio for AcpiPower {
                 if sleep_type == S5_SLEEP_TYPE {
                     log::info!("guest powered off (ACPI S5)");
                     self.exit.request(ExitReason::PowerOff);
-                } else {
+                } else if let Some(times) = self.unoffered_sleep.count() {
                     log::warn!(
-                        "guest asked for sleep type {sleep_type}, which Tidal does not offer"
+                        "guest asked for sleep type {sleep_type}, which Tidal does not offer; \
+                         ignored ({times})"
                     );
                 }
             }

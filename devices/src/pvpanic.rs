@@ -8,6 +8,7 @@ use std::sync::Arc;
 use vm_device::bus::{MmioAddress, MmioAddressOffset};
 use vm_device::DeviceMmio;
 
+use crate::repeats::Repeats;
 use crate::{ExitReason, ExitSignal};
 
 /// The register block is the one event register.
@@ -23,11 +24,16 @@ pub const PVPANIC_SUPPORTED: u8 = PVPANIC_PANICKED | PVPANIC_CRASH_LOADED;
 /// The device: a panic ends the VM with [`ExitReason::GuestPanicked`].
 pub struct PvPanic {
     exit: Arc<ExitSignal>,
+    /// Crash-kernel reports: one is news, a guest writing the register in a loop is not.
+    crash_loaded: Repeats,
 }
 
 impl PvPanic {
     pub fn new(exit: Arc<ExitSignal>) -> Self {
-        Self { exit }
+        Self {
+            exit,
+            crash_loaded: Repeats::new(),
+        }
     }
 }
 
@@ -50,7 +56,11 @@ impl DeviceMmio for PvPanic {
             self.exit.request(ExitReason::GuestPanicked);
         } else if events & PVPANIC_CRASH_LOADED != 0 {
             // QEMU reports it and lets the guest go on into its crash kernel; so does Tidal.
-            log::warn!("the guest kernel crashed and is starting its crash kernel (kdump)");
+            if let Some(times) = self.crash_loaded.count() {
+                log::warn!(
+                    "the guest kernel crashed and is starting its crash kernel (kdump; {times})"
+                );
+            }
         }
     }
 }

@@ -8,6 +8,7 @@ use vm_device::MutDevicePio;
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
 
+use crate::repeats::Repeats;
 use crate::EventFdTrigger;
 
 /// Standard COM1 port and ISA interrupt.
@@ -26,13 +27,20 @@ pub struct SerialConsole {
     uart: Serial<EventFdTrigger, NoEvents, Box<dyn Write + Send>>,
     /// The receive FIFO's size (vm-superio keeps it private): its capacity when empty.
     fifo_size: usize,
+    /// Failed output writes: once the output fails (a closed pipe, a full disk) every byte the
+    /// guest writes fails again.
+    write_failures: Repeats,
 }
 
 impl SerialConsole {
     pub fn new(interrupt: EventFdTrigger, out: Box<dyn Write + Send>) -> Self {
         let uart = Serial::new(interrupt, out);
         let fifo_size = uart.fifo_capacity();
-        Self { uart, fifo_size }
+        Self {
+            uart,
+            fifo_size,
+            write_failures: Repeats::new(),
+        }
     }
 
     /// How many received bytes the guest has not read yet.
@@ -90,7 +98,9 @@ impl MutDevicePio for SerialConsole {
     fn pio_write(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
         if let ([byte], Ok(offset)) = (data, u8::try_from(offset)) {
             if let Err(e) = self.uart.write(offset, *byte) {
-                log::warn!("serial write failed: {e:?}");
+                if let Some(times) = self.write_failures.count() {
+                    log::warn!("serial output failed: {e:?} ({times})");
+                }
             }
         }
     }
