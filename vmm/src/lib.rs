@@ -7,6 +7,7 @@ pub mod console;
 pub mod control;
 pub mod cpu;
 pub mod hotplug;
+pub mod internal_error;
 pub mod layout;
 pub mod memory;
 pub mod numa;

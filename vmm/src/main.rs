@@ -3,7 +3,7 @@
 //!
 //! Exit codes (README.md, "Exit"): 0 the guest powered off or reset; 1 an error; 2 a command
 //! line clap rejects; 3 the guest kernel panicked; 128 + N stopped by signal N (SIGHUP 129,
-//! SIGINT 130, SIGTERM 143).
+//! SIGINT 130, SIGTERM 143); killed by SIGABRT (134 in a shell) after an internal error.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -11,13 +11,14 @@ use std::process::ExitCode;
 use clap::Parser;
 use tidal_devices::ExitReason;
 use tidal_vmm::config::{Cli, VmConfig};
-use tidal_vmm::signals;
 use tidal_vmm::vm::{self, Vm, VmExit};
+use tidal_vmm::{internal_error, signals};
 
 /// The exit code when the guest kernel panicked.
 const GUEST_PANICKED: u8 = 3;
 
 fn main() -> ExitCode {
+    internal_error::abort_on_panic();
     // First of all, while this is the only thread: every thread started later inherits the
     // mask, so SIGTERM, SIGINT and SIGHUP only ever reach the VM's event loop.
     let blocked = signals::block_stop_signals();
