@@ -4,6 +4,7 @@
  *
  *   mmio read ADDR WIDTH             prints the value (WIDTH 1, 2, 4 or 8 bytes)
  *   mmio write ADDR WIDTH VALUE
+ *   mmio count ADDR COUNT            COUNT 4-byte writes to ADDR of 0, 1, 2, ...: each one new
  *   mmio storm ADDR LEN COUNT SEED   COUNT accesses at random offsets in [ADDR, ADDR+LEN),
  *                                    random widths, random values, reads and writes mixed
  *
@@ -91,6 +92,15 @@ int main(int argc, char **argv)
 		printf("mmio: %ld accesses\n", count);
 		return 0;
 	}
-	fprintf(stderr, "usage: mmio read ADDR WIDTH | write ADDR WIDTH VALUE | storm ADDR LEN COUNT SEED\n");
+	if (argc == 4 && !strcmp(argv[1], "count")) {
+		long count = atol(argv[3]);
+		volatile uint8_t *p = map_page(strtoull(argv[2], NULL, 0), 4, &offset);
+		for (long i = 0; i < count; i++)
+			poke(p + offset, 4, 1, (uint64_t)i);
+		printf("mmio: %ld writes\n", count);
+		return 0;
+	}
+	fprintf(stderr, "usage: mmio read ADDR WIDTH | write ADDR WIDTH VALUE | storm ADDR LEN COUNT SEED"
+		" | count ADDR COUNT\n");
 	return 2;
 }

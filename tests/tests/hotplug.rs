@@ -678,6 +678,9 @@ fn assert_dimms_untouched(vm: &mut ElasticVm, total_kib: u64, mapped_kib: u64, a
     }
 }
 
+/// How many new _OST reports the hostile guest makes in a row.
+const OST_REPORTS: u64 = 100_000;
+
 /// A guest that writes the hotplug and GED registers itself (with `mmio`, from
 /// resources/guest-tools/mmio.c) can confuse only itself: Tidal keeps running, never unmaps a
 /// DIMM the host did not ask to remove, and afterwards adds and removes memory as before.
@@ -734,6 +737,30 @@ fn a_hostile_guest_writing_the_hotplug_registers_cannot_take_memory_away() {
     ));
     assert_dimms_untouched(&mut vm, total, mapped, "the register storm");
 
+    // _OST reports for a plugged DIMM in a loop, each one new (so each is an event), while a
+    // subscriber reads nothing: Tidal keeps a bounded ring of events for it, so its memory does
+    // not grow with the guest's writes.
+    let unread = vm.api.events().expect("subscribe to the events");
+    let rss = vm.host_rss_kib();
+    vm.guest.run_ok(&format!(
+        "mmio write {selector} 4 0 && mmio write {ost_event} 4 0 && mmio count {ost_status} {OST_REPORTS}"
+    ));
+    let grown = vm.host_rss_kib().saturating_sub(rss);
+    assert!(
+        grown < 4 * 1024,
+        "tidal's resident memory grew by {grown} KiB during {OST_REPORTS} _OST reports"
+    );
+    // They were events: a subscriber asking for all of them finds most past what is kept.
+    let mut replay = vm.api.events_since(0).expect("subscribe since event 0");
+    match replay.next() {
+        Some(Err(ClientError::Lagged(missed))) => assert!(
+            missed >= OST_REPORTS - 256,
+            "only {missed} events before the kept history"
+        ),
+        other => panic!("expected a lagged record first, got {other:?}"),
+    }
+    drop(unread);
+
     // The same while the host adds and removes a DIMM, sparing the selector and the control
     // register: the guest's own AML needs them to answer (a guest that switches slots or
     // ejects under its AML only breaks its own hotplug). The _OST registers are fair game: the
@@ -778,5 +805,12 @@ fn a_hostile_guest_writing_the_hotplug_registers_cannot_take_memory_away() {
         "tidal's guest RAM mappings went from {mapped} KiB to {after} KiB"
     );
     assert!(vm.memtotal_kib() < total - 500 * 1024);
+    // Hundreds of thousands of bad accesses and reports, a few dozen log lines.
+    let lines = vm.guest.stderr().lines().count();
+    assert!(
+        lines < 200,
+        "tidal logged {lines} lines:\n{}",
+        vm.guest.stderr()
+    );
     assert_eq!(vm.guest.poweroff().code(), Some(0));
 }

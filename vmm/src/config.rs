@@ -16,7 +16,7 @@ use crate::numa::{
     check_boot_pages, check_nodes, parse_node, split_boot_ranges, NodeConfig, NumaError,
 };
 use crate::options::{KeyValues, OptionError};
-use tidal_api::size::format_size;
+use tidal_api::size::{format_size, parse_size};
 use tidal_api::{ConsoleInfo, CpusConfigInfo, MemoryConfigInfo, PayloadInfo, VmConfigInfo};
 
 /// vCPUs are numbered by 8-bit xAPIC ids in the MADT; 255 is the broadcast id.
@@ -90,8 +90,13 @@ pub struct Cli {
         value_name = "id=N,cpus=LIST,memory=SIZE[,hotplug_size=SIZE][,distance=[NODE@D,...]][,hotpluggable=on][,BACKEND]"
     )]
     pub numa: Vec<String>,
-    /// Guest console: stdio (guest output on stdout, stdin to the guest), file=PATH, or off.
-    #[arg(long, default_value = "stdio", value_name = "stdio|file=PATH|off")]
+    /// Guest console: stdio (guest output on stdout, stdin to the guest), file=PATH (the file
+    /// takes at most max=SIZE, default 1G), or off.
+    #[arg(
+        long,
+        default_value = "stdio",
+        value_name = "stdio|file=PATH[,max=SIZE]|off"
+    )]
     pub serial: String,
     /// Seconds a memory hotplug operation waits for the guest's answer by default.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
@@ -152,7 +157,7 @@ pub enum ConfigError {
     SlotsForBootMemory { slots: u32, needed: u32 },
     #[error("--hotplug-timeout must be at least 1 second")]
     HotplugTimeout,
-    #[error("--serial: '{0}' is not stdio, off or file=PATH")]
+    #[error("--serial: '{0}' is not stdio, off or file=PATH[,max=SIZE]")]
     Serial(String),
     #[error("cannot read {what} {path}: {source}")]
     Unreadable {
@@ -167,9 +172,16 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SerialMode {
     Stdio,
-    File(PathBuf),
+    /// Guest output to `path`, at most `limit` bytes of it.
+    File {
+        path: PathBuf,
+        limit: u64,
+    },
     Off,
 }
+
+/// How much guest output a `--serial file=` takes by default.
+pub const SERIAL_FILE_LIMIT: u64 = 1 << 30;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemoryConfig {
@@ -204,7 +216,7 @@ impl VmConfig {
         let path = |path: &Path| path.display().to_string();
         let (mode, file) = match &self.serial {
             SerialMode::Stdio => ("Tty", None),
-            SerialMode::File(file) => ("File", Some(path(file))),
+            SerialMode::File { path: file, .. } => ("File", Some(path(file))),
             SerialMode::Off => ("Off", None),
         };
         VmConfigInfo {
@@ -438,10 +450,21 @@ pub fn parse_serial(text: &str) -> Result<SerialMode, ConfigError> {
     match text {
         "stdio" => Ok(SerialMode::Stdio),
         "off" => Ok(SerialMode::Off),
-        _ => match text.strip_prefix("file=") {
-            Some(path) if !path.is_empty() => Ok(SerialMode::File(PathBuf::from(path))),
-            _ => Err(ConfigError::Serial(text.to_string())),
-        },
+        _ => {
+            let invalid = || ConfigError::Serial(text.to_string());
+            let file = text.strip_prefix("file=").ok_or_else(invalid)?;
+            let (path, limit) = match file.rsplit_once(",max=") {
+                Some((path, max)) => (path, parse_size(max).map_err(|_| invalid())?),
+                None => (file, SERIAL_FILE_LIMIT),
+            };
+            if path.is_empty() || limit == 0 {
+                return Err(invalid());
+            }
+            Ok(SerialMode::File {
+                path: PathBuf::from(path),
+                limit,
+            })
+        }
     }
 }
 
@@ -536,9 +559,21 @@ mod tests {
         assert_eq!(parse_serial("off").unwrap(), SerialMode::Off);
         assert_eq!(
             parse_serial("file=/tmp/x").unwrap(),
-            SerialMode::File("/tmp/x".into())
+            SerialMode::File {
+                path: "/tmp/x".into(),
+                limit: SERIAL_FILE_LIMIT
+            }
+        );
+        assert_eq!(
+            parse_serial("file=/tmp/a,b,max=64M").unwrap(),
+            SerialMode::File {
+                path: "/tmp/a,b".into(),
+                limit: 64 << 20
+            }
         );
         assert!(parse_serial("file=").is_err());
+        assert!(parse_serial("file=/tmp/x,max=0").is_err());
+        assert!(parse_serial("file=/tmp/x,max=lots").is_err());
         assert!(parse_serial("tty").is_err());
     }
 

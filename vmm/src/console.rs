@@ -1,5 +1,6 @@
-//! The guest console: where the serial port's output goes, and a thread that feeds the host's
-//! stdin (terminal, pipe, FIFO or file) into the UART without dropping bytes when its FIFO is full.
+//! The guest console: where the serial port's output goes (written by the `console-out` thread,
+//! `serial_output`), and a thread that feeds the host's stdin (terminal, pipe, FIFO or file)
+//! into the UART without dropping bytes when its FIFO is full.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -13,6 +14,7 @@ use tidal_devices::serial::SerialConsole;
 
 use crate::config::SerialMode;
 use crate::seccomp::ThreadFilter;
+use crate::serial_output::LimitedFile;
 
 #[derive(Debug, Error)]
 pub enum ConsoleError {
@@ -29,13 +31,12 @@ pub enum ConsoleError {
 pub fn output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, ConsoleError> {
     Ok(match mode {
         SerialMode::Stdio => Box::new(std::io::stdout()),
-        SerialMode::File(path) => {
-            Box::new(
-                File::create(path).map_err(|source| ConsoleError::OutputFile {
-                    path: path.clone(),
-                    source,
-                })?,
-            )
+        SerialMode::File { path, limit } => {
+            let file = File::create(path).map_err(|source| ConsoleError::OutputFile {
+                path: path.clone(),
+                source,
+            })?;
+            Box::new(LimitedFile::new(file, *limit, path.clone()))
         }
         SerialMode::Off => Box::new(std::io::sink()),
     })

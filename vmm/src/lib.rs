@@ -15,6 +15,7 @@ pub mod options;
 pub mod reset_vector;
 pub mod resize_plan;
 pub mod seccomp;
+pub mod serial_output;
 pub mod signals;
 pub mod vcpu;
 pub mod vm;

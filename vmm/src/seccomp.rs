@@ -9,6 +9,7 @@
 //! | `vcpuN` | [`ThreadKind::Vcpu`] | `KVM_RUN`, device emulation, a guest's DIMM eject |
 //! | `api`, `api-vm-call` | [`ThreadKind::Api`] | the HTTP server and the hotplug calls it makes |
 //! | `console-in` | [`ThreadKind::ConsoleIn`] | stdin to the UART |
+//! | `console-out` | [`ThreadKind::ConsoleOut`] | the UART's output queue to stdout or a file |
 //!
 //! A system call outside the filter raises SIGSYS (`SECCOMP_RET_TRAP`). Its handler writes one
 //! line naming the thread and the system call number to stderr and ends the process with exit
@@ -60,10 +61,17 @@ pub enum ThreadKind {
     Vcpu,
     Api,
     ConsoleIn,
+    ConsoleOut,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 4] = [Self::Main, Self::Vcpu, Self::Api, Self::ConsoleIn];
+    pub const ALL: [ThreadKind; 5] = [
+        Self::Main,
+        Self::Vcpu,
+        Self::Api,
+        Self::ConsoleIn,
+        Self::ConsoleOut,
+    ];
 }
 
 impl std::fmt::Display for ThreadKind {
@@ -73,6 +81,7 @@ impl std::fmt::Display for ThreadKind {
             Self::Vcpu => "vCPU",
             Self::Api => "API",
             Self::ConsoleIn => "console input",
+            Self::ConsoleOut => "console output",
         })
     }
 }
@@ -348,6 +357,8 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         ThreadKind::Vcpu => vcpu_rules(&mut rules),
         ThreadKind::Api => api_rules(&mut rules),
         ThreadKind::ConsoleIn => console_in_rules(&mut rules),
+        // Waiting for the queue and writing to a descriptor open already: the common rules.
+        ThreadKind::ConsoleOut => Ok(()),
     }
     .map_err(build)?;
     rules.compile(kind)
@@ -395,6 +406,7 @@ pub struct Filters {
     pub vcpu: ThreadFilter,
     pub api: ThreadFilter,
     pub console_in: ThreadFilter,
+    pub console_out: ThreadFilter,
 }
 
 impl Filters {
@@ -404,6 +416,7 @@ impl Filters {
             vcpu: ThreadFilter::new(ThreadKind::Vcpu)?,
             api: ThreadFilter::new(ThreadKind::Api)?,
             console_in: ThreadFilter::new(ThreadKind::ConsoleIn)?,
+            console_out: ThreadFilter::new(ThreadKind::ConsoleOut)?,
         })
     }
 }

@@ -2,6 +2,7 @@
 //! port bus, ACPI tables, the loaded kernel and the vCPU threads; and the loop that waits for
 //! the guest to power off, reset or panic, or for a signal that stops Tidal.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -49,6 +50,7 @@ use crate::memory::ram::GuestMemory;
 use crate::numa;
 use crate::reset_vector;
 use crate::seccomp::{self, Filters, SeccompError};
+use crate::serial_output::{self, SerialOutput};
 use crate::signals::{SignalError, StopSignal, StopSignals};
 use crate::vcpu::{self, VcpuContext, VcpuError};
 
@@ -224,6 +226,9 @@ pub struct Vm {
     io: Arc<IoManager>,
     exit: Arc<ExitSignal>,
     serial: Arc<Mutex<SerialConsole>>,
+    serial_output: SerialOutput,
+    /// Where the serial output goes, handed to its writer thread when the VM runs.
+    console_sink: Box<dyn Write + Send>,
     vcpus: Vec<VcpuFd>,
     read_stdin: bool,
     seccomp: SeccompMode,
@@ -276,6 +281,8 @@ impl Vm {
             mut io,
             serial,
             ged,
+            serial_output,
+            console_sink,
         } = Devices::new(&vm, config, &exit)?;
         let hotplug = Arc::new(MemoryHotplug::new(hotplug_parts(
             config,
@@ -309,6 +316,8 @@ impl Vm {
             io: Arc::new(io),
             exit,
             serial,
+            serial_output,
+            console_sink,
             vcpus,
             read_stdin: config.serial == crate::config::SerialMode::Stdio,
             stop_signals: StopSignals::new()?,
@@ -344,6 +353,10 @@ impl Vm {
             )?),
             None => None,
         };
+        let filter = filters.as_ref().map(|f| f.console_out.clone());
+        self.serial_output
+            .spawn_writer(self.console_sink, filter)
+            .map_err(ConsoleError::Spawn)?;
         if self.read_stdin {
             let filter = filters.as_ref().map(|f| f.console_in.clone());
             console::spawn_stdin_reader(self.serial.clone(), filter)?;
@@ -371,6 +384,7 @@ impl Vm {
         ));
         stop.store(true, Ordering::Release);
         stop_vcpus(threads);
+        self.serial_output.finish(serial_output::FINISH_WITHIN);
         drop(self.vm);
         match exit? {
             VmExit::Ended(ExitReason::Failed) => Err(VmError::VcpuFailed),
@@ -436,11 +450,14 @@ fn load_guest(
     Ok(boot)
 }
 
-/// The devices on the I/O buses, and the two the VM keeps a hand on.
+/// The devices on the I/O buses, the two the VM keeps a hand on, and the serial output's
+/// queue with where it goes.
 struct Devices {
     io: IoManager,
     serial: Arc<Mutex<SerialConsole>>,
     ged: Arc<Ged>,
+    serial_output: SerialOutput,
+    console_sink: Box<dyn Write + Send>,
 }
 
 impl Devices {
@@ -452,9 +469,11 @@ impl Devices {
         })?;
         vm.register_irqfd(interrupt.event_fd(), COM1_IRQ)
             .map_err(kvm_err("connect the serial interrupt"))?;
+        let console_sink = console::output(&config.serial)?;
+        let serial_output = SerialOutput::default();
         let serial = Arc::new(Mutex::new(SerialConsole::new(
             interrupt,
-            console::output(&config.serial)?,
+            Box::new(serial_output.clone()),
         )));
         let mut io = IoManager::new();
         register_pio(&mut io, COM1_PORT, SERIAL_PORT_SIZE, serial.clone())?;
@@ -484,7 +503,13 @@ impl Devices {
             PVPANIC_REGISTER_LEN,
             Arc::new(PvPanic::new(exit.clone())),
         )?;
-        Ok(Self { io, serial, ged })
+        Ok(Self {
+            io,
+            serial,
+            ged,
+            serial_output,
+            console_sink,
+        })
     }
 }
 

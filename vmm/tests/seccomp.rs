@@ -97,6 +97,7 @@ fn kind_name(kind: ThreadKind) -> &'static str {
         ThreadKind::Vcpu => "vcpu",
         ThreadKind::Api => "api",
         ThreadKind::ConsoleIn => "console-in",
+        ThreadKind::ConsoleOut => "console-out",
     }
 }
 

@@ -1,0 +1,283 @@
+//! The guest's serial output, kept off the vCPU threads: the UART hands each byte to a
+//! [`SerialOutput`] (a bounded queue; writing to it never waits) and the `console-out` thread
+//! writes what is queued to stdout or the file. A reader that stalls (a terminal on hold, a
+//! pipe nobody reads) or a sink that fails costs guest output, counted and logged, never a
+//! vCPU; an output file stops growing at its limit.
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tidal_devices::repeats::Repeats;
+
+use crate::seccomp::ThreadFilter;
+
+/// How much guest output may wait for the writer thread: a quarter of a second of a 4 MB/s
+/// console, far more than a kernel's burst of boot messages.
+pub const QUEUE_CAPACITY: usize = 1 << 20;
+
+/// How long a stopping VM waits for queued output to be written: enough for a healthy sink,
+/// short enough that a stalled one does not hold the exit up.
+pub const FINISH_WITHIN: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct Queue {
+    bytes: VecDeque<u8>,
+    /// The writer holds bytes taken from the queue and not yet written.
+    writing: bool,
+    /// No more output is coming: the writer ends once the queue is empty.
+    closing: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Bytes are queued, or the queue is closing.
+    queued: Condvar,
+    /// The writer wrote what it took.
+    written: Condvar,
+    /// Writes the queue had no room for.
+    overflows: Repeats,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A panic ends the process (internal_error), so a poisoned lock holds sound data.
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The UART's end of the queue: a `Write` that takes what fits and drops the rest.
+#[derive(Clone, Default)]
+pub struct SerialOutput(Arc<Shared>);
+
+impl Write for SerialOutput {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let mut queue = self.0.lock();
+        let room = QUEUE_CAPACITY.saturating_sub(queue.bytes.len());
+        let taken = bytes.len().min(room);
+        queue.bytes.extend(&bytes[..taken]);
+        drop(queue);
+        self.0.queued.notify_one();
+        if taken < bytes.len() {
+            if let Some(times) = self.0.overflows.count() {
+                log::warn!(
+                    "guest serial output dropped: its reader is not keeping up with the \
+                     {QUEUE_CAPACITY} bytes queued ({times})"
+                );
+            }
+        }
+        // Taken or dropped, the guest's byte is done with: the UART must not retry it.
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SerialOutput {
+    /// Tells the writer that no more output comes and waits up to `within` for what is
+    /// queued to be written.
+    pub fn finish(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        let mut queue = self.0.lock();
+        queue.closing = true;
+        self.0.queued.notify_one();
+        while !queue.bytes.is_empty() || queue.writing {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                log::warn!(
+                    "{} bytes of guest serial output were not written: the output is stalled",
+                    queue.bytes.len()
+                );
+                return;
+            }
+            queue = match self.0.written.wait_timeout(queue, left) {
+                Ok((queue, _)) => queue,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+
+    /// Starts the `console-out` thread, which writes the queue to `sink` until
+    /// [`SerialOutput::finish`]. With `seccomp`, the thread confines itself first.
+    pub fn spawn_writer(
+        &self,
+        sink: Box<dyn Write + Send>,
+        seccomp: Option<ThreadFilter>,
+    ) -> io::Result<()> {
+        let shared = self.0.clone();
+        std::thread::Builder::new()
+            .name("console-out".into())
+            .spawn(move || {
+                if let Some(filter) = &seccomp {
+                    filter.apply_or_exit();
+                }
+                write_queue(&shared, sink);
+            })
+            .map(drop)
+    }
+}
+
+/// The writer thread's loop. A sink that fails is dropped: the output after it goes nowhere
+/// (the reader of a closed pipe will not come back).
+fn write_queue(shared: &Shared, mut sink: Box<dyn Write + Send>) {
+    let mut failed = false;
+    loop {
+        let chunk: Vec<u8> = {
+            let mut queue = shared.lock();
+            while queue.bytes.is_empty() && !queue.closing {
+                queue = match shared.queued.wait(queue) {
+                    Ok(queue) => queue,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+            }
+            if queue.bytes.is_empty() {
+                return;
+            }
+            queue.writing = true;
+            queue.bytes.drain(..).collect()
+        };
+        if !failed {
+            if let Err(e) = sink.write_all(&chunk).and_then(|()| sink.flush()) {
+                log::warn!("guest serial output stopped: {e}; later output is dropped");
+                failed = true;
+            }
+        }
+        shared.lock().writing = false;
+        shared.written.notify_all();
+    }
+}
+
+/// A file that takes at most `limit` bytes; past them, output is dropped (said once).
+pub struct LimitedFile {
+    file: std::fs::File,
+    left: u64,
+    limit: u64,
+    path: std::path::PathBuf,
+}
+
+impl LimitedFile {
+    pub fn new(file: std::fs::File, limit: u64, path: std::path::PathBuf) -> Self {
+        Self {
+            file,
+            left: limit,
+            limit,
+            path,
+        }
+    }
+}
+
+impl Write for LimitedFile {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let fits = usize::try_from(self.left).map_or(bytes.len(), |left| left.min(bytes.len()));
+        if fits == 0 {
+            return Ok(bytes.len());
+        }
+        let written = self.file.write(&bytes[..fits])?;
+        self.left -= written as u64;
+        if self.left == 0 {
+            log::warn!(
+                "serial output file {} reached its limit of {} bytes; later guest output is \
+                 dropped",
+                self.path.display(),
+                self.limit
+            );
+        }
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// A sink that holds every write until the test lets it go, and keeps what it got.
+    struct Stalled {
+        release: mpsc::Receiver<()>,
+        got: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Stalled {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.release.recv().map_err(io::Error::other)?;
+            self.got.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stalled_reader_never_holds_the_writer_up_and_costs_only_what_overflows() {
+        let (release, stalled) = mpsc::channel();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let output = SerialOutput::default();
+        let sink = Stalled {
+            release: stalled,
+            got: got.clone(),
+        };
+        output.spawn_writer(Box::new(sink), None).unwrap();
+        let mut uart = output.clone();
+        // The writer takes the first byte and stalls on it; the rest fills the queue, then
+        // overflows, and every write returns at once.
+        uart.write_all(b"A").unwrap();
+        while !output.0.lock().writing {
+            std::thread::yield_now();
+        }
+        let started = Instant::now();
+        for _ in 0..(QUEUE_CAPACITY + 4096) {
+            uart.write_all(b"B").unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the UART waited"
+        );
+        for _ in 0..2 {
+            release.send(()).unwrap();
+        }
+        output.finish(Duration::from_secs(10));
+        let got = got.lock().unwrap();
+        assert_eq!(got.len(), 1 + QUEUE_CAPACITY);
+        assert!(got[1..].iter().all(|&b| b == b'B'));
+    }
+
+    #[test]
+    fn finish_gives_up_on_a_stalled_sink() {
+        let (_release, stalled) = mpsc::channel();
+        let output = SerialOutput::default();
+        let sink = Stalled {
+            release: stalled,
+            got: Arc::default(),
+        };
+        output.spawn_writer(Box::new(sink), None).unwrap();
+        output.clone().write_all(b"hello").unwrap();
+        let started = Instant::now();
+        output.finish(Duration::from_millis(100));
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn an_output_file_stops_at_its_limit() {
+        let dir = std::env::temp_dir().join(format!("tidal-serial-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("console.log");
+        let file = std::fs::File::create(&path).unwrap();
+        let mut limited = LimitedFile::new(file, 10, path.clone());
+        limited.write_all(b"0123456").unwrap();
+        limited.write_all(b"789abcdef").unwrap();
+        limited.write_all(b"more").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"0123456789");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
