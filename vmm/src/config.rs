@@ -159,6 +159,8 @@ pub enum ConfigError {
     HotplugTimeout,
     #[error("--serial: '{0}' is not stdio, off or file=PATH[,max=SIZE]")]
     Serial(String),
+    #[error("--serial: max={0} is too small: a serial output file takes at least 4K")]
+    SerialFileLimit(u64),
     #[error("cannot read {what} {path}: {source}")]
     Unreadable {
         what: &'static str,
@@ -457,8 +459,11 @@ pub fn parse_serial(text: &str) -> Result<SerialMode, ConfigError> {
                 Some((path, max)) => (path, parse_size(max).map_err(|_| invalid())?),
                 None => (file, SERIAL_FILE_LIMIT),
             };
-            if path.is_empty() || limit == 0 {
+            if path.is_empty() {
                 return Err(invalid());
+            }
+            if limit < crate::serial_output::MIN_FILE_LIMIT {
+                return Err(ConfigError::SerialFileLimit(limit));
             }
             Ok(SerialMode::File {
                 path: PathBuf::from(path),

@@ -14,7 +14,7 @@ use tidal_devices::serial::SerialConsole;
 
 use crate::config::SerialMode;
 use crate::seccomp::ThreadFilter;
-use crate::serial_output::LimitedFile;
+use crate::serial_output::CappedFile;
 
 #[derive(Debug, Error)]
 pub enum ConsoleError {
@@ -36,7 +36,7 @@ pub fn output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, ConsoleError> 
                 path: path.clone(),
                 source,
             })?;
-            Box::new(LimitedFile::new(file, *limit, path.clone()))
+            Box::new(CappedFile::new(file, *limit))
         }
         SerialMode::Off => Box::new(std::io::sink()),
     })

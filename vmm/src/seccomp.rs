@@ -357,8 +357,11 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         ThreadKind::Vcpu => vcpu_rules(&mut rules),
         ThreadKind::Api => api_rules(&mut rules),
         ThreadKind::ConsoleIn => console_in_rules(&mut rules),
-        // Waiting for the queue and writing to a descriptor open already: the common rules.
-        ThreadKind::ConsoleOut => Ok(()),
+        ThreadKind::ConsoleOut => {
+            // A `--serial file=` that is full starts again from empty.
+            rules.allow(&[libc::SYS_ftruncate, libc::SYS_lseek]);
+            Ok(())
+        }
     }
     .map_err(build)?;
     rules.compile(kind)

@@ -2,10 +2,10 @@
 //! [`SerialOutput`] (a bounded queue; writing to it never waits) and the `console-out` thread
 //! writes what is queued to stdout or the file. A reader that stalls (a terminal on hold, a
 //! pipe nobody reads) or a sink that fails costs guest output, counted and logged, never a
-//! vCPU; an output file stops growing at its limit.
+//! vCPU; an output file keeps the newest output within its limit.
 
 use std::collections::VecDeque;
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -153,42 +153,61 @@ fn write_queue(shared: &Shared, mut sink: Box<dyn Write + Send>) {
     }
 }
 
-/// A file that takes at most `limit` bytes; past them, output is dropped (said once).
-pub struct LimitedFile {
+/// The smallest limit a [`CappedFile`] takes: room for its first line and some output.
+pub const MIN_FILE_LIMIT: u64 = 4096;
+
+/// A file that holds at most `limit` bytes (at least [`MIN_FILE_LIMIT`]), the newest: once
+/// full it starts again from empty, with a first line saying how much output was dropped.
+pub struct CappedFile {
     file: std::fs::File,
-    left: u64,
     limit: u64,
-    path: std::path::PathBuf,
+    /// Bytes in the file now, and of them the first line's.
+    len: u64,
+    first_line: u64,
+    /// Output dropped so far.
+    dropped: u64,
 }
 
-impl LimitedFile {
-    pub fn new(file: std::fs::File, limit: u64, path: std::path::PathBuf) -> Self {
+impl CappedFile {
+    pub fn new(file: std::fs::File, limit: u64) -> Self {
         Self {
             file,
-            left: limit,
-            limit,
-            path,
+            limit: limit.max(MIN_FILE_LIMIT),
+            len: 0,
+            first_line: 0,
+            dropped: 0,
         }
+    }
+
+    /// Empties the file and starts it with the line that says what went.
+    fn restart(&mut self) -> io::Result<()> {
+        self.dropped += self.len - self.first_line;
+        self.file.set_len(0)?;
+        self.file.rewind()?;
+        let line = format!(
+            "[tidal: {} bytes of earlier guest output dropped; this file keeps at most {} bytes]\n",
+            self.dropped, self.limit
+        );
+        self.file.write_all(line.as_bytes())?;
+        self.first_line = line.len() as u64;
+        self.len = self.first_line;
+        Ok(())
     }
 }
 
-impl Write for LimitedFile {
+impl Write for CappedFile {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        let fits = usize::try_from(self.left).map_or(bytes.len(), |left| left.min(bytes.len()));
-        if fits == 0 {
-            return Ok(bytes.len());
+        let size = bytes.len() as u64;
+        if self.len + size > self.limit && self.len > self.first_line {
+            self.restart()?;
         }
-        let written = self.file.write(&bytes[..fits])?;
-        self.left -= written as u64;
-        if self.left == 0 {
-            log::warn!(
-                "serial output file {} reached its limit of {} bytes; later guest output is \
-                 dropped",
-                self.path.display(),
-                self.limit
-            );
-        }
-        Ok(written)
+        // What does not fit even now: the oldest part of `bytes` goes.
+        let room = usize::try_from(self.limit - self.len).unwrap_or(usize::MAX);
+        let skipped = bytes.len().saturating_sub(room);
+        let written = self.file.write(&bytes[skipped..])?;
+        self.len += written as u64;
+        self.dropped += skipped as u64;
+        Ok(skipped + written)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -268,16 +287,30 @@ mod tests {
     }
 
     #[test]
-    fn an_output_file_stops_at_its_limit() {
+    fn an_output_file_keeps_the_newest_output_within_its_limit() {
         let dir = std::env::temp_dir().join(format!("tidal-serial-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("console.log");
         let file = std::fs::File::create(&path).unwrap();
-        let mut limited = LimitedFile::new(file, 10, path.clone());
-        limited.write_all(b"0123456").unwrap();
-        limited.write_all(b"789abcdef").unwrap();
-        limited.write_all(b"more").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"0123456789");
+        let mut capped = CappedFile::new(file, MIN_FILE_LIMIT);
+        for line in 0..2000 {
+            capped
+                .write_all(format!("line {line:04}\n").as_bytes())
+                .unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.len() as u64 <= MIN_FILE_LIMIT, "{}", text.len());
+        assert!(text.ends_with("line 1998\nline 1999\n"), "{text:?}");
+        let (first, _) = text.split_once('\n').unwrap();
+        let kept_lines = text.lines().count() - 1;
+        let dropped = (2000 - kept_lines) * "line 0000\n".len();
+        assert_eq!(
+            first,
+            format!(
+                "[tidal: {dropped} bytes of earlier guest output dropped; this file keeps at \
+                 most 4096 bytes]"
+            )
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
