@@ -18,6 +18,8 @@ pub enum ExitReason {
     GuestPanicked,
     /// The VMM's user asked it to shut down (`vmm.shutdown`): the guest is stopped where it is.
     Shutdown,
+    /// A thread of the VMM panicked: a bug.
+    InternalError,
 }
 
 impl ExitReason {
@@ -28,6 +30,7 @@ impl ExitReason {
             ExitReason::Failed => 3,
             ExitReason::GuestPanicked => 4,
             ExitReason::Shutdown => 5,
+            ExitReason::InternalError => 6,
         }
     }
 
@@ -38,6 +41,7 @@ impl ExitReason {
             3 => Some(ExitReason::Failed),
             4 => Some(ExitReason::GuestPanicked),
             5 => Some(ExitReason::Shutdown),
+            6 => Some(ExitReason::InternalError),
             _ => None,
         }
     }
@@ -101,6 +105,7 @@ mod tests {
             ExitReason::Failed,
             ExitReason::GuestPanicked,
             ExitReason::Shutdown,
+            ExitReason::InternalError,
         ] {
             let signal = ExitSignal::new().unwrap();
             signal.request(reason);

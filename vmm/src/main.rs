@@ -3,7 +3,7 @@
 //!
 //! Exit codes (README.md, "Exit"): 0 the guest powered off or reset; 1 an error; 2 a command
 //! line clap rejects; 3 the guest kernel panicked; 128 + N stopped by signal N (SIGHUP 129,
-//! SIGINT 130, SIGTERM 143); killed by SIGABRT (134 in a shell) after an internal error.
+//! SIGINT 130, SIGTERM 143); 70 after an internal error (a panic).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -18,7 +18,7 @@ use tidal_vmm::{internal_error, signals};
 const GUEST_PANICKED: u8 = 3;
 
 fn main() -> ExitCode {
-    internal_error::abort_on_panic();
+    internal_error::stop_on_panic();
     // First of all, while this is the only thread: every thread started later inherits the
     // mask, so SIGTERM, SIGINT and SIGHUP only ever reach the VM's event loop.
     let blocked = signals::block_stop_signals();
@@ -55,6 +55,10 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
             ExitCode::SUCCESS
         }
         VmExit::Ended(ExitReason::Shutdown) => ExitCode::SUCCESS,
+        // Said by the panic hook, when it happened.
+        VmExit::Ended(ExitReason::InternalError) => {
+            ExitCode::from(internal_error::INTERNAL_ERROR_EXIT_CODE)
+        }
         VmExit::Ended(ExitReason::Failed) => return Err("the VM failed".into()),
         // Logged when it happened (error level), before the VM stopped.
         VmExit::Ended(ExitReason::GuestPanicked) => ExitCode::from(GUEST_PANICKED),

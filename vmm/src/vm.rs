@@ -254,6 +254,7 @@ impl std::fmt::Display for VmExit {
             VmExit::Ended(ExitReason::Failed) => write!(f, "a vCPU failed"),
             VmExit::Ended(ExitReason::GuestPanicked) => write!(f, "the guest kernel panicked"),
             VmExit::Ended(ExitReason::Shutdown) => write!(f, "the API asked for a shutdown"),
+            VmExit::Ended(ExitReason::InternalError) => write!(f, "Tidal hit an internal error"),
             VmExit::Signal(signal) => write!(f, "Tidal received {}", signal.name()),
         }
     }
@@ -329,6 +330,7 @@ impl Vm {
     /// why it stopped.
     pub fn run(self) -> Result<VmExit, VmError> {
         vcpu::install_kick_handler()?;
+        crate::internal_error::stop_on_panic_through(self.exit.clone());
         // Every filter is compiled, and violations reported, before the first thread starts.
         let filters = match self.seccomp {
             SeccompMode::On => {
@@ -684,6 +686,9 @@ fn wait_for_exit(exit: &Arc<ExitSignal>, signals: StopSignals) -> Result<VmExit,
         }
         VmExit::Ended(ExitReason::Shutdown) => {
             log::info!("shutdown requested through the API; stopping the VM");
+        }
+        VmExit::Ended(ExitReason::InternalError) => {
+            log::error!("stopping the VM after an internal error");
         }
         _ => {}
     }
