@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use thiserror::Error;
+use tidal_devices::repeats::Repeats;
 use tidal_devices::{ExitReason, ExitSignal};
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
@@ -83,6 +84,19 @@ fn run(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) {
     }
 }
 
+/// Guest accesses of physical addresses that neither RAM nor a device backs: reads get all
+/// ones, writes go nowhere. A healthy guest makes none, so each is worth a line (as their count
+/// doubles): one could be a guest touching memory the host took away.
+static UNBACKED_ACCESSES: Repeats = Repeats::new();
+
+fn unbacked(index: u8, what: &str, addr: u64, len: usize) {
+    if let Some(times) = UNBACKED_ACCESSES.count() {
+        log::warn!(
+            "vCPU {index}: guest {what} {len} bytes at {addr:#x}, which nothing backs ({times})"
+        );
+    }
+}
+
 /// Returns why the VM must end, if this exit says so.
 fn handle_exit(index: u8, exit: VcpuExit, io: &IoManager) -> Option<ExitReason> {
     match exit {
@@ -96,11 +110,14 @@ fn handle_exit(index: u8, exit: VcpuExit, io: &IoManager) -> Option<ExitReason> 
         }
         VcpuExit::MmioRead(addr, data) => {
             if io.mmio_read(MmioAddress(addr), data).is_err() {
+                unbacked(index, "read", addr, data.len());
                 data.fill(0xff);
             }
         }
         VcpuExit::MmioWrite(addr, data) => {
-            let _ = io.mmio_write(MmioAddress(addr), data);
+            if io.mmio_write(MmioAddress(addr), data).is_err() {
+                unbacked(index, "wrote", addr, data.len());
+            }
         }
         VcpuExit::Hlt => {}
         VcpuExit::Shutdown => return Some(ExitReason::Reset),

@@ -2,6 +2,8 @@
 //! itself again as a child process that installs the hook and panics, so that the abort of the
 //! second case ends the child, not the test.
 
+#![allow(clippy::unwrap_used)]
+
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Output};
 use std::sync::Arc;
