@@ -226,6 +226,8 @@ fn common(rules: &mut Rules) -> Result<(), seccompiler::BackendError> {
     // Debug builds of Rust's standard library check that a descriptor is open before they
     // close it.
     rules.allow_arg(SYS_fcntl, 1, &[int(F_GETFD)])?;
+    // Whether stderr is a terminal: the logger asks before each line it colours.
+    rules.allow_arg(SYS_ioctl, 1, &[TCGETS])?;
     // abort() (a panic while panicking) raises SIGABRT in its own thread; a crash is left to
     // the default action of SIGSEGV or SIGBUS once Rust's handler has put it back.
     rules.allow_arg(SYS_tgkill, 2, &[int(SIGABRT)])?;
@@ -589,6 +591,23 @@ mod tests {
                 "{kind}: {} instructions",
                 program.len()
             );
+        }
+    }
+
+    /// Every thread logs, and the logger asks whether stderr is a terminal first: a filter that
+    /// refused that would end Tidal (SIGSYS, here the test process) at a thread's first log line
+    /// whenever stderr is a terminal.
+    #[test]
+    fn every_thread_may_ask_whether_stderr_is_a_terminal() {
+        for kind in ThreadKind::ALL {
+            let program = filter(kind).unwrap();
+            let asked = std::thread::spawn(move || {
+                seccompiler::apply_filter(&program).unwrap();
+                // SAFETY: isatty only reads the descriptor's terminal attributes.
+                unsafe { libc::isatty(libc::STDERR_FILENO) };
+            })
+            .join();
+            assert!(asked.is_ok(), "{kind}");
         }
     }
 
