@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tidal_api::{AddMemoryRequest, ApiClient, ClientError, DimmInfo, ResizeRequest};
 
@@ -55,9 +55,12 @@ impl ElasticVm {
     /// Resizes through the API, giving the guest up to 10 minutes: under emulation (the test
     /// host) migrating a GiB of data out of a DIMM takes close to a minute.
     pub fn resize(&mut self, bytes: u64) {
+        let start = Instant::now();
         if let Err(e) = self.api.resize(&resize_request(bytes)) {
             self.guest.fail(&format!("resize to {bytes} failed: {e}"));
         }
+        self.guest
+            .note_if_slow(&format!("resize to {bytes}"), start.elapsed());
     }
 
     /// [`ElasticVm::resize`] on a thread of its own; the handle gives its answer.
@@ -77,12 +80,15 @@ impl ElasticVm {
 
     /// Runs tidalctl against this VM; returns its stdout, or fails with its stderr.
     pub fn tidalctl(&mut self, args: &[&str]) -> String {
+        let start = Instant::now();
         let output = Command::new(tidal_binary().with_file_name("tidalctl"))
             .arg("--api-socket")
             .arg(&self.socket)
             .args(args)
             .output()
             .expect("run tidalctl");
+        self.guest
+            .note_if_slow(&format!("tidalctl {}", args.join(" ")), start.elapsed());
         if !output.status.success() {
             self.guest.fail(&format!(
                 "tidalctl {args:?} failed: {}",

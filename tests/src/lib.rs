@@ -534,6 +534,10 @@ impl CommandOutput {
 static COMMAND_SEQ: AtomicU64 = AtomicU64::new(1);
 
 /// A running tidal with its guest. Dropping it kills a tidal that is still running.
+/// Steps that take at least this long are noted in the test's output
+/// ([`RunningGuest::note_if_slow`]).
+const SLOW_STEP: Duration = Duration::from_secs(1);
+
 pub struct RunningGuest {
     child: Child,
     stdin: Option<ChildStdin>,
@@ -583,6 +587,18 @@ impl RunningGuest {
     /// Time since tidal was spawned.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Prints a line for a step (`what`) that took `took`, if that was a second or more: a failed
+    /// test's output then shows where its time went.
+    pub fn note_if_slow(&self, what: &str, took: Duration) {
+        if took >= SLOW_STEP {
+            let what: String = what.chars().take(70).collect();
+            println!(
+                "tidal-tests: at {:.1?}: {what:?} took {took:.1?}",
+                self.started.elapsed()
+            );
+        }
     }
 
     /// Time from spawning tidal to [`READY_LINE`] (set by [`Guest::boot`]).
@@ -763,7 +779,8 @@ impl RunningGuest {
         );
         let from = self.console.len();
         self.send_line(&line);
-        let deadline = Instant::now() + timeout;
+        let sent = Instant::now();
+        let deadline = sent + timeout;
         let result = self.console.wait_until(deadline, |bytes| {
             let b = find_bytes(bytes, begin.as_bytes(), from)?;
             let body_start = find_bytes(bytes, b"\n", b)? + 1;
@@ -800,6 +817,7 @@ impl RunningGuest {
                 "cannot read the exit status of {command:?}: {status_text:?}"
             ))
         });
+        self.note_if_slow(command, sent.elapsed());
         // Like shell command substitution: trailing newlines (and the bare `echo`'s) removed.
         let output = body.trim_end_matches('\n').to_owned();
         CommandOutput { output, status }
