@@ -14,7 +14,8 @@
 # and prints a summary; the exit status is non-zero if any step failed.
 #
 # Environment: TIDAL_CACHE (guest images, default ~/.cache/tidal), TIDAL_TESTHOST_TIMEOUT
-# (seconds for one boot of the test host, default 3600), and anything ci/testhost.sh
+# (seconds for one boot of the test host, default 3600), TIDAL_MAX_RETRIES (retries under
+# emulation a run may need before it fails, default 6), and anything ci/testhost.sh
 # passes on (RUST_LOG, RUST_BACKTRACE, TIDAL_*).
 set -euo pipefail
 
@@ -152,8 +153,10 @@ list_tests() {
 # Every attempt that fails keeps the whole log of its boot in
 # $failed_logs/<test>-attempt<N>.log, on this machine (the test host's files go with it), and
 # the WARNING or FAILED line names that file. Adds a line to the file $counts for each test,
-# "passed NAME" or "failed NAME"; the exit status is non-zero if a test failed.
+# "passed NAME" or "failed NAME", and "retried NAME" for each retry; the exit status is non-zero
+# if a test failed.
 failed_logs=$repo/target/ci/failed
+max_retries=${TIDAL_MAX_RETRIES:-6}
 run_in_testhost() {
     local exe=$1 pending=("${@:2}") next test results result fault kept log output rc failed=0
     local -A attempts=()
@@ -188,6 +191,7 @@ run_in_testhost() {
             fi
             if [ -n "$fault" ] && [ "${attempts[$test]}" -lt 3 ]; then
                 echo "ci/test.sh: WARNING: $fault running $test (attempt ${attempts[$test]} of 3); its log: $kept" >&2
+                echo "retried $test" >>"$counts"
                 next+=("$test")
             else
                 echo "ci/test.sh: FAILED: $test (attempt ${attempts[$test]}${fault:+, $fault}, exit status $rc); its log: $kept" >&2
@@ -248,7 +252,7 @@ emulation_fault() {
 }
 
 run_guest_tests() {
-    local exes kind exe test tests failed=() passed=0 counts
+    local exes kind exe test tests failed=() passed=0 retries=0 counts
     exes=$(guest_test_executables) || { echo "building the guest tests failed" >&2; return 1; }
     [ -n "$exes" ] || { echo "no guest test executables found" >&2; return 1; }
     mapfile -t exes <<<"$exes"
@@ -268,12 +272,17 @@ run_guest_tests() {
         : >"$counts"
         run_in_testhost "$exe" "${tests[@]}" || true
         passed=$((passed + $(grep -c '^passed ' "$counts" || true)))
+        retries=$((retries + $(grep -c '^retried ' "$counts" || true)))
         while read -r test; do
             failed+=("${exe##*/}: $test")
         done < <(sed -n 's/^failed //p' "$counts")
     done
     rm -f "$counts"
-    echo "guest tests: $passed passed, ${#failed[@]} failed"
+    echo "guest tests: $passed passed, ${#failed[@]} failed, $retries retried under emulation"
+    if [ "$retries" -gt "$max_retries" ]; then
+        # Each retry alone is the emulation's doing; this many at once is worth a look.
+        failed+=("$retries retries, more than the $max_retries a run may need (TIDAL_MAX_RETRIES)")
+    fi
     [ ${#failed[@]} -eq 0 ] && return 0
     printf 'FAILED  %s\n' "${failed[@]}"
     return 1
