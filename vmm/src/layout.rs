@@ -4,6 +4,9 @@
 /// GDT and IDT used for the 64-bit boot state.
 pub const BOOT_GDT_START: u64 = 0x500;
 pub const BOOT_IDT_START: u64 = 0x520;
+/// PVH boot: the hvm_start_info, its module list and memory map (vmm/src/boot/pvh.rs).
+pub const PVH_INFO_START: u64 = 0x6000;
+pub const PVH_INFO_END: u64 = 0x7000;
 /// The Linux zero page (struct boot_params).
 pub const ZERO_PAGE_START: u64 = 0x7000;
 /// Top of the stack the kernel starts on; it switches to its own almost at once.

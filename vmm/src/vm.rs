@@ -32,7 +32,7 @@ use vm_device::{DeviceMmio, DevicePio};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::signal::Killable;
 
-use crate::boot::{self, BootError, BootInfo, BootSpec};
+use crate::boot::{self, BootEntry, BootError, BootInfo, BootSpec};
 use crate::config::SeccompMode;
 use crate::config::VmConfig;
 use crate::console::{self, ConsoleError};
@@ -301,10 +301,11 @@ impl Vm {
         ));
         let vcpus = create_vcpus(&kvm, &vm, config, boot.entry)?;
         log::info!(
-            "VM ready: {} vCPUs, {} MiB RAM, kernel {}",
+            "VM ready: {} vCPUs, {} MiB RAM, kernel {} ({})",
             config.cpus,
             config.memory.size >> 20,
-            config.kernel.display()
+            config.kernel.display(),
+            boot.entry
         );
 
         Ok(Self {
@@ -564,7 +565,7 @@ fn create_vcpus(
     kvm: &Kvm,
     vm: &VmFd,
     config: &VmConfig,
-    entry: GuestAddress,
+    entry: BootEntry,
 ) -> Result<Vec<VcpuFd>, VmError> {
     let supported = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)

@@ -1,19 +1,23 @@
-//! Loading Linux: the bzImage (linux-loader), the initramfs, the command line and the zero page
-//! (boot_params with the e820 map and the RSDP address) for the 64-bit boot protocol.
+//! Loading Linux: the kernel, the initramfs and the command line, and what tells the kernel
+//! where they are and what memory it has (the e820 map) and where the ACPI tables start. Two
+//! formats, told apart by their first bytes: a bzImage, started through the 64-bit boot protocol
+//! with a zero page ([`linux64`]), and an uncompressed ELF `vmlinux` with a PVH entry point,
+//! started in 32-bit protected mode with an `hvm_start_info` ([`pvh`]), which spares the guest
+//! decompressing itself.
 
+mod linux64;
+mod pvh;
+
+use std::fmt;
 use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use linux_loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::cmdline::Cmdline;
-use linux_loader::configurator::linux::LinuxBootConfigurator;
-use linux_loader::configurator::{BootConfigurator, BootParams};
-use linux_loader::loader::bzimage::BzImage;
-use linux_loader::loader::KernelLoader;
 use thiserror::Error;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, ReadVolatile};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, ReadVolatile};
 
-use crate::layout::{CMDLINE_START, HIMEM_START, PAGE_SIZE, ZERO_PAGE_START};
+use crate::layout::{CMDLINE_START, PAGE_SIZE};
 use crate::memory::guest::GuestMemoryLayout;
 
 #[derive(Debug, Error)]
@@ -31,6 +35,11 @@ pub enum BootError {
     },
     #[error("kernel {0} uses a boot protocol older than 2.12, which Tidal does not support")]
     OldBootProtocol(PathBuf),
+    #[error(
+        "kernel {0} is an ELF file without a PVH entry point (a XEN_ELFNOTE_PHYS32_ENTRY note): \
+         Tidal boots an ELF vmlinux only through PVH (CONFIG_PVH=y), or a bzImage"
+    )]
+    NoPvhEntry(PathBuf),
     #[error("initramfs {path} ({size} bytes) does not fit below {limit:#x}")]
     InitramfsTooLarge {
         path: PathBuf,
@@ -45,17 +54,38 @@ pub enum BootError {
     CmdlineTooLong { len: usize, max: usize },
     #[error("cannot write boot data into guest memory: {0}")]
     Write(String),
-    #[error("more e820 entries than the zero page holds")]
-    TooManyE820Entries,
+    #[error("more e820 entries than the {0} holds")]
+    TooManyE820Entries(&'static str),
+}
+
+/// How the boot processor starts the loaded kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootEntry {
+    /// The 64-bit Linux boot protocol: long mode with the first GiB identity mapped, `rsi`
+    /// pointing at the zero page.
+    Linux64 { entry: GuestAddress },
+    /// PVH: 32-bit protected mode without paging, `ebx` pointing at the `hvm_start_info`.
+    Pvh {
+        entry: GuestAddress,
+        start_info: GuestAddress,
+    },
+}
+
+impl fmt::Display for BootEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Linux64 { .. } => f.write_str("bzImage, 64-bit boot protocol"),
+            Self::Pvh { .. } => f.write_str("ELF vmlinux, PVH"),
+        }
+    }
 }
 
 /// What the vCPU setup needs from the loaded kernel.
 pub struct BootInfo {
-    /// The 64-bit entry point.
-    pub entry: GuestAddress,
+    pub entry: BootEntry,
 }
 
-/// Where the loaded kernel came from and what goes into the zero page.
+/// Where the loaded kernel came from and what the kernel is told.
 pub struct BootSpec<'a> {
     pub kernel: &'a Path,
     pub initramfs: Option<&'a Path>,
@@ -67,70 +97,19 @@ pub struct BootSpec<'a> {
     pub rsdp: GuestAddress,
 }
 
-/// The 64-bit entry point is 0x200 past the protected-mode code (boot protocol 2.12+).
-const ENTRY_64_OFFSET: u64 = 0x200;
-const MIN_BOOT_PROTOCOL: u16 = 0x020c;
-const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
-const KERNEL_LOADER_OTHER: u8 = 0xff;
-/// loadflags bit: the kernel was loaded high (at 1 MiB).
-const LOADED_HIGH: u8 = 0x01;
+const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
 
+/// Loads the kernel named in `spec`, whichever of the two formats it is in.
 pub fn load<M: GuestMemoryBackend>(mem: &M, spec: &BootSpec) -> Result<BootInfo, BootError> {
     let mut kernel = open(spec.kernel, "kernel")?;
-    let loaded = BzImage::load(mem, None, &mut kernel, Some(GuestAddress(HIMEM_START))).map_err(
-        |source| BootError::Kernel {
-            path: spec.kernel.to_path_buf(),
-            source,
-        },
-    )?;
-    let Some(mut header) = loaded.setup_header else {
-        return Err(BootError::OldBootProtocol(spec.kernel.to_path_buf()));
+    let mut magic = [0u8; 4];
+    let is_elf = kernel.read_exact(&mut magic).is_ok() && magic == ELF_MAGIC;
+    let entry = if is_elf {
+        pvh::load(mem, spec, &mut kernel)?
+    } else {
+        linux64::load(mem, spec, &mut kernel)?
     };
-    if header.version < MIN_BOOT_PROTOCOL {
-        return Err(BootError::OldBootProtocol(spec.kernel.to_path_buf()));
-    }
-
-    let max_cmdline = usize::try_from(header.cmdline_size).unwrap_or(usize::MAX);
-    let cmdline = build_cmdline(spec.cmdline, max_cmdline)?;
-    let cmdline_bytes = cmdline.as_cstring().map_err(BootError::Cmdline)?;
-    mem.write_slice(
-        cmdline_bytes.as_bytes_with_nul(),
-        GuestAddress(CMDLINE_START),
-    )
-    .map_err(|e| BootError::Write(e.to_string()))?;
-
-    header.type_of_loader = KERNEL_LOADER_OTHER;
-    header.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
-    header.loadflags |= LOADED_HIGH;
-    header.cmd_line_ptr = low32(CMDLINE_START);
-    header.cmdline_size = u32::try_from(cmdline_bytes.as_bytes().len()).unwrap_or(u32::MAX);
-    if let Some(path) = spec.initramfs {
-        let limit = spec
-            .initramfs_ceiling
-            .min(u64::from(header.initrd_addr_max) + 1);
-        let (addr, size) = load_initramfs(mem, path, limit, loaded.kernel_end)?;
-        header.ramdisk_image = low32(addr);
-        header.ramdisk_size = u32::try_from(size).unwrap_or(u32::MAX);
-    }
-
-    let mut params = boot_params {
-        hdr: header,
-        acpi_rsdp_addr: spec.rsdp.raw_value(),
-        ..Default::default()
-    };
-    set_e820(&mut params, spec.layout)?;
-    LinuxBootConfigurator::write_bootparams::<M>(
-        &BootParams::new(&params, GuestAddress(ZERO_PAGE_START)),
-        mem,
-    )
-    .map_err(|e| BootError::Write(e.to_string()))?;
-
-    Ok(BootInfo {
-        entry: loaded
-            .kernel_load
-            .checked_add(ENTRY_64_OFFSET)
-            .ok_or(BootError::Write("kernel entry overflows".into()))?,
-    })
+    Ok(BootInfo { entry })
 }
 
 fn open(path: &Path, what: &'static str) -> Result<File, BootError> {
@@ -144,6 +123,16 @@ fn open(path: &Path, what: &'static str) -> Result<File, BootError> {
 /// Boot structures all live in the first MiB, so their addresses fit the 32-bit fields.
 fn low32(addr: u64) -> u32 {
     u32::try_from(addr).unwrap_or(u32::MAX)
+}
+
+/// Writes the command line (at most `max` bytes with its NUL) to [`CMDLINE_START`]; returns
+/// its length without the NUL.
+fn write_cmdline<M: GuestMemoryBackend>(mem: &M, line: &str, max: usize) -> Result<u32, BootError> {
+    let cmdline = build_cmdline(line, max)?;
+    let bytes = cmdline.as_cstring().map_err(BootError::Cmdline)?;
+    mem.write_slice(bytes.as_bytes_with_nul(), GuestAddress(CMDLINE_START))
+        .map_err(|e| BootError::Write(e.to_string()))?;
+    Ok(u32::try_from(bytes.as_bytes().len()).unwrap_or(u32::MAX))
 }
 
 fn build_cmdline(line: &str, max: usize) -> Result<Cmdline, BootError> {
@@ -161,7 +150,8 @@ fn build_cmdline(line: &str, max: usize) -> Result<Cmdline, BootError> {
     Ok(cmdline)
 }
 
-/// Puts the initramfs as high as the kernel allows in low RAM, page aligned, above the kernel.
+/// Puts the initramfs as high as it may go below `limit`, page aligned, above the kernel;
+/// returns its address and size.
 fn load_initramfs<M: GuestMemoryBackend>(
     mem: &M,
     path: &Path,
@@ -169,6 +159,10 @@ fn load_initramfs<M: GuestMemoryBackend>(
     kernel_end: u64,
 ) -> Result<(u64, u64), BootError> {
     let mut file = open(path, "initramfs")?;
+    let failed = |reason: String| BootError::Initramfs {
+        path: path.to_path_buf(),
+        reason,
+    };
     let size = file
         .metadata()
         .map_err(|source| BootError::Open {
@@ -186,38 +180,13 @@ fn load_initramfs<M: GuestMemoryBackend>(
             size,
             limit,
         })?;
-    let len = usize::try_from(size).map_err(|e| BootError::Initramfs {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    let len = usize::try_from(size).map_err(|e| failed(e.to_string()))?;
     let mut slice = mem
         .get_slice(GuestAddress(addr), len)
-        .map_err(|e| BootError::Initramfs {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| failed(e.to_string()))?;
     file.read_exact_volatile(&mut slice)
-        .map_err(|e| BootError::Initramfs {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| failed(e.to_string()))?;
     Ok((addr, size))
-}
-
-fn set_e820(params: &mut boot_params, layout: &GuestMemoryLayout) -> Result<(), BootError> {
-    let map = layout.e820();
-    if map.len() > params.e820_table.len() {
-        return Err(BootError::TooManyE820Entries);
-    }
-    for (slot, entry) in params.e820_table.iter_mut().zip(&map) {
-        *slot = boot_e820_entry {
-            addr: entry.addr,
-            size: entry.size,
-            r#type: entry.kind as u32,
-        };
-    }
-    params.e820_entries = u8::try_from(map.len()).map_err(|_| BootError::TooManyE820Entries)?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -239,21 +208,11 @@ mod tests {
     }
 
     #[test]
-    fn e820_goes_into_the_zero_page() {
-        let mut params = boot_params::default();
-        set_e820(&mut params, &GuestMemoryLayout::new(5 << 30)).unwrap();
-        assert_eq!(params.e820_entries, 4);
-        let entry = params.e820_table[3];
-        let (addr, size) = (entry.addr, entry.size);
-        assert_eq!((addr, size), (1 << 32, 2 << 30));
-    }
-
-    #[test]
     fn rejects_non_kernel() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
         let layout = GuestMemoryLayout::new(64 << 20);
         let spec = BootSpec {
-            kernel: Path::new("/proc/self/exe"),
+            kernel: Path::new("/dev/null"),
             initramfs: None,
             cmdline: "",
             layout: &layout,

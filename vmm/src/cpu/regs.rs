@@ -1,11 +1,13 @@
-//! The 64-bit boot state: flat segments in a GDT, identity-mapped first GiB, long mode on,
-//! `rsi` pointing at the zero page; the MSRs, FPU and LAPIC a freshly reset CPU would have.
+//! The boot state: flat segments in a GDT and, for the 64-bit boot protocol, an identity-mapped
+//! first GiB, long mode on, `rsi` pointing at the zero page, or for PVH, 32-bit protected mode
+//! and `ebx` pointing at the start info; the MSRs, FPU and LAPIC a freshly reset CPU would have.
 
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
+use crate::boot::BootEntry;
 use crate::layout::{
     BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER, PDE_START, PDPTE_START, PML4_START,
     ZERO_PAGE_START,
@@ -110,11 +112,50 @@ pub fn write_boot_page_tables_and_gdt<M: GuestMemoryBackend>(mem: &M) -> Result<
     Ok(())
 }
 
-/// Long mode with paging, flat segments from our GDT.
-pub fn setup_boot_registers(vcpu: &VcpuFd, entry: GuestAddress) -> Result<(), RegsError> {
-    let mut sregs: kvm_sregs = vcpu.get_sregs().map_err(kvm("special registers"))?;
-    let code = segment(CODE_SELECTOR);
+/// The boot processor's state for `entry`: flat segments from our GDT; for the 64-bit boot
+/// protocol long mode with paging and `rsi` at the zero page, for PVH 32-bit protected mode
+/// without paging and `ebx` at the start info.
+pub fn setup_boot_registers(vcpu: &VcpuFd, entry: BootEntry) -> Result<(), RegsError> {
+    let reset = vcpu.get_sregs().map_err(kvm("special registers"))?;
+    let (sregs, regs) = boot_registers(reset, entry);
+    vcpu.set_sregs(&sregs).map_err(kvm("special registers"))?;
+    vcpu.set_regs(&regs).map_err(kvm("registers"))
+}
+
+/// [`setup_boot_registers`]'s registers, from the reset state in `sregs`.
+fn boot_registers(mut sregs: kvm_sregs, entry: BootEntry) -> (kvm_sregs, kvm_regs) {
     let data = segment(DATA_SELECTOR);
+    let mut code = segment(CODE_SELECTOR);
+    let regs = match entry {
+        BootEntry::Linux64 { entry } => {
+            sregs.cr0 |= X86_CR0_PE | X86_CR0_ET | X86_CR0_PG;
+            sregs.cr3 = PML4_START;
+            sregs.cr4 |= X86_CR4_PAE;
+            sregs.efer |= EFER_LME | EFER_LMA;
+            kvm_regs {
+                rflags: 0x2,
+                rip: entry.0,
+                rsp: BOOT_STACK_POINTER,
+                rbp: BOOT_STACK_POINTER,
+                rsi: ZERO_PAGE_START,
+                ..Default::default()
+            }
+        }
+        BootEntry::Pvh { entry, start_info } => {
+            // The same flat code segment, as 32-bit code; the kernel loads its own GDT first.
+            code.l = 0;
+            code.db = 1;
+            sregs.cr0 = (sregs.cr0 & !X86_CR0_PG) | X86_CR0_PE | X86_CR0_ET;
+            sregs.cr4 &= !X86_CR4_PAE;
+            sregs.efer &= !(EFER_LME | EFER_LMA);
+            kvm_regs {
+                rflags: 0x2,
+                rip: entry.0,
+                rbx: start_info.0,
+                ..Default::default()
+            }
+        }
+    };
     sregs.cs = code;
     sregs.ds = data;
     sregs.es = data;
@@ -126,21 +167,7 @@ pub fn setup_boot_registers(vcpu: &VcpuFd, entry: GuestAddress) -> Result<(), Re
     sregs.gdt.limit = u16::try_from(GDT.len() * 8 - 1).unwrap_or(u16::MAX);
     sregs.idt.base = BOOT_IDT_START;
     sregs.idt.limit = 7;
-    sregs.cr0 |= X86_CR0_PE | X86_CR0_ET | X86_CR0_PG;
-    sregs.cr3 = PML4_START;
-    sregs.cr4 |= X86_CR4_PAE;
-    sregs.efer |= EFER_LME | EFER_LMA;
-    vcpu.set_sregs(&sregs).map_err(kvm("special registers"))?;
-
-    let regs = kvm_regs {
-        rflags: 0x2,
-        rip: entry.0,
-        rsp: BOOT_STACK_POINTER,
-        rbp: BOOT_STACK_POINTER,
-        rsi: ZERO_PAGE_START,
-        ..Default::default()
-    };
-    vcpu.set_regs(&regs).map_err(kvm("registers"))
+    (sregs, regs)
 }
 
 /// x87 and SSE control words as after FNINIT / reset.
@@ -249,6 +276,36 @@ mod tests {
         assert_eq!(cs.limit, 0xffff_ffff);
         let tss = segment(TSS_SELECTOR);
         assert_eq!((tss.type_, tss.s), (0xb, 0));
+    }
+
+    #[test]
+    fn a_pvh_entry_starts_in_32_bit_protected_mode_without_paging() {
+        let reset = kvm_sregs {
+            cr0: 0x6000_0010,
+            ..Default::default()
+        };
+        let entry = BootEntry::Pvh {
+            entry: GuestAddress(0x100_0040),
+            start_info: GuestAddress(0x6000),
+        };
+        let (sregs, regs) = boot_registers(reset, entry);
+        assert_eq!((regs.rip, regs.rbx, regs.rflags), (0x100_0040, 0x6000, 2));
+        assert_eq!(sregs.cr0 & (X86_CR0_PE | X86_CR0_PG), X86_CR0_PE);
+        assert_eq!((sregs.cr4 & X86_CR4_PAE, sregs.efer), (0, 0));
+        assert_eq!((sregs.cs.l, sregs.cs.db, sregs.cs.g), (0, 1, 1));
+        assert_eq!((sregs.cs.base, sregs.cs.limit), (0, 0xffff_ffff));
+        assert_eq!((sregs.ds.db, sregs.ss.limit), (1, 0xffff_ffff));
+
+        let (sregs, regs) = boot_registers(
+            reset,
+            BootEntry::Linux64 {
+                entry: GuestAddress(0x100_0200),
+            },
+        );
+        assert_eq!((regs.rip, regs.rsi), (0x100_0200, ZERO_PAGE_START));
+        assert_eq!(sregs.cr0 & X86_CR0_PG, X86_CR0_PG);
+        assert_eq!(sregs.efer & EFER_LMA, EFER_LMA);
+        assert_eq!((sregs.cs.l, sregs.cr3), (1, PML4_START));
     }
 
     #[test]
