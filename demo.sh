@@ -44,7 +44,7 @@ trap 'exec 3>&- 2>/dev/null; kill "$pid" 2>/dev/null || true; rm -rf "$work"' EX
 mkfifo "$work/console-in"
 socket="$work/tidal.sock"
 
-"$bin/tidal" --kernel "$KERNEL" --initramfs "$INITRAMFS" --cpus "$cpus" \
+"$bin/tidal" --kernel "$VMLINUX" --initramfs "$INITRAMFS" --cpus "$cpus" \
     --memory "size=$memory,hotplug_size=8G" --api-socket "$socket" \
     --cmdline "console=ttyS0 quiet" --log-level info \
     <"$work/console-in" >"$work/console.log" 2>"$work/tidal.log" &

@@ -3,6 +3,8 @@
 #
 #   $CACHE/vmlinuz                     the guest kernel (bzImage of linux-image-amd64's current
 #                                      package); also the test host's kernel
+#   $CACHE/vmlinux                     the same kernel uncompressed (the bzImage's xz payload):
+#                                      the ELF file Tidal boots through PVH
 #   $CACHE/initramfs.cpio.gz           the guest's busybox initramfs (/init: resources/guest-init.sh)
 #                                      with the kernel package's pvpanic modules
 #   $CACHE/kernel/lib/modules/<ver>/   the kernel package's module tree
@@ -160,6 +162,20 @@ if ! cmp -s "$bzimage" "$cache/vmlinuz"; then
     cp "$bzimage" "$cache/vmlinuz.tmp"
     mv "$cache/vmlinuz.tmp" "$cache/vmlinuz"
 fi
+if [ ! -s "$cache/vmlinux" ] || [ "$cache/vmlinuz" -nt "$cache/vmlinux" ]; then
+    python3 - "$cache/vmlinuz" "$cache/vmlinux.tmp" <<'PYTHON' || die "cannot extract vmlinux from $cache/vmlinuz"
+import lzma, sys
+image = open(sys.argv[1], "rb").read()
+at = image.find(b"\xfd7zXZ\x00")
+if at < 0:
+    sys.exit("no xz payload in the bzImage")
+elf = lzma.LZMADecompressor().decompress(image[at:])
+if not elf.startswith(b"\x7fELF"):
+    sys.exit("the bzImage's xz payload is not an ELF file")
+open(sys.argv[2], "wb").write(elf)
+PYTHON
+    mv "$cache/vmlinux.tmp" "$cache/vmlinux"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # initramfs images
@@ -303,6 +319,7 @@ build_if_changed "$cache/testhost-initramfs.cpio.gz" "$testhost_key" build_testh
 # ---------------------------------------------------------------------------------------------
 cat >"$cache/guest.env.tmp" <<EOF
 KERNEL=$cache/vmlinuz
+VMLINUX=$cache/vmlinux
 INITRAMFS=$cache/initramfs.cpio.gz
 TESTHOST_INITRAMFS=$cache/testhost-initramfs.cpio.gz
 MODULES_DIR=$moddir

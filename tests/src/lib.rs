@@ -76,15 +76,17 @@ pub fn cache_dir() -> PathBuf {
 /// The guest kernel and initramfs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestImages {
-    /// The bzImage.
+    /// The kernel guests boot: the uncompressed ELF vmlinux, started through PVH.
     pub kernel: PathBuf,
+    /// The same kernel as the bzImage it came in, started through the 64-bit boot protocol.
+    pub bzimage: PathBuf,
     /// The busybox initramfs whose `/init` speaks the [`READY_LINE`] protocol.
     pub initramfs: PathBuf,
 }
 
 impl GuestImages {
-    /// Finds the images: `$TIDAL_KERNEL` and `$TIDAL_INITRAMFS` when set, else `KERNEL=` and
-    /// `INITRAMFS=` from `guest.env` in [`cache_dir`].
+    /// Finds the images: `$TIDAL_KERNEL`, `$TIDAL_BZIMAGE` and `$TIDAL_INITRAMFS` when set,
+    /// else `VMLINUX=`, `KERNEL=` and `INITRAMFS=` from `guest.env` in [`cache_dir`].
     pub fn try_find() -> Result<Self, String> {
         let env_file = cache_dir().join("guest.env");
         let from_file = std::fs::read_to_string(&env_file)
@@ -111,7 +113,8 @@ impl GuestImages {
             }
         };
         Ok(GuestImages {
-            kernel: pick("TIDAL_KERNEL", "KERNEL")?,
+            kernel: pick("TIDAL_KERNEL", "VMLINUX")?,
+            bzimage: pick("TIDAL_BZIMAGE", "KERNEL")?,
             initramfs: pick("TIDAL_INITRAMFS", "INITRAMFS")?,
         })
     }

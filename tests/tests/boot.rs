@@ -2,7 +2,7 @@
 //! sees. These need hardware-backed KVM: run them with `ci/test.sh`, which starts them inside the
 //! test host on machines whose /dev/kvm is KVM-PVM.
 
-use tidal_tests::Guest;
+use tidal_tests::{Guest, GuestImages};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -24,18 +24,50 @@ fn assert_memtotal_close_to(guest: &mut tidal_tests::RunningGuest, configured_by
     }
 }
 
+/// What tidal says it booted (its `info` line "VM ready: ..."), with the kernel's format.
+fn vm_ready_line(guest: &tidal_tests::RunningGuest) -> String {
+    let stderr = guest.stderr();
+    match stderr.lines().find(|l| l.contains("VM ready:")) {
+        Some(line) => line.to_owned(),
+        None => guest.fail("tidal logged no \"VM ready\" line"),
+    }
+}
+
+/// Guests boot the uncompressed vmlinux through PVH, as every other test does.
 #[test]
 fn one_vcpu_is_seen_by_the_guest() {
     let mut guest = Guest::new()
         .cpus(1)
         .cmdline_extra("tidal_test=one_vcpu")
+        .arg("--log-level")
+        .arg("info")
         .boot();
+    let ready = vm_ready_line(&guest);
+    assert!(ready.contains("(ELF vmlinux, PVH)"), "{ready}");
     assert_eq!(guest.nproc(), 1);
     assert_eq!(guest.cpuinfo_processors(), 1);
     // The command line the test passed reached the kernel.
     assert!(guest
         .run_ok("cat /proc/cmdline")
         .contains("tidal_test=one_vcpu"));
+}
+
+/// The bzImage the vmlinux came in boots too, through the 64-bit boot protocol, with the
+/// command line and the initramfs.
+#[test]
+fn the_bzimage_boots_through_the_64_bit_boot_protocol() {
+    let mut guest = Guest::new()
+        .kernel(GuestImages::find().bzimage)
+        .cmdline_extra("tidal_test=bzimage")
+        .arg("--log-level")
+        .arg("info")
+        .boot();
+    let ready = vm_ready_line(&guest);
+    assert!(ready.contains("(bzImage, 64-bit boot protocol)"), "{ready}");
+    assert!(guest
+        .run_ok("cat /proc/cmdline")
+        .contains("tidal_test=bzimage"));
+    assert_eq!(guest.poweroff().code(), Some(0));
 }
 
 #[test]
