@@ -8,11 +8,10 @@ use linux_loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bzimage::BzImage;
-use linux_loader::loader::KernelLoader;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend};
 
-use super::{load_initramfs, low32, write_cmdline, BootEntry, BootError, BootSpec};
-use crate::layout::{CMDLINE_START, HIMEM_START, ZERO_PAGE_START};
+use super::{load_initramfs, load_kernel, low32, write_cmdline, BootEntry, BootError, BootSpec};
+use crate::layout::{CMDLINE_START, ZERO_PAGE_START};
 use crate::memory::guest::GuestMemoryLayout;
 
 /// The 64-bit entry point is 0x200 past the protected-mode code (boot protocol 2.12+).
@@ -28,13 +27,7 @@ pub(super) fn load<M: GuestMemoryBackend>(
     spec: &BootSpec,
     kernel: &mut File,
 ) -> Result<BootEntry, BootError> {
-    let loaded =
-        BzImage::load(mem, None, kernel, Some(GuestAddress(HIMEM_START))).map_err(|source| {
-            BootError::Kernel {
-                path: spec.kernel.to_path_buf(),
-                source,
-            }
-        })?;
+    let loaded = load_kernel::<BzImage, _>(mem, spec, kernel)?;
     let Some(mut header) = loaded.setup_header else {
         return Err(BootError::OldBootProtocol(spec.kernel.to_path_buf()));
     };

@@ -14,10 +14,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::{KernelLoader, KernelLoaderResult};
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, ReadVolatile};
 
-use crate::layout::{CMDLINE_START, PAGE_SIZE};
+use crate::layout::{CMDLINE_START, HIMEM_START, PAGE_SIZE};
 use crate::memory::guest::GuestMemoryLayout;
 
 #[derive(Debug, Error)]
@@ -110,6 +111,21 @@ pub fn load<M: GuestMemoryBackend>(mem: &M, spec: &BootSpec) -> Result<BootInfo,
         linux64::load(mem, spec, &mut kernel)?
     };
     Ok(BootInfo { entry })
+}
+
+/// Loads `kernel` into `mem` with linux-loader's loader `L` (the kernel goes no lower than
+/// [`HIMEM_START`]).
+fn load_kernel<L: KernelLoader, M: GuestMemoryBackend>(
+    mem: &M,
+    spec: &BootSpec,
+    kernel: &mut File,
+) -> Result<KernelLoaderResult, BootError> {
+    L::load(mem, None, kernel, Some(GuestAddress(HIMEM_START))).map_err(|source| {
+        BootError::Kernel {
+            path: spec.kernel.to_path_buf(),
+            source,
+        }
+    })
 }
 
 fn open(path: &Path, what: &'static str) -> Result<File, BootError> {

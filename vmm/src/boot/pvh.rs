@@ -12,11 +12,10 @@ use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
-use linux_loader::loader::KernelLoader;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend};
 
-use super::{load_initramfs, write_cmdline, BootEntry, BootError, BootSpec};
-use crate::layout::{CMDLINE_START, HIMEM_START, PVH_INFO_END, PVH_INFO_START};
+use super::{load_initramfs, load_kernel, write_cmdline, BootEntry, BootError, BootSpec};
+use crate::layout::{CMDLINE_START, PVH_INFO_END, PVH_INFO_START};
 
 /// `hvm_start_info.magic` (Xen's XEN_HVM_START_MAGIC_VALUE).
 const START_INFO_MAGIC: u32 = 0x336e_c578;
@@ -33,13 +32,7 @@ pub(super) fn load<M: GuestMemoryBackend>(
     spec: &BootSpec,
     kernel: &mut File,
 ) -> Result<BootEntry, BootError> {
-    let loaded =
-        Elf::load(mem, None, kernel, Some(GuestAddress(HIMEM_START))).map_err(|source| {
-            BootError::Kernel {
-                path: spec.kernel.to_path_buf(),
-                source,
-            }
-        })?;
+    let loaded = load_kernel::<Elf, _>(mem, spec, kernel)?;
     let PvhBootCapability::PvhEntryPresent(entry) = loaded.pvh_boot_cap else {
         return Err(BootError::NoPvhEntry(spec.kernel.to_path_buf()));
     };
