@@ -195,7 +195,7 @@ run_in_testhost() {
                 next+=("$test")
             else
                 echo "ci/test.sh: FAILED: $test (attempt ${attempts[$test]}${fault:+, $fault}, exit status $rc); its log: $kept" >&2
-                echo "failed $test" >>"$counts"
+                echo "failed $test: $(failure_reason "$output")" >>"$counts"
                 failed=$((failed + 1))
             fi
         done
@@ -234,6 +234,17 @@ test_output() {
                line ~ /^test result: / || line ~ /^---- .* stdout ----$/) { on = 0 }
         index(line, "test " t " ... ") || line == "---- " t " stdout ----" { on = 1 }
         on { print }
+    ' "$1"
+}
+
+# The first line of what the failed test's output (file $1) says it panicked with, or how the
+# test host ended when it never got that far: the summary's one line about the failure.
+failure_reason() {
+    awk '
+        { line = $0; sub(/\r$/, "", line) }
+        grab { print substr(line, 1, 300); found = 1; exit }
+        /panicked at / { grab = 1 }
+        END { if (!found) print "no panic message (see the log)" }
     ' "$1"
 }
 
