@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tidal_api::{AddMemoryRequest, ApiClient, ClientError, DimmInfo, ResizeRequest};
 
+use crate::bench::host::Rss;
 use crate::{tidal_binary, Guest, RunningGuest, GROW_TMPFS};
 
 pub const MIB: u64 = 1 << 20;
@@ -128,6 +129,11 @@ impl ElasticVm {
     /// tidal's resident set size, in KiB.
     pub fn host_rss_kib(&mut self) -> u64 {
         self.host_status_kib("VmRSS")
+    }
+
+    /// tidal's resident memory split into guest RAM and its own (from /proc/PID/smaps).
+    pub fn host_rss(&mut self) -> Rss {
+        Rss::of(self.guest.pid()).expect("read tidal's /proc smaps")
     }
 
     /// A KiB figure of tidal's /proc/PID/status, e.g. `VmSize` (everything it has mapped).

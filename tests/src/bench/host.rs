@@ -91,6 +91,16 @@ impl Rss {
     }
 }
 
+impl std::fmt::Display for Rss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.1} MiB guest RAM + {:.1} MiB own",
+            self.guest_mib, self.own_mib
+        )
+    }
+}
+
 /// How many KiB of `ranges` are in RAM in process `pid` now, page by page from
 /// `/proc/PID/pagemap` (bit 63 of a page's entry: present). Unmapped addresses count as not
 /// resident, so a DIMM whose mapping is gone counts 0.
