@@ -9,9 +9,8 @@
 #       -> -m SIZE, or with a hotplug region -m SIZE,slots=N,maxmem=SIZE+HOTPLUG_SIZE (slots
 #          default 32, as tidal's); sizes in tidal's syntax (bytes, or K/M/G/T, powers of 1024),
 #          whole MiB. With a hotplug region the kernel command line also gets
-#          memhp_default_state=online_movable, as tidal adds it (unless the line sets it before
-#          any `--`): the guest onlines hot-added DIMMs itself, into ZONE_MOVABLE, so they can be
-#          removed again.
+#          memhp_default_state=online_movable, as tidal adds it (ci/lib/tidal-cmdline.sh, which
+#          reads the options both wrappers share).
 #   --qmp-socket PATH
 #       a QMP server (QEMU's machine protocol) on this Unix socket, QEMU's counterpart of
 #       tidal's --api-socket: object-add memory-backend-ram + device_add pc-dimm plug a DIMM,
@@ -22,73 +21,22 @@
 # QEMU_AS_TIDAL_ACCEL=kvm|tcg overrides.
 set -euo pipefail
 
-die() {
-    echo "qemu-as-tidal: $*" >&2
-    exit 2
-}
+wrapper=qemu-as-tidal
+# shellcheck source=ci/lib/tidal-cmdline.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/tidal-cmdline.sh"
 
-# Prints tidal SIZE in MiB (tidal's syntax: digits with an optional K, M, G or T suffix, powers
-# of 1024, optionally followed by B or iB); refuses what is not a whole number of MiB.
-mib() {
-    local text=${1^^} shift=0 number bytes
-    text=${text%IB}
-    text=${text%B}
-    case "$text" in
-        *K) shift=10 ;;
-        *M) shift=20 ;;
-        *G) shift=30 ;;
-        *T) shift=40 ;;
-    esac
-    number=${text%[KMGT]}
-    [[ "$number" =~ ^[0-9]{1,12}$ ]] || die "invalid size '$1'"
-    bytes=$((10#$number << shift))
-    [ $((bytes % (1 << 20))) -eq 0 ] || die "size '$1' is not a whole number of MiB"
-    echo $((bytes >> 20))
-}
-
-kernel='' initramfs='' cmdline='console=ttyS0 reboot=acpi panic=1' cpus=1 qmp=''
-size_mib=512 hotplug_mib=0 slots=''
-while [ $# -gt 0 ]; do
-    [ $# -ge 2 ] || die "$1 needs a value"
+qmp=''
+wrapper_option() {
     case "$1" in
-        --kernel) kernel=$2 ;;
-        --initramfs) initramfs=$2 ;;
-        --cmdline) cmdline=$2 ;;
-        --cpus) cpus=$2 ;;
-        --memory)
-            IFS=, read -ra items <<<"$2"
-            for item in "${items[@]}"; do
-                [[ "$item" == *=* ]] || die "--memory: expected key=value, not '$item'"
-                value=${item#*=}
-                case "${item%%=*}" in
-                    size) size_mib=$(mib "$value") ;;
-                    hotplug_size) hotplug_mib=$(mib "$value") ;;
-                    slots)
-                        [[ "$value" =~ ^[0-9]{1,3}$ ]] || die "--memory: slots must be a number, not '$value'"
-                        slots=$value
-                        ;;
-                    *) die "--memory: unknown key '${item%%=*}' (size, hotplug_size, slots)" ;;
-                esac
-            done
-            ;;
-        --serial) [ "$2" = stdio ] || die "only --serial stdio is understood" ;;
         --qmp-socket) qmp=$2 ;;
-        *) die "unsupported argument '$1'" ;;
+        *) return 1 ;;
     esac
-    shift 2
-done
-[ -n "$kernel" ] || die "--kernel is required"
+}
+read_tidal_args "$@"
 
 memory="${size_mib}M"
 if [ "$hotplug_mib" -gt 0 ]; then
     memory+=",slots=${slots:-32},maxmem=$((size_mib + hotplug_mib))M"
-    # The kernel's own parameters end at the first ` -- `; what follows is init's.
-    kernel_params=${cmdline%% -- *}
-    if [[ " $kernel_params " != *" memhp_default_state="* ]]; then
-        cmdline="$kernel_params memhp_default_state=online_movable${cmdline:${#kernel_params}}"
-    fi
-elif [ -n "$slots" ]; then
-    die "--memory: slots needs hotplug_size"
 fi
 
 accel=${QEMU_AS_TIDAL_ACCEL:-}
