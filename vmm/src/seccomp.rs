@@ -187,6 +187,31 @@ impl Rules {
     }
 }
 
+/// The futex operations locks, condition variables, thread parking and `pthread_join` use:
+/// wait and wake, plain or with a bitset, each private or shared, with either clock. Not the
+/// requeue and priority-inheritance operations, the kernel's most troubled futex code.
+const FUTEX_OPS: [libc::c_int; 4] = [
+    libc::FUTEX_WAIT,
+    libc::FUTEX_WAKE,
+    libc::FUTEX_WAIT_BITSET,
+    libc::FUTEX_WAKE_BITSET,
+];
+
+/// Allows `futex` with one of [`FUTEX_OPS`] and any of its two option flags.
+fn allow_futex(rules: &mut Rules) -> Result<(), seccompiler::BackendError> {
+    let flags = [
+        0,
+        libc::FUTEX_PRIVATE_FLAG,
+        libc::FUTEX_CLOCK_REALTIME,
+        libc::FUTEX_PRIVATE_FLAG | libc::FUTEX_CLOCK_REALTIME,
+    ];
+    let ops: Vec<u64> = FUTEX_OPS
+        .iter()
+        .flat_map(|&op| flags.iter().map(move |&flag| int(op | flag)))
+        .collect();
+    rules.allow_arg(libc::SYS_futex, 1, &ops)
+}
+
 /// What any thread needs once it runs: memory (`malloc`, thread stacks; never executable),
 /// locks, signals returning, time and sleep, thread exit, abort, and log lines on stderr.
 fn common(rules: &mut Rules) -> Result<(), seccompiler::BackendError> {
@@ -194,9 +219,6 @@ fn common(rules: &mut Rules) -> Result<(), seccompiler::BackendError> {
     rules.allow(&[
         SYS_brk,
         SYS_munmap,
-        SYS_mremap,
-        SYS_madvise,
-        SYS_futex,
         SYS_sched_yield,
         SYS_rt_sigreturn,
         SYS_rt_sigprocmask,
@@ -223,6 +245,12 @@ fn common(rules: &mut Rules) -> Result<(), seccompiler::BackendError> {
     ]);
     rules.allow_without_bits(SYS_mmap, 2, int(PROT_EXEC))?;
     rules.allow_without_bits(SYS_mprotect, 2, int(PROT_EXEC))?;
+    // realloc of a large block moves its mapping, never onto an address of its choosing.
+    rules.allow_without_bits(SYS_mremap, 3, int(MREMAP_FIXED | MREMAP_DONTUNMAP))?;
+    // malloc gives freed memory back; nothing else of madvise's (the API threads' DIMM advice
+    // aside) is any thread's business.
+    rules.allow_arg(SYS_madvise, 2, &[int(MADV_DONTNEED)])?;
+    allow_futex(rules)?;
     // Debug builds of Rust's standard library check that a descriptor is open before they
     // close it.
     rules.allow_arg(SYS_fcntl, 1, &[int(F_GETFD)])?;
@@ -323,18 +351,33 @@ fn api_rules(rules: &mut Rules) -> Result<(), seccompiler::BackendError> {
         SYS_sendmsg,
         SYS_shutdown,
         SYS_close,
-        SYS_fcntl,
         SYS_getsockopt,
         SYS_getsockname,
         SYS_getpeername,
-        // Starting a thread: glibc's pthread_create and the new thread's own setup.
-        SYS_clone,
+        // Starting a thread (see `clone3_unsupported`): glibc's pthread_create and the new
+        // thread's own setup.
         SYS_clone3,
         SYS_set_robust_list,
         SYS_rseq,
         SYS_sched_getaffinity,
     ]);
     rules.allow_arg(SYS_ioctl, 1, &[KVM_SET_USER_MEMORY_REGION])?;
+    // A DIMM's memory: huge pages where the host's THP mode asks for advice, then prefaulted.
+    rules.allow_arg(
+        SYS_madvise,
+        2,
+        &[int(MADV_HUGEPAGE), int(MADV_POPULATE_WRITE)],
+    )?;
+    // A thread, never a process: clone only with CLONE_THREAD set.
+    rules.allow_rule(
+        SYS_clone,
+        SeccompRule::new(vec![SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(int(CLONE_THREAD)),
+            int(CLONE_THREAD),
+        )?])?,
+    );
     // A new thread names itself, then confines itself (a filter can only add restrictions).
     rules.allow_arg(SYS_prctl, 0, &[int(PR_SET_NAME), int(PR_SET_NO_NEW_PRIVS)])?;
     rules.allow_arg(SYS_seccomp, 0, &[u64::from(SECCOMP_SET_MODE_FILTER)])?;
@@ -347,6 +390,24 @@ fn console_in_rules(rules: &mut Rules) -> Result<(), seccompiler::BackendError> 
     rules.allow_arg(libc::SYS_read, 0, &[0])?;
     rules.allow(&[libc::SYS_poll, libc::SYS_ppoll]);
     Ok(())
+}
+
+/// For the threads that start threads: `clone3` fails with ENOSYS, so glibc falls back to
+/// `clone`, whose flags a filter can check (`clone3` has them in memory, out of a filter's
+/// reach). A filter of its own, because a filter gives one answer to every call it lists; the
+/// kernel takes the strictest answer of a thread's filters, and this error beats an allow.
+fn clone3_unsupported() -> Result<BpfProgram, SeccompError> {
+    SeccompFilter::new(
+        [(libc::SYS_clone3, Vec::new())].into_iter().collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS.unsigned_abs()),
+        TargetArch::x86_64,
+    )
+    .and_then(BpfProgram::try_from)
+    .map_err(|source| SeccompError::Build {
+        kind: ThreadKind::Api,
+        source,
+    })
 }
 
 /// Builds the BPF program for threads of `kind`.
@@ -373,24 +434,32 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
 #[derive(Clone)]
 pub struct ThreadFilter {
     kind: ThreadKind,
-    program: Arc<BpfProgram>,
+    /// The filter itself, and for the API threads [`clone3_unsupported`] first.
+    programs: Arc<Vec<BpfProgram>>,
 }
 
 impl ThreadFilter {
     pub fn new(kind: ThreadKind) -> Result<Self, SeccompError> {
+        let mut programs = Vec::new();
+        if kind == ThreadKind::Api {
+            programs.push(clone3_unsupported()?);
+        }
+        programs.push(filter(kind)?);
         Ok(Self {
             kind,
-            program: Arc::new(filter(kind)?),
+            programs: Arc::new(programs),
         })
     }
 
     /// Confines the calling thread for the rest of its life (and the threads it starts).
     pub fn apply(&self) -> Result<(), SeccompError> {
         remember_thread_name();
-        seccompiler::apply_filter(&self.program).map_err(|source| SeccompError::Install {
-            kind: self.kind,
-            thread: std::thread::current().name().unwrap_or("?").to_owned(),
-            source,
+        self.programs.iter().try_for_each(|program| {
+            seccompiler::apply_filter(program).map_err(|source| SeccompError::Install {
+                kind: self.kind,
+                thread: std::thread::current().name().unwrap_or("?").to_owned(),
+                source,
+            })
         })
     }
 

@@ -126,6 +126,21 @@ fn arguments_are_checked_too() {
     assert_stopped_for(&run_case("kvm-create-vm", b""), "probe", libc::SYS_ioctl);
     assert_stopped_for(&run_case("exec-mapping", b""), "probe", libc::SYS_mmap);
     assert_stopped_for(&run_case("read-fd-3", b""), "probe", libc::SYS_read);
+    // A priority-inheritance futex, advice for DIMM memory from a vCPU, a process from the API.
+    assert_stopped_for(&run_case("futex-lock-pi", b""), "probe", libc::SYS_futex);
+    assert_stopped_for(
+        &run_case("madvise-hugepage", b""),
+        "probe",
+        libc::SYS_madvise,
+    );
+    assert_stopped_for(&run_case("fork", b""), "probe", libc::SYS_clone);
+}
+
+/// clone3 hides its flags from a filter: the API threads get ENOSYS for it, and glibc starts
+/// their threads through clone, whose flags are checked.
+#[test]
+fn api_threads_start_threads_through_clone_only() {
+    assert_succeeded(&run_case("clone3", b""));
 }
 
 #[test]
@@ -202,6 +217,28 @@ fn case_in_child_process() {
             let mut byte = [0u8; 1];
             // SAFETY: reads at most one byte into a live buffer.
             unsafe { libc::read(3, byte.as_mut_ptr().cast(), 1) };
+        }),
+        ["futex-lock-pi"] => in_probe(ThreadKind::Vcpu, || {
+            let word = 0u32;
+            // SAFETY: the futex word is a live local; the call is stopped before it runs.
+            unsafe { libc::syscall(libc::SYS_futex, &word, libc::FUTEX_LOCK_PI, 0, 0, 0, 0) };
+        }),
+        ["madvise-hugepage"] => in_probe(ThreadKind::Vcpu, || {
+            let mut page = vec![0u8; 4096];
+            // SAFETY: advice on a live buffer; the call is stopped before it runs.
+            unsafe { libc::madvise(page.as_mut_ptr().cast(), page.len(), libc::MADV_HUGEPAGE) };
+        }),
+        ["fork"] => in_probe(ThreadKind::Api, || {
+            // SAFETY: stopped before a child exists.
+            unsafe { libc::fork() };
+        }),
+        ["clone3"] => in_probe(ThreadKind::Api, || {
+            // SAFETY: clone3 with no arguments struct is refused before it reads one.
+            let done = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0) };
+            let error = std::io::Error::last_os_error().raw_os_error();
+            assert_eq!((done, error), (-1, Some(libc::ENOSYS)));
+            let thread = std::thread::spawn(|| 42);
+            assert_eq!(thread.join().unwrap(), 42);
         }),
         ["common", kind] => in_probe(kind_from(kind), common_work),
         ["arenas"] => arenas_case(),
