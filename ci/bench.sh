@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The benchmark: `ci/bench.sh [--runs N] [--quick] [--removed SIZES] [--added-only SIZES] [--json PATH] [--plot PATH]`. Builds Tidal,
+# The benchmark: `ci/bench.sh [--runs N] [--quick] [--removed SIZES] [--added-only SIZES] [--ch PATH] [--json PATH] [--plot PATH]`. Builds Tidal,
 # tidal-bench (tests/src/bench/) and the guest, installs QEMU if it is missing, then runs
 # tidal-bench, which boots the same guest under Tidal and under QEMU alternately (through
-# ci/qemu-as-tidal.sh) and prints a table of medians, Tidal beside QEMU. It writes every run as
+# ci/qemu-as-tidal.sh) and prints a table of medians, Tidal beside QEMU. With --ch PATH (a
+# cloud-hypervisor binary of the user's: Debian does not package it, and nothing is downloaded)
+# Cloud Hypervisor runs in every round too (through ci/ch-as-tidal.sh) and gets its column and
+# Tidal/CH ratios; it only adds memory, so its removal rows say "not supported". It writes every run as
 # JSON (default target/bench/bench.json) and the hot-plug latencies as an SVG plot (default
 # target/bench/latency.svg); each failed run's evidence goes to failed/<vmm>-run<N>-<attempt>/
 # beside the JSON file (docs/benchmarks.md).
@@ -12,6 +15,7 @@
 # alike: compare them with each other, not with hardware. TIDAL_BENCH_TIMEOUT (seconds, default
 # 14400) bounds that test host run.
 set -euo pipefail
+start_dir=$PWD
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 json=target/bench/bench.json
@@ -21,6 +25,16 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --json) json=${2:?--json needs a path}; shift 2 ;;
         --plot) plot=${2:?--plot needs a path}; shift 2 ;;
+        --ch)
+            ch=${2:?--ch needs the path of a cloud-hypervisor binary}
+            [[ "$ch" == /* ]] || ch=$start_dir/$ch
+            if ! [ -f "$ch" ] || ! [ -x "$ch" ]; then
+                echo "bench: --ch $2: no executable cloud-hypervisor binary there" >&2
+                exit 2
+            fi
+            args+=(--ch "$ch")
+            shift 2
+            ;;
         *) args+=("$1"); shift ;;
     esac
 done
@@ -49,6 +63,11 @@ case "$(ci/kvm-kind.sh)" in
         ;;
     pvm)
         echo "bench: /dev/kvm is KVM-PVM: running inside the QEMU test host (emulated figures)" >&2
+        # The test host sees this machine's root read-only, but its /tmp is its own.
+        if [[ "${ch:-}" == /tmp/* ]]; then
+            echo "bench: --ch $ch: the test host cannot see /tmp; put the binary elsewhere" >&2
+            exit 2
+        fi
         # The test host sees this machine's files read-only; only its scratch directory is
         # written through. TMPDIR puts that directory where this script finds it, --keep leaves
         # it for the results to be copied out.

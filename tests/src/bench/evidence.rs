@@ -170,11 +170,7 @@ impl Evidence {
             .strip_prefix("run ")
             .and_then(|rest| rest.split_whitespace().next())
             .map_or_else(|| "warmup".to_owned(), |n| format!("run{n}"));
-        format!(
-            "{}-{run}-{}",
-            self.vmm.to_string().to_lowercase(),
-            self.attempt
-        )
+        format!("{}-{run}-{}", self.vmm.key(), self.attempt)
     }
 
     /// In one line: the step, the time, how the VMM ended and its last error line.

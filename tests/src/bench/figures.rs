@@ -215,6 +215,15 @@ impl Figure {
         format!("{text} ({})", self.unit().symbol())
     }
 
+    /// Whether measuring it needs a VMM that removes memory: the removals, the shrink and the
+    /// memory read around the filled removal.
+    pub fn needs_removal(self) -> bool {
+        matches!(
+            self,
+            Figure::HotRemove { .. } | Figure::ShrinkCheapest(_) | Figure::Rss { .. }
+        )
+    }
+
     /// The plot's name for a latency it shows (hot-add, and hot-remove until the DIMM is gone);
     /// `None` for the figures it leaves to the table.
     pub fn plot_label(self) -> Option<String> {

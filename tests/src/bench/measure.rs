@@ -1,7 +1,8 @@
-//! One run against one booted VMM, the same steps for both: boot figures; for each DIMM size
+//! One run against one booted VMM, the same steps for each: boot figures; for each DIMM size
 //! of the plan, a DIMM hot-added and removed empty, then two, the older kept empty and the
 //! newer filled with the guest's data, a shrink by one of them and the filled one's removal,
-//! watching the VMM's RSS; then the other DIMM sizes hot-added.
+//! watching the VMM's RSS; then the other DIMM sizes hot-added. A VMM that cannot remove
+//! memory (Cloud Hypervisor) only hot-adds each size.
 //!
 //! "Online" and "MemTotal dropped" are judged the same way for both VMMs: after the request,
 //! a shell loop in the guest waits until `/proc/meminfo` shows it, and the time is taken when
@@ -120,6 +121,13 @@ pub(super) fn run(
         .expect("Guest::boot records the boot time");
     figures.insert(Figure::Boot, ms(boot));
     figures.insert(Figure::VmmOverhead, rss(vm)?.own_mib);
+    if !vm.kind().removes_memory() {
+        for &size in plan.removed.iter().chain(&plan.added_only) {
+            progress.enter(vm, Step::HotAdd(size));
+            add(vm, size, &mut figures)?;
+        }
+        return Ok(figures);
+    }
     for &size in &plan.removed {
         // The guest RAM mapped before any DIMM of this round: a DIMM's own mapping is what
         // is new beside it (QEMU may map a DIMM where a removed one was, before the removed
@@ -315,12 +323,12 @@ fn run_ok(guest: &mut RunningGuest, command: &str, timeout: Duration) -> Result<
 
 /// The VMM process's resident memory now.
 fn rss(vm: &mut dyn Vmm) -> Result<Rss, VmmError> {
-    Rss::of(vm.guest().pid()).map_err(VmmError::Smaps)
+    Rss::of(vm.pid()?).map_err(VmmError::Smaps)
 }
 
 /// How many KiB of the VMM's `ranges` are resident now.
 fn resident_kib(vm: &mut dyn Vmm, ranges: &[Range<u64>]) -> Result<u64, VmmError> {
-    host::resident_kib(vm.guest().pid(), ranges).map_err(VmmError::Pagemap)
+    host::resident_kib(vm.pid()?, ranges).map_err(VmmError::Pagemap)
 }
 
 fn ms(duration: Duration) -> f64 {

@@ -1,13 +1,15 @@
-//! The benchmark behind `tidal-bench` (and `ci/bench.sh`): Tidal and QEMU boot the same guest
-//! alternately, and each run measures boot time, hot-add and hot-remove latency, and the VMM's
-//! memory on the host. A library, so the test suite can run the quick mode
-//! (`tests/tests/bench.rs`) and the benchmark cannot rot.
+//! The benchmark behind `tidal-bench` (and `ci/bench.sh`): Tidal and QEMU, and Cloud Hypervisor
+//! when given its binary, boot the same guest alternately, and each run measures boot time,
+//! hot-add and hot-remove latency, and the VMM's memory on the host. A library, so the test
+//! suite can run the quick mode (`tests/tests/bench.rs`) and the benchmark cannot rot.
 //!
+//! - [`cli`]: `tidal-bench`'s command line;
 //! - [`figures`]: what is measured, named once, and the [`Plan`] of guest and DIMM sizes;
 //! - `measure`: one run against one booted VMM, written once for both, in named [`Step`]s;
 //! - [`evidence`]: what a failed run leaves behind, in the JSON file and in files of its own;
 //! - [`vmm`]: the [`Vmm`] trait, with Tidal (REST API) and QEMU (QMP) behind it;
 //! - [`qmp`]: a small blocking QMP client;
+//! - `ch`: Cloud Hypervisor behind the same trait (its REST API, which only adds memory);
 //! - [`host`]: the VMM process's resident memory, and where the benchmark runs;
 //! - [`stats`]: medians and ranges;
 //! - [`report`]: every run, the table, the JSON file and the plot.
@@ -16,6 +18,8 @@
 //! panics with the console; a run catches that, and it and every other failure of a run become
 //! a [`BenchError::Run`] with the run's [`Evidence`].
 
+mod ch;
+pub mod cli;
 pub mod evidence;
 pub mod figures;
 pub mod host;
@@ -28,7 +32,7 @@ pub mod vmm;
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::panic::{self, AssertUnwindSafe};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -71,8 +75,10 @@ pub struct Options {
     /// Fresh boots a run of Tidal that failed gets before the benchmark stops: the emulated
     /// test host hangs now and then, and an hour of runs should not be lost to one hang.
     pub tidal_retries: usize,
-    /// The same for a run of QEMU.
-    pub qemu_retries: usize,
+    /// The same for a run of a reference VMM (QEMU, Cloud Hypervisor).
+    pub reference_retries: usize,
+    /// A `cloud-hypervisor` binary: Cloud Hypervisor then runs in every round too, after QEMU.
+    pub ch: Option<PathBuf>,
     /// Where each failed run's evidence goes, a directory per run and attempt
     /// ([`Evidence::write`]); nowhere but the report when `None`.
     pub evidence_dir: Option<PathBuf>,
@@ -88,7 +94,8 @@ impl Options {
             warm_up: true,
             plan: Plan::full(),
             tidal_retries: 1,
-            qemu_retries: 1,
+            reference_retries: 1,
+            ch: None,
             evidence_dir: None,
             crash: None,
         }
@@ -96,7 +103,7 @@ impl Options {
 
     /// One run of each, no warm-up, small DIMMs: shows that every figure can be measured. A
     /// failed run of Tidal is not retried: the test suite's harness decides whether it was the
-    /// nested emulation's (ci/test.sh). One of QEMU, the reference, is: its failures are never
+    /// nested emulation's (ci/test.sh). One of a reference VMM is: its failures are never
     /// Tidal's, and under the nested emulation its guests hang and reset like Tidal's.
     pub fn quick() -> Self {
         Options {
@@ -104,7 +111,8 @@ impl Options {
             warm_up: false,
             plan: Plan::quick(),
             tidal_retries: 0,
-            qemu_retries: 1,
+            reference_retries: 1,
+            ch: None,
             evidence_dir: None,
             crash: None,
         }
@@ -114,8 +122,17 @@ impl Options {
     fn retries(&self, vmm: VmmKind) -> usize {
         match vmm {
             VmmKind::Tidal => self.tidal_retries,
-            VmmKind::Qemu => self.qemu_retries,
+            VmmKind::Qemu | VmmKind::CloudHypervisor => self.reference_retries,
         }
+    }
+
+    /// The VMMs of each round, in the order they run: Tidal, QEMU, and Cloud Hypervisor when
+    /// [`Options::ch`] names its binary.
+    pub fn vmms(&self) -> Vec<VmmKind> {
+        VmmKind::ALL
+            .into_iter()
+            .filter(|&vmm| vmm != VmmKind::CloudHypervisor || self.ch.is_some())
+            .collect()
     }
 }
 
@@ -127,6 +144,8 @@ pub enum BenchError {
          (install the Debian package qemu-system-x86; ci/bench.sh and ci/test.sh do)"
     )]
     QemuMissing,
+    #[error("the Cloud Hypervisor binary {} (--ch) {problem}", path.display())]
+    ChMissing { path: PathBuf, problem: String },
     /// A run failed; what it left behind.
     #[error(
         "{}, {}, failed {}\n---- last {TAIL_LINES} guest console lines ----\n{}\n\
@@ -137,16 +156,45 @@ pub enum BenchError {
     /// The harness panicked before the VMM ran (it could not be started).
     #[error("the run stopped: {0}")]
     Panic(String),
+    /// The VMM could not be started.
+    #[error("{vmm} could not be started: {source}")]
+    Spawn {
+        vmm: VmmKind,
+        #[source]
+        source: VmmError,
+    },
 }
 
-/// Runs the benchmark: the warm-ups if asked for, then `runs` rounds of Tidal then QEMU, each
-/// run a fresh boot. Progress goes to stderr.
+/// Why `path` cannot be run as Cloud Hypervisor, if it cannot: checked before any run, so a
+/// wrong `--ch` costs no boot.
+fn ch_problem(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Err(e) => Some(format!("cannot be used: {e}")),
+        Ok(meta) if !meta.is_file() => Some("is not a file".to_owned()),
+        Ok(meta) if meta.permissions().mode() & 0o111 == 0 => Some("is not executable".to_owned()),
+        Ok(_) => None,
+    }
+}
+
+/// Runs the benchmark: the warm-ups if asked for, then `runs` rounds of Tidal, QEMU and (if
+/// given) Cloud Hypervisor, each run a fresh boot. Progress goes to stderr.
 pub fn run(options: &Options) -> Result<Report, BenchError> {
     if !host::on_path(QEMU_PROGRAM) {
         return Err(BenchError::QemuMissing);
     }
+    if let Some(path) = &options.ch {
+        if let Some(problem) = ch_problem(path) {
+            return Err(BenchError::ChMissing {
+                path: path.clone(),
+                problem,
+            });
+        }
+    }
+    let vmms = options.vmms();
     let mut report = Report {
         environment: host::Environment::detect(),
+        vmms: vmms.clone(),
         plan: options.plan.clone(),
         runs_each: options.runs,
         warm_up: options.warm_up,
@@ -155,12 +203,12 @@ pub fn run(options: &Options) -> Result<Report, BenchError> {
         retried: Vec::new(),
     };
     if options.warm_up {
-        for vmm in VmmKind::ALL {
+        for &vmm in &vmms {
             run_with_retries(vmm, options, "warm-up (not recorded)", &mut report.retried)?;
         }
     }
     for index in 1..=options.runs {
-        for vmm in VmmKind::ALL {
+        for &vmm in &vmms {
             let stage = format!("run {index} of {}", options.runs);
             let (version, figures) = run_with_retries(vmm, options, &stage, &mut report.retried)?;
             report.versions.insert(vmm, version);
@@ -245,7 +293,9 @@ fn run_once(
     attempt: usize,
 ) -> Result<(String, Figures), BenchError> {
     eprintln!("tidal-bench: {vmm}, {stage}");
-    let mut vm = vmm.spawn(&options.plan);
+    let mut vm = vmm
+        .spawn(&options.plan, options.ch.as_deref())
+        .map_err(|source| BenchError::Spawn { vmm, source })?;
     let crash_at = options.crash.filter(|c| c.vmm == vmm).map(|c| c.step);
     let mut progress = Progress::new(crash_at);
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| {

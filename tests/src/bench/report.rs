@@ -1,6 +1,6 @@
 //! The benchmark's results and what is made of them: a Markdown table of medians with their
-//! ranges and the Tidal/QEMU ratio (printed, and pasted into docs/benchmarks.md), a JSON file
-//! with every run, and an SVG plot of the hot-plug latencies of both VMMs.
+//! ranges and Tidal's ratio to each other VMM (printed, and pasted into docs/benchmarks.md), a
+//! JSON file with every run, and an SVG plot of the hot-plug latencies of every VMM.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -17,9 +17,17 @@ use super::host::Environment;
 use super::stats::{ratio, Summary};
 use super::vmm::VmmKind;
 
-/// Colours of the plot's series: Tidal blue, QEMU red.
-const TIDAL_COLOR: RGBColor = RGBColor(31, 119, 180);
-const QEMU_COLOR: RGBColor = RGBColor(214, 39, 40);
+/// The table's cell for a figure a VMM cannot measure (Cloud Hypervisor's removals).
+const NOT_SUPPORTED: &str = "not supported";
+
+/// The colour of a VMM's series in the plot: Tidal blue, QEMU red, Cloud Hypervisor green.
+fn color(vmm: VmmKind) -> RGBColor {
+    match vmm {
+        VmmKind::Tidal => RGBColor(31, 119, 180),
+        VmmKind::Qemu => RGBColor(214, 39, 40),
+        VmmKind::CloudHypervisor => RGBColor(44, 160, 44),
+    }
+}
 
 /// One recorded run of one VMM.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +74,8 @@ impl Retried {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
     pub environment: Environment,
+    /// The VMMs of each round, in their order: Tidal first, then the ones it is compared with.
+    pub vmms: Vec<VmmKind>,
     pub plan: Plan,
     /// Recorded runs of each VMM.
     pub runs_each: usize,
@@ -73,7 +83,7 @@ pub struct Report {
     pub warm_up: bool,
     /// Each VMM's name and version, as it reported them.
     pub versions: BTreeMap<VmmKind, String>,
-    /// In the order they ran: Tidal and QEMU alternately.
+    /// In the order they ran: the VMMs of [`Report::vmms`] in turn.
     pub runs: Vec<Run>,
     /// Failed runs that were run again, in order.
     pub retried: Vec<Retried>,
@@ -110,19 +120,28 @@ impl Report {
             .unwrap_or_else(|| vmm.to_string())
     }
 
+    /// The VMMs Tidal is compared with: every other one of [`Report::vmms`].
+    fn references(&self) -> impl Iterator<Item = VmmKind> + '_ {
+        self.vmms
+            .iter()
+            .copied()
+            .filter(|&vmm| vmm != VmmKind::Tidal)
+    }
+
     /// What keeps this report from being complete: a VMM without runs, a figure of the plan
-    /// missing from a run or not a finite number, a figure measured but not in the plan (so
-    /// never reported). Empty when all is well.
+    /// that its VMM measures missing from a run or not a finite number, a figure measured but
+    /// not in the plan (so never reported). Empty when all is well.
     pub fn problems(&self) -> Vec<String> {
         let planned = self.plan.figures();
-        let mut problems: Vec<String> = VmmKind::ALL
+        let mut problems: Vec<String> = self
+            .vmms
             .iter()
             .filter(|&&vmm| !self.runs.iter().any(|run| run.vmm == vmm))
             .map(|vmm| format!("no run of {vmm}"))
             .collect();
         for run in &self.runs {
             let which = format!("{} run {}", run.vmm, run.index);
-            for figure in &planned {
+            for figure in planned.iter().filter(|&&f| run.vmm.measures(f)) {
                 match run.figures.get(figure) {
                     None => problems.push(format!("{which}: no {}", figure.label())),
                     Some(value) if !value.is_finite() => {
@@ -139,15 +158,15 @@ impl Report {
     }
 
     /// The summary as Markdown: a line saying what ran where, then one row a figure with each
-    /// VMM's median (min–max) and the ratio of the medians.
+    /// VMM's median (min–max), or "not supported", and Tidal's median over each other VMM's.
     pub fn table(&self) -> String {
         let env = &self.environment;
+        let versions: Vec<String> = self.vmms.iter().map(|&vmm| self.version(vmm)).collect();
         let mut text = format!(
-            "{} and {}, alternately, {} run{} each{}, {}.\n\
+            "{}, alternately, {} run{} each{}, {}.\n\
              Guest: {} vCPUs, {} MiB boot RAM, {} MiB hotplug region; host: {}, {} CPUs, \
              Linux {}.\n\n",
-            self.version(VmmKind::Tidal),
-            self.version(VmmKind::Qemu),
+            and_list(&versions),
             self.runs_each,
             if self.runs_each == 1 { "" } else { "s" },
             if self.warm_up {
@@ -169,49 +188,72 @@ impl Report {
         if !self.retried.is_empty() {
             text.push('\n');
         }
-        text.push_str(
-            "| figure | Tidal: median (min–max) | QEMU: median (min–max) | Tidal/QEMU |\n\
-             | --- | ---: | ---: | ---: |\n",
+        let mut header = vec!["figure".to_owned()];
+        header.extend(
+            self.vmms
+                .iter()
+                .map(|vmm| format!("{}: median (min–max)", vmm.short_name())),
         );
+        header.extend(
+            self.references()
+                .map(|vmm| format!("Tidal/{}", vmm.short_name())),
+        );
+        table_row(&mut text, &header);
+        let mut rule = vec!["---".to_owned()];
+        rule.resize(header.len(), "---:".to_owned());
+        table_row(&mut text, &rule);
         for figure in self.plan.figures() {
-            let cell = |vmm| {
-                self.summary(vmm, figure).map_or_else(
-                    || "–".to_owned(),
-                    |s| format!("{} ({}–{})", number(s.median), number(s.min), number(s.max)),
-                )
-            };
-            let _ = writeln!(
-                text,
-                "| {} | {} | {} | {} |",
-                figure.label(),
-                cell(VmmKind::Tidal),
-                cell(VmmKind::Qemu),
-                self.median_ratio(figure)
+            let mut row = vec![figure.label()];
+            row.extend(self.vmms.iter().map(|&vmm| self.cell(vmm, figure)));
+            row.extend(self.references().map(|reference| {
+                self.median_ratio(figure, reference)
                     .map_or_else(|| "–".to_owned(), |r| format!("{r:.2}"))
-            );
+            }));
+            table_row(&mut text, &row);
         }
         text
     }
 
-    /// Tidal's median over QEMU's.
-    fn median_ratio(&self, figure: Figure) -> Option<f64> {
+    /// `vmm`'s median (min–max) of `figure`, "–" when it has none, or [`NOT_SUPPORTED`].
+    fn cell(&self, vmm: VmmKind, figure: Figure) -> String {
+        if !vmm.measures(figure) {
+            return NOT_SUPPORTED.to_owned();
+        }
+        self.summary(vmm, figure).map_or_else(
+            || "–".to_owned(),
+            |s| format!("{} ({}–{})", number(s.median), number(s.min), number(s.max)),
+        )
+    }
+
+    /// Tidal's median over `reference`'s.
+    fn median_ratio(&self, figure: Figure, reference: VmmKind) -> Option<f64> {
         let median = |vmm| self.summary(vmm, figure).map(|s| s.median);
-        ratio(median(VmmKind::Tidal)?, median(VmmKind::Qemu)?)
+        ratio(median(VmmKind::Tidal)?, median(reference)?)
     }
 
     /// Everything, for the JSON file: where and what ran, each figure's key, label and unit, the
-    /// summaries, and every run's values by key.
+    /// summaries (each VMM's, `null` where it has none, the VMMs that cannot measure it, and
+    /// Tidal's ratio to each other VMM as `tidal_over_<vmm>`), and every run's values by key.
     pub fn json(&self) -> Value {
         let figures = self.plan.figures();
         let summaries: serde_json::Map<String, Value> = figures
             .iter()
             .map(|&figure| {
-                let by_vmm: BTreeMap<VmmKind, Option<Summary>> = VmmKind::ALL
+                let by_vmm: BTreeMap<VmmKind, Option<Summary>> = self
+                    .vmms
                     .iter()
                     .map(|&vmm| (vmm, self.summary(vmm, figure)))
                     .collect();
                 let mut summary = json!(by_vmm);
-                summary["tidal_over_qemu"] = json!(self.median_ratio(figure));
+                for reference in self.references() {
+                    summary[format!("tidal_over_{}", reference.key())] =
+                        json!(self.median_ratio(figure, reference));
+                }
+                summary["not_supported_by"] = json!(self
+                    .vmms
+                    .iter()
+                    .filter(|vmm| !vmm.measures(figure))
+                    .collect::<Vec<_>>());
                 (figure.key(), summary)
             })
             .collect();
@@ -230,6 +272,7 @@ impl Report {
         json!({
             "where": self.environment.place(),
             "environment": self.environment,
+            "vmms": self.vmms,
             "versions": self.versions,
             "runs_each": self.runs_each,
             "warm_up": self.warm_up,
@@ -258,7 +301,7 @@ impl Report {
 
     /// Draws the hot-plug latencies (the figures with a [`Figure::plot_label`]) as an SVG at
     /// `path`: one column a figure, each VMM's median as a dot and its range as a bar beside
-    /// the other's, on a log scale (removals of filled DIMMs take a hundred times longer than
+    /// the others', on a log scale (removals of filled DIMMs take a hundred times longer than
     /// additions).
     pub fn write_plot(&self, path: &Path) -> Result<(), ReportError> {
         create_parent(path).map_err(|source| ReportError::Write {
@@ -284,10 +327,12 @@ impl Report {
             .zip(plotted)
             .map(|(i, (figure, label))| (i * COLUMN + COLUMN / 2, figure, label))
             .collect();
-        let series = [
-            (VmmKind::Tidal, TIDAL_COLOR, -1),
-            (VmmKind::Qemu, QEMU_COLOR, 1),
-        ];
+        // Two units apart, centred on the column: -1, 1 for two VMMs; -2, 0, 2 for three.
+        let count = i32::try_from(self.vmms.len())?;
+        let series: Vec<(VmmKind, RGBColor, i32)> = (0..)
+            .zip(&self.vmms)
+            .map(|(i, &vmm)| (vmm, color(vmm), 2 * i - (count - 1)))
+            .collect();
         let (mut low, mut high) = (f64::INFINITY, 0.0f64);
         for &(_, figure, _) in &columns {
             for &(vmm, _, _) in &series {
@@ -362,6 +407,20 @@ impl Report {
     }
 }
 
+/// `a`, `a and b`, `a, b and c`.
+fn and_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// Appends one Markdown table row of `cells`.
+fn table_row(text: &mut String, cells: &[String]) {
+    let _ = writeln!(text, "| {} |", cells.join(" | "));
+}
+
 /// `1234`, `56.7`: whole numbers from 100 on, one decimal below.
 fn number(value: f64) -> String {
     if value.abs() >= 100.0 {
@@ -383,10 +442,16 @@ mod tests {
     use super::*;
     use crate::bench::evidence::VmmExit;
 
-    /// A report of the quick plan with made-up values: Tidal twice as fast as QEMU.
+    /// A report of the quick plan with made-up values for Tidal and QEMU: Tidal twice as fast.
     fn report() -> Report {
+        report_of(&[VmmKind::Tidal, VmmKind::Qemu])
+    }
+
+    /// The same for `vmms`, with Cloud Hypervisor four times as slow as Tidal in the figures
+    /// it measures.
+    fn report_of(vmms: &[VmmKind]) -> Report {
         let plan = Plan::quick();
-        let runs = VmmKind::ALL
+        let runs = vmms
             .iter()
             .flat_map(|&vmm| (1..=3).map(move |index| (vmm, index)))
             .map(|(vmm, index)| Run {
@@ -396,21 +461,21 @@ mod tests {
                     .figures()
                     .into_iter()
                     .enumerate()
+                    .filter(|&(_, figure)| vmm.measures(figure))
                     .map(|(i, figure)| {
                         let base = (i + index) as f64 * 10.0;
-                        (
-                            figure,
-                            if vmm == VmmKind::Tidal {
-                                base
-                            } else {
-                                2.0 * base
-                            },
-                        )
+                        let factor = match vmm {
+                            VmmKind::Tidal => 1.0,
+                            VmmKind::Qemu => 2.0,
+                            VmmKind::CloudHypervisor => 4.0,
+                        };
+                        (figure, factor * base)
                     })
                     .collect(),
             })
             .collect();
         Report {
+            vmms: vmms.to_vec(),
             environment: Environment {
                 in_testhost: true,
                 cpu: "Test CPU".to_owned(),
@@ -423,7 +488,14 @@ mod tests {
             versions: BTreeMap::from([
                 (VmmKind::Tidal, "Tidal 0.1.0".to_owned()),
                 (VmmKind::Qemu, "QEMU 7.2.0 (Debian)".to_owned()),
-            ]),
+                (
+                    VmmKind::CloudHypervisor,
+                    "Cloud Hypervisor v53.0".to_owned(),
+                ),
+            ])
+            .into_iter()
+            .filter(|(vmm, _)| vmms.contains(vmm))
+            .collect(),
             runs,
             retried: Vec::new(),
         }
@@ -459,6 +531,75 @@ mod tests {
         );
         let rows = table.lines().filter(|l| l.starts_with("| ")).count();
         assert_eq!(rows, 2 + Plan::quick().figures().len()); // with the header and its rule
+    }
+
+    #[test]
+    fn tables_cloud_hypervisor_beside_qemu_with_both_ratios() {
+        let report = report_of(&[VmmKind::Tidal, VmmKind::Qemu, VmmKind::CloudHypervisor]);
+        assert_eq!(report.problems(), Vec::<String>::new());
+        let table = report.table();
+        assert!(
+            table.starts_with(
+                "Tidal 0.1.0, QEMU 7.2.0 (Debian) and Cloud Hypervisor v53.0, alternately, 3 runs"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "| figure | Tidal: median (min–max) | QEMU: median (min–max) | CH: median \
+                 (min–max) | Tidal/QEMU | Tidal/CH |\n| --- | ---: | ---: | ---: | ---: | ---: |\n"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "| boot: VMM start → first userspace line (ms) | 20.0 (10.0–30.0) | \
+                 40.0 (20.0–60.0) | 80.0 (40.0–120) | 0.50 | 0.25 |"
+            ),
+            "{table}"
+        );
+        // Cloud Hypervisor hot-adds, and cannot remove: no ratio where it measured nothing.
+        assert!(
+            table.contains("| hot-add 128 MiB: request → MemTotal (ms) | "),
+            "{table}"
+        );
+        let removal = table
+            .lines()
+            .find(|l| l.starts_with("| hot-remove 128 MiB filled: request → DIMM gone"))
+            .unwrap_or_else(|| panic!("no filled removal row: {table}"));
+        assert!(
+            removal.ends_with(" | not supported | 0.50 | – |"),
+            "{removal}"
+        );
+        let rows = table.lines().filter(|l| l.starts_with("| ")).count();
+        assert_eq!(rows, 2 + Plan::quick().figures().len());
+        let json = report.json();
+        assert_eq!(json["vmms"], json!(["tidal", "qemu", "ch"]));
+        assert_eq!(json["summary"]["boot_ms"]["tidal_over_ch"], 0.25);
+        assert_eq!(json["summary"]["boot_ms"]["not_supported_by"], json!([]));
+        let removal = &json["summary"]["hot_remove_128m_filled_gone_ms"];
+        assert_eq!(removal["ch"], Value::Null);
+        assert_eq!(removal["tidal_over_ch"], Value::Null);
+        assert_eq!(removal["not_supported_by"], json!(["ch"]));
+    }
+
+    #[test]
+    fn a_run_of_cloud_hypervisor_needs_only_what_it_can_measure() {
+        let mut report = report_of(&[VmmKind::Tidal, VmmKind::Qemu, VmmKind::CloudHypervisor]);
+        let ch_run = report
+            .runs
+            .iter_mut()
+            .find(|run| run.vmm == VmmKind::CloudHypervisor)
+            .expect("a run of CH");
+        ch_run.figures.remove(&Figure::Boot);
+        report.runs.retain(|run| run.vmm != VmmKind::Qemu);
+        assert_eq!(
+            report.problems(),
+            [
+                "no run of QEMU",
+                "Cloud Hypervisor run 1: no boot: VMM start → first userspace line (ms)"
+            ]
+        );
     }
 
     #[test]
@@ -523,6 +664,7 @@ mod tests {
         assert_eq!(json["runs"][0]["figures"]["boot_ms"], 10.0);
         assert_eq!(json["summary"]["boot_ms"]["qemu"]["median"], 40.0);
         assert_eq!(json["summary"]["boot_ms"]["tidal_over_qemu"], 0.5);
+        assert_eq!(json["summary"]["boot_ms"].get("tidal_over_ch"), None);
         assert_eq!(json["versions"]["qemu"], "QEMU 7.2.0 (Debian)");
     }
 
@@ -540,6 +682,15 @@ mod tests {
             "QEMU 7.2.0",
         ] {
             assert!(svg.contains(text), "no {text:?} in the plot");
+        }
+        assert!(!svg.contains("Cloud Hypervisor"));
+        let path = dir.path().join("three.svg");
+        report_of(&[VmmKind::Tidal, VmmKind::Qemu, VmmKind::CloudHypervisor])
+            .write_plot(&path)
+            .expect("plot of three VMMs");
+        let svg = std::fs::read_to_string(&path).expect("read the plot");
+        for text in ["Tidal 0.1.0", "QEMU 7.2.0", "Cloud Hypervisor v53.0"] {
+            assert!(svg.contains(text), "no {text:?} in the plot of three");
         }
         report()
             .write_json(&dir.path().join("sub/bench.json"))

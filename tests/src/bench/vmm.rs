@@ -1,7 +1,9 @@
-//! The two VMMs behind one trait, so the measurements are written once: each boots the same
-//! guest through the test harness ([`Guest`]) and plugs and unplugs DIMMs its own way. Tidal
-//! through its REST API (whose calls return once the guest is done), QEMU through QMP (whose
-//! `device_add` and `device_del` return at once; the removal ends with an event).
+//! The VMMs behind one trait, so the measurements are written once: each boots the same guest
+//! through the test harness ([`Guest`]) and plugs and unplugs DIMMs its own way. Tidal through
+//! its REST API (whose calls return once the guest is done), QEMU through QMP (whose
+//! `device_add` and `device_del` return at once; the removal ends with an event), Cloud
+//! Hypervisor ([`super::ch`], when the benchmark is given its binary) through its REST API's
+//! `vm.resize`, which only adds.
 
 use std::fmt;
 use std::io;
@@ -16,7 +18,8 @@ use tidal_api::{
     ResizeRequest,
 };
 
-use super::figures::Plan;
+use super::ch::CloudHypervisor;
+use super::figures::{Figure, Plan};
 use super::qmp::{Qmp, QmpError};
 use crate::{Guest, RunningGuest};
 
@@ -50,24 +53,29 @@ const GUEST_RESET_LINES: [&str; 3] = [
 
 /// Which VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
 pub enum VmmKind {
+    #[serde(rename = "tidal")]
     Tidal,
+    #[serde(rename = "qemu")]
     Qemu,
+    /// Only when the benchmark is given its binary (`--ch PATH`): Debian does not package it.
+    #[serde(rename = "ch")]
+    CloudHypervisor,
 }
 
 impl VmmKind {
-    /// Both, in the order a benchmark round runs them.
-    pub const ALL: [VmmKind; 2] = [VmmKind::Tidal, VmmKind::Qemu];
+    /// Every VMM, in the order a benchmark round runs them.
+    pub const ALL: [VmmKind; 3] = [VmmKind::Tidal, VmmKind::Qemu, VmmKind::CloudHypervisor];
 
     /// Starts the benchmark's guest under this VMM with a control socket: Tidal's API, QEMU's
-    /// QMP. Does not wait for the guest ([`RunningGuest::wait_until_booted`] does), so that a
-    /// boot that fails leaves its evidence like any other step.
-    pub fn spawn(self, plan: &Plan) -> Box<dyn Vmm> {
-        let dir = tempfile::tempdir().expect("create a directory for the VMM's control socket");
+    /// QMP, Cloud Hypervisor's API (running `ch_binary`, which only it needs). Does not wait for
+    /// the guest ([`RunningGuest::wait_until_booted`] does), so that a boot that fails leaves
+    /// its evidence like any other step.
+    pub fn spawn(self, plan: &Plan, ch_binary: Option<&Path>) -> Result<Box<dyn Vmm>, VmmError> {
+        let dir = tempfile::tempdir().map_err(VmmError::SocketDir)?;
         let socket = dir.path().join("control.sock");
         let guest = Guest::new().cpus(plan.cpus).memory(plan.memory_option());
-        match self {
+        Ok(match self {
             VmmKind::Tidal => {
                 let guest = guest.arg("--api-socket").arg(&socket).spawn();
                 Box::new(Tidal {
@@ -91,7 +99,41 @@ impl VmmKind {
                     _dir: dir,
                 })
             }
+            VmmKind::CloudHypervisor => {
+                let binary = ch_binary.ok_or(VmmError::NoChBinary)?;
+                Box::new(CloudHypervisor::spawn(guest, binary, plan, dir))
+            }
+        })
+    }
+
+    /// The name the JSON file and the evidence's directories use: `tidal`, `qemu`, `ch`.
+    pub fn key(self) -> &'static str {
+        match self {
+            VmmKind::Tidal => "tidal",
+            VmmKind::Qemu => "qemu",
+            VmmKind::CloudHypervisor => "ch",
         }
+    }
+
+    /// The name of its columns in the table: `Tidal`, `QEMU`, `CH`.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            VmmKind::Tidal => "Tidal",
+            VmmKind::Qemu => "QEMU",
+            VmmKind::CloudHypervisor => "CH",
+        }
+    }
+
+    /// Whether it can take ACPI memory back: Cloud Hypervisor cannot (a smaller `desired_ram`
+    /// is accepted and nothing happens until a reboot), so its runs only add.
+    pub fn removes_memory(self) -> bool {
+        self != VmmKind::CloudHypervisor
+    }
+
+    /// Whether its runs measure `figure`: every figure of a removal (and the memory around
+    /// it) only where [`VmmKind::removes_memory`].
+    pub fn measures(self, figure: Figure) -> bool {
+        self.removes_memory() || !figure.needs_removal()
     }
 }
 
@@ -100,6 +142,7 @@ impl fmt::Display for VmmKind {
         f.write_str(match self {
             VmmKind::Tidal => "Tidal",
             VmmKind::Qemu => "QEMU",
+            VmmKind::CloudHypervisor => "Cloud Hypervisor",
         })
     }
 }
@@ -115,6 +158,16 @@ pub fn qemu_as_tidal() -> PathBuf {
 pub enum VmmError {
     #[error("Tidal's API: {0}")]
     Api(#[from] ClientError),
+    #[error("Cloud Hypervisor's API: {0}")]
+    ChApi(#[source] ClientError),
+    #[error("Cloud Hypervisor's vmm.ping answered without a pid: {0}")]
+    ChNoPid(Value),
+    #[error("a run of Cloud Hypervisor needs its binary (--ch PATH)")]
+    NoChBinary,
+    #[error("Cloud Hypervisor cannot remove ACPI memory ({0})")]
+    ChCannotRemove(String),
+    #[error("cannot create a directory for the VMM's control socket: {0}")]
+    SocketDir(#[source] io::Error),
     #[error("QMP: {0}")]
     Qmp(#[from] QmpError),
     #[error("QEMU does not use KVM (query-kvm answered {0})")]
@@ -146,6 +199,15 @@ pub trait Vmm {
 
     /// The VMM's name and version, as it reports them.
     fn version(&mut self) -> Result<String, VmmError>;
+
+    /// The VMM's process, whose memory is measured: the harness's child unless the VMM runs
+    /// below a wrapper that stays (Cloud Hypervisor under `script`).
+    fn pid(&mut self) -> Result<u32, VmmError> {
+        Ok(self.guest().pid())
+    }
+
+    /// Which VMM this is.
+    fn kind(&self) -> VmmKind;
 
     /// Asks for a DIMM of `size` bytes and returns once the VMM has answered (Tidal: after the
     /// guest's `_OST`; QEMU: at once, the guest onlines it afterwards).
@@ -189,6 +251,10 @@ struct Tidal {
 impl Vmm for Tidal {
     fn guest(&mut self) -> &mut RunningGuest {
         &mut self.guest
+    }
+
+    fn kind(&self) -> VmmKind {
+        VmmKind::Tidal
     }
 
     fn version(&mut self) -> Result<String, VmmError> {
@@ -335,6 +401,10 @@ fn eject_refused(event: &Value, id: &str) -> Option<u64> {
 impl Vmm for Qemu {
     fn guest(&mut self) -> &mut RunningGuest {
         &mut self.guest
+    }
+
+    fn kind(&self) -> VmmKind {
+        VmmKind::Qemu
     }
 
     fn version(&mut self) -> Result<String, VmmError> {
