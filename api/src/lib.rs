@@ -18,7 +18,10 @@ pub mod types;
 pub use client::{ApiClient, ClientError, EventStream};
 pub use endpoints::Endpoint;
 pub use journal::{EventJournal, Record, Subscription};
-pub use server::{start, start_with_limits, ApiServer, ServerError, ServerLimits, ThreadStart};
+pub use server::{
+    start, start_on, start_with_limits, ApiServer, BoundSocket, ServerError, ServerLimits,
+    ThreadStart,
+};
 pub use socket::SocketError;
 pub use types::*;
 

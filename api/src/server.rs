@@ -143,7 +143,38 @@ pub fn start_with_limits(
     thread_start: ThreadStart,
     limits: ServerLimits,
 ) -> Result<ApiServer, ServerError> {
-    let (listener, socket) = SocketFile::bind(socket)?;
+    start_on(BoundSocket::bind(socket)?, vm, thread_start, limits)
+}
+
+/// The API socket, bound and listening (clients can connect and wait), before the server's
+/// threads exist: for a VMM that confines itself in between ([`start`] does both at once).
+#[derive(Debug)]
+pub struct BoundSocket {
+    listener: std::os::unix::net::UnixListener,
+    socket: SocketFile,
+}
+
+impl BoundSocket {
+    /// Creates the socket file at `path` with mode 0600.
+    pub fn bind(path: &Path) -> Result<Self, ServerError> {
+        let (listener, socket) = SocketFile::bind(path)?;
+        Ok(Self { listener, socket })
+    }
+
+    /// Makes `uid`:`gid` the socket file's owner.
+    pub fn hand_to(&self, uid: u32, gid: u32) -> Result<(), ServerError> {
+        Ok(self.socket.hand_to(uid, gid)?)
+    }
+}
+
+/// [`start_with_limits`] on a socket bound before.
+pub fn start_on(
+    bound: BoundSocket,
+    vm: Arc<dyn VmApi>,
+    thread_start: ThreadStart,
+    limits: ServerLimits,
+) -> Result<ApiServer, ServerError> {
+    let BoundSocket { listener, socket } = bound;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("api-vm-call")

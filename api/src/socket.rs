@@ -9,10 +9,16 @@
 //! reachable with the default mode. `link(2)` also refuses to replace a path that appeared in
 //! the meantime, where `rename(2)` would silently replace it. The staged name is kept short
 //! (`.tidal-XXXXXX/s`) because socket paths are limited to 107 bytes.
+//!
+//! The file is removed through a descriptor of its directory, not by path, so that a VMM that
+//! has since left the host's file system (an empty mount namespace) still removes it.
 
-use std::fs;
+use std::ffi::CString;
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -39,12 +45,22 @@ pub enum SocketError {
     RemoveStale { path: PathBuf, source: io::Error },
     #[error("cannot create socket {}: {source}", path.display())]
     Create { path: PathBuf, source: io::Error },
+    #[error("cannot hand socket {} to user {uid}, group {gid}: {source}", path.display())]
+    Chown {
+        path: PathBuf,
+        uid: u32,
+        gid: u32,
+        source: io::Error,
+    },
 }
 
 /// The socket file this server created; dropping it removes the file if it is still ours.
 #[derive(Debug)]
 pub(crate) struct SocketFile {
     path: PathBuf,
+    /// The directory the file is in (opened `O_PATH`), and its name there.
+    dir: File,
+    name: CString,
     /// Device and inode of the file, to tell it from a socket someone else put there since.
     identity: (u64, u64),
 }
@@ -64,9 +80,19 @@ impl SocketFile {
             path: path.to_owned(),
             source,
         };
-        // Absolute, so that the file is found again at shutdown whatever the working directory.
         let absolute = std::path::absolute(path).map_err(create_error)?;
         let parent = absolute.parent().unwrap_or(Path::new("/"));
+        let dir = File::options()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(parent)
+            .map_err(create_error)?;
+        let name = absolute
+            .file_name()
+            .and_then(|name| CString::new(name.as_bytes()).ok())
+            .ok_or_else(|| SocketError::NoFileName {
+                path: path.to_owned(),
+            })?;
         let private_dir = tempfile::Builder::new()
             .prefix(".tidal-")
             .permissions(fs::Permissions::from_mode(0o700))
@@ -88,6 +114,8 @@ impl SocketFile {
 
         let socket = SocketFile {
             path: absolute,
+            dir,
+            name,
             identity: (metadata.dev(), metadata.ino()),
         };
         Ok((listener, socket))
@@ -96,13 +124,57 @@ impl SocketFile {
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Makes `uid`:`gid` the socket's owner, for a VMM about to become that user: its clients
+    /// then run as that user too, and it can remove the file where the directory lets it.
+    pub(crate) fn hand_to(&self, uid: u32, gid: u32) -> Result<(), SocketError> {
+        std::os::unix::fs::lchown(&self.path, Some(uid), Some(gid)).map_err(|source| {
+            SocketError::Chown {
+                path: self.path.clone(),
+                uid,
+                gid,
+                source,
+            }
+        })
+    }
+
+    /// Device and inode of the file now at the socket's name, if any.
+    fn current_identity(&self) -> io::Result<(u64, u64)> {
+        let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: `dir` is an open directory descriptor, `name` a NUL-terminated string, and
+        // `stat` is written by the kernel before it is read (only on success).
+        let done = unsafe {
+            libc::fstatat(
+                self.dir.as_raw_fd(),
+                self.name.as_ptr(),
+                stat.as_mut_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if done != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fstatat succeeded, so it filled `stat`.
+        let stat = unsafe { stat.assume_init() };
+        Ok((stat.st_dev, stat.st_ino))
+    }
+
+    fn unlink(&self) -> io::Result<()> {
+        // SAFETY: as in `current_identity`; unlinkat reads only the descriptor and the name.
+        let done = unsafe { libc::unlinkat(self.dir.as_raw_fd(), self.name.as_ptr(), 0) };
+        if done == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
 }
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        match fs::symlink_metadata(&self.path) {
-            Ok(metadata) if (metadata.dev(), metadata.ino()) == self.identity => {
-                if let Err(error) = fs::remove_file(&self.path) {
+        match self.current_identity() {
+            Ok(identity) if identity == self.identity => {
+                if let Err(error) = self.unlink() {
                     warn!("cannot remove API socket {}: {error}", self.path.display());
                 }
             }
