@@ -4,6 +4,7 @@
 //! start the real guest and stop tidal while it boots, so they need a `/dev/kvm` but not a fast
 //! one: they run on KVM-PVM build machines as well as in the test host.
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -105,28 +106,32 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Starts tidal with the test guest (1 GiB and a hotplug region, so a resize can be in flight)
 /// and an API socket in `dir`, and waits until the socket answers. The guest is left to boot.
 fn start_with_api(dir: &Path, cmdline_extra: &str) -> (RunningGuest, ApiClient) {
-    start_with_memory_and_api(dir, "size=1G,hotplug_size=1G", cmdline_extra)
+    start_with_memory_and_api(dir, "size=1G,hotplug_size=1G", cmdline_extra, &[])
 }
 
-/// [`start_with_api`] with `memory` as tidal's `--memory`.
+/// [`start_with_api`] with `memory` as tidal's `--memory`, and `args` on its command line.
 fn start_with_memory_and_api(
     dir: &Path,
     memory: &str,
     cmdline_extra: &str,
+    args: &[&str],
 ) -> (RunningGuest, ApiClient) {
     assert!(
         kvm_kind() != KvmKind::None,
         "this test runs tidal, which needs /dev/kvm (hardware or KVM-PVM); there is none here"
     );
     let socket = dir.join("api.sock");
-    let mut tidal = Guest::new()
+    let mut guest = Guest::new()
         .memory(memory)
         .cmdline_extra(cmdline_extra)
         .arg("--api-socket")
         .arg(&socket)
         .arg("--log-level")
-        .arg("info")
-        .spawn_unchecked();
+        .arg("info");
+    for arg in args {
+        guest = guest.arg(arg);
+    }
+    let mut tidal = guest.spawn_unchecked();
     let api = ApiClient::new(&socket).with_timeout(Duration::from_secs(120));
     let deadline = Instant::now() + Duration::from_secs(60);
     while api.ping().is_err() {
@@ -210,6 +215,69 @@ fn vmm_shutdown_ends_tidal_with_0_and_removes_the_socket() {
     }
 }
 
+/// `--user`: run by root, Tidal becomes that user with no groups, in an empty root of its own
+/// mount namespace, without core files and with a cap on open files; its socket is the user's,
+/// its API answers, and it still removes the socket at the end (the directory is sticky and
+/// world-writable, as /tmp is). Run by anyone else, it refuses with one clear line.
+#[test]
+fn with_user_tidal_runs_unprivileged_in_an_empty_root() {
+    const NOBODY: u32 = 65534;
+    let dir = tempfile::tempdir().expect("create the socket directory");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777))
+        .expect("make the socket directory world-writable");
+    let user = format!("{NOBODY}:{NOBODY}");
+    // SAFETY: geteuid only reads this process's credentials.
+    if unsafe { libc::geteuid() } != 0 {
+        let message = refused(&["--kernel", &kernel(), "--serial", "off", "--user", &user]);
+        assert!(message.contains("needs root"), "{message}");
+        return;
+    }
+    let (mut tidal, api) = start_with_memory_and_api(
+        dir.path(),
+        "size=1G,hotplug_size=1G",
+        "",
+        &["--user", &user],
+    );
+    let proc = |file: &str| {
+        std::fs::read_to_string(format!("/proc/{}/{file}", tidal.pid()))
+            .unwrap_or_else(|e| panic!("read tidal's /proc {file}: {e}"))
+    };
+    let status = proc("status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    let ids = format!("{NOBODY} {NOBODY} {NOBODY} {NOBODY}");
+    assert_eq!(field("Uid:"), ids);
+    assert_eq!(field("Gid:"), ids);
+    assert_eq!(field("Groups:"), "");
+    let limits = proc("limits");
+    let limit = |name: &str| {
+        limits
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(|v| v.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    assert_eq!(limit("Max core file size"), "0 0");
+    assert_eq!(limit("Max open files"), "4096 4096");
+    let ns = |pid: String| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+    assert_ne!(ns(tidal.pid().to_string()), ns("self".to_owned()));
+    let root: Vec<_> = std::fs::read_dir(format!("/proc/{}/root", tidal.pid()))
+        .expect("list tidal's root")
+        .collect();
+    assert!(root.is_empty(), "tidal's root is not empty: {root:?}");
+    let socket = std::fs::symlink_metadata(api.socket()).expect("stat the socket");
+    assert_eq!((socket.uid(), socket.gid()), (NOBODY, NOBODY));
+    if let Err(e) = api.info() {
+        tidal.fail(&format!("vm.info failed after the drop: {e}"));
+    }
+    stop_with(&mut tidal, api.socket(), libc::SIGTERM, "SIGTERM", 143);
+}
+
 /// A resize waiting for the guest when SIGTERM arrives gets an error answer at once, not a hang
 /// and not a dropped connection. The guest boots with `acpi=off`, so it never answers the
 /// hot-add, however fast it boots: the resize is certainly still waiting.
@@ -263,7 +331,7 @@ fn sigterm_fails_a_resize_in_flight_with_an_error() {
 fn a_hot_add_beyond_what_the_host_has_available_is_refused() {
     let dir = tempfile::tempdir().expect("create the socket directory");
     let (mut tidal, api) =
-        start_with_memory_and_api(dir.path(), "size=512M,hotplug_size=1T", "acpi=off");
+        start_with_memory_and_api(dir.path(), "size=512M,hotplug_size=1T", "acpi=off", &[]);
     let meminfo = std::fs::read_to_string("/proc/meminfo").expect("read /proc/meminfo");
     let available_kib: u64 = meminfo
         .lines()

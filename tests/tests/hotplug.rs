@@ -215,6 +215,27 @@ fn resize_to_boot() -> ResizeRequest {
     }
 }
 
+/// Tidal as an unprivileged user in an empty root (`--user`; tests/tests/cli.rs checks what that
+/// means on the host): DIMMs still come and go after the drop, and the host gets the memory
+/// back. Switching users needs root, as the test host's tests run.
+#[test]
+fn an_unprivileged_tidal_adds_and_removes_memory() {
+    // SAFETY: geteuid only reads this process's credentials.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "--user needs the tests run as root");
+    let guest = Guest::new().arg("--user").arg("65534:65534");
+    let mut vm = ElasticVm::boot(guest, "size=1G,hotplug_size=1G");
+    let before = vm.memtotal_kib();
+    let mapped = vm.host_ram_mapped_kib();
+    vm.resize(GIB + 256 * MIB);
+    assert_eq!(vm.memtotal_kib() - before, 256 * MIB / 1024);
+    assert_eq!(vm.host_ram_mapped_kib() - mapped, 256 * MIB / 1024);
+    vm.resize(GIB);
+    assert!(vm.api.memory().expect("vm.memory").is_empty());
+    assert_eq!(vm.host_ram_mapped_kib(), mapped);
+    let said = "running as user 65534, group 65534";
+    assert!(vm.guest.stderr().contains(said), "tidal did not say {said:?}");
+}
+
 #[test]
 fn a_vm_without_a_hotplug_region_refuses_resize() {
     let mut vm = ElasticVm::boot(Guest::new(), "size=512M");

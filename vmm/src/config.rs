@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::Parser;
 use thiserror::Error;
 
+use crate::contain::UserIds;
+
 use crate::layout::{MAX_GUEST_PHYSICAL, MEMORY_BLOCK_SIZE, PAGE_SIZE};
 use crate::memory::backend::{BackendError, MemoryBackend, BACKEND_KEYS};
 use crate::memory::guest::GuestMemoryLayout;
@@ -116,6 +118,12 @@ pub struct Cli {
     /// that makes another ends Tidal with exit code 159 and one line on stderr naming it.
     #[arg(long, value_enum, default_value_t = SeccompMode::On, value_name = "on|off")]
     pub seccomp: SeccompMode,
+    /// Once set up (KVM, memory, files, the API socket, which it hands to this user), run as
+    /// this unprivileged user and group, numeric, in an empty read-only root of a mount
+    /// namespace of its own. Needs root to start; the API socket's directory must let the user
+    /// remove the socket at the end.
+    #[arg(long, value_name = "UID:GID")]
+    pub user: Option<UserIds>,
 }
 
 /// Whether Tidal's threads run under their seccomp filters (`crate::seccomp`).
@@ -210,6 +218,8 @@ pub struct VmConfig {
     pub api_socket: Option<PathBuf>,
     pub hotplug_timeout: Duration,
     pub seccomp: SeccompMode,
+    /// Who Tidal becomes once set up (`crate::contain`).
+    pub user: Option<UserIds>,
 }
 
 impl VmConfig {
@@ -307,6 +317,7 @@ impl TryFrom<&Cli> for VmConfig {
             api_socket: cli.api_socket.clone(),
             hotplug_timeout: Duration::from_secs(cli.hotplug_timeout),
             seccomp: cli.seccomp,
+            user: cli.user,
         })
     }
 }

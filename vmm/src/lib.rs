@@ -4,6 +4,7 @@
 pub mod boot;
 pub mod config;
 pub mod console;
+pub mod contain;
 pub mod control;
 pub mod cpu;
 pub mod hotplug;

@@ -36,6 +36,7 @@ use crate::boot::{self, BootEntry, BootError, BootInfo, BootSpec};
 use crate::config::SeccompMode;
 use crate::config::VmConfig;
 use crate::console::{self, ConsoleError};
+use crate::contain::{self, ContainError, UserIds};
 use crate::control::VmHandle;
 use crate::cpu::{self, Topology};
 use crate::hotplug::{HotplugParts, MemoryHotplug};
@@ -115,6 +116,8 @@ pub enum VmError {
     Signals(#[from] SignalError),
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    #[error(transparent)]
+    Contain(#[from] ContainError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -232,6 +235,7 @@ pub struct Vm {
     vcpus: Vec<VcpuFd>,
     read_stdin: bool,
     seccomp: SeccompMode,
+    user: Option<UserIds>,
     /// Made before `run` starts (and confines) any thread; read by its event loop.
     stop_signals: StopSignals,
 }
@@ -324,6 +328,7 @@ impl Vm {
             read_stdin: config.serial == crate::config::SerialMode::Stdio,
             stop_signals: StopSignals::new()?,
             seccomp: config.seccomp,
+            user: config.user,
         })
     }
 
@@ -348,11 +353,25 @@ impl Vm {
             }
             None => Arc::new(|| ()),
         };
-        let _api = match &self.api_socket {
-            Some(path) => Some(tidal_api::server::start(
-                path,
+        let socket = self
+            .api_socket
+            .as_deref()
+            .map(tidal_api::BoundSocket::bind)
+            .transpose()?;
+        contain::limit_resources()?;
+        if let Some(user) = self.user {
+            if let Some(socket) = &socket {
+                socket.hand_to(user.uid, user.gid)?;
+            }
+            contain::become_user(user)?;
+            log::info!("running as user {}, group {}", user.uid, user.gid);
+        }
+        let _api = match socket {
+            Some(socket) => Some(tidal_api::start_on(
+                socket,
                 self.control.clone(),
                 api_thread_start,
+                tidal_api::ServerLimits::default(),
             )?),
             None => None,
         };
@@ -742,6 +761,7 @@ mod tests {
             api_socket: None,
             hotplug_timeout: std::time::Duration::from_secs(1),
             seccomp: crate::config::SeccompMode::On,
+            user: None,
         };
         let tables = acpi_tables(&config).unwrap();
         let end = tables

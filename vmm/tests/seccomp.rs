@@ -134,6 +134,8 @@ fn arguments_are_checked_too() {
         libc::SYS_madvise,
     );
     assert_stopped_for(&run_case("fork", b""), "probe", libc::SYS_clone);
+    // The API threads open no file: what they read was opened before they started.
+    assert_stopped_for(&run_case("open-file", b""), "probe", libc::SYS_openat);
 }
 
 /// clone3 hides its flags from a filter: the API threads get ENOSYS for it, and glibc starts
@@ -231,6 +233,9 @@ fn case_in_child_process() {
         ["fork"] => in_probe(ThreadKind::Api, || {
             // SAFETY: stopped before a child exists.
             unsafe { libc::fork() };
+        }),
+        ["open-file"] => in_probe(ThreadKind::Api, || {
+            let _ = std::fs::File::open("/proc/meminfo");
         }),
         ["clone3"] => in_probe(ThreadKind::Api, || {
             // SAFETY: clone3 with no arguments struct is refused before it reads one.
