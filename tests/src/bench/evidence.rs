@@ -335,6 +335,8 @@ mod tests {
         evidence.vmm = VmmKind::Qemu;
         evidence.attempt = 2;
         assert_eq!(evidence.name(), "qemu-warmup-2");
+        evidence.vmm = VmmKind::CloudHypervisor;
+        assert_eq!(evidence.name(), "ch-warmup-2");
     }
 
     #[test]
