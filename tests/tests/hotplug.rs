@@ -221,7 +221,8 @@ fn resize_to_boot() -> ResizeRequest {
 #[test]
 fn an_unprivileged_tidal_adds_and_removes_memory() {
     // SAFETY: geteuid only reads this process's credentials.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "--user needs the tests run as root");
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "--user needs the tests run as root");
     let guest = Guest::new().arg("--user").arg("65534:65534");
     let mut vm = ElasticVm::boot(guest, "size=1G,hotplug_size=1G");
     let before = vm.memtotal_kib();
@@ -233,7 +234,10 @@ fn an_unprivileged_tidal_adds_and_removes_memory() {
     assert!(vm.api.memory().expect("vm.memory").is_empty());
     assert_eq!(vm.host_ram_mapped_kib(), mapped);
     let said = "running as user 65534, group 65534";
-    assert!(vm.guest.stderr().contains(said), "tidal did not say {said:?}");
+    assert!(
+        vm.guest.stderr().contains(said),
+        "tidal did not say {said:?}"
+    );
 }
 
 #[test]

@@ -17,6 +17,7 @@ use vm_memory::{
     GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryRegion,
     GuestRegionCollectionError,
 };
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::layout::MEMORY_BLOCK_SIZE;
 use crate::memory::backend::MemoryBackend;
@@ -34,8 +35,21 @@ pub use error::HotplugError;
 use resize::Pending;
 pub(crate) use resize::TARGET_STATES;
 
+/// A DIMM the guest ejected: out of the guest memory map, but still in its KVM slot until
+/// [`DimmMemory::retire`] deletes the slot and unmaps the memory, on a thread other than the
+/// vCPU's that handled the eject.
+struct Ejected {
+    slot: u32,
+    dimm: Dimm,
+    /// `None` when the DIMM had no KVM slot left to delete.
+    kvm_slot: Option<KvmSlot>,
+    /// The guest memory map's reference, let go once the KVM slot is deleted.
+    region: Arc<RamRegion>,
+}
+
 /// Host memory behind the DIMMs: the region's allocator, the KVM slots and the guest memory
-/// map. Shared by the API thread (plugging) and the vCPU thread that handles an eject.
+/// map. Shared by the API thread (plugging), the vCPU thread that handles an eject, and the
+/// main thread, which retires what was ejected.
 struct DimmMemory {
     vm: Arc<VmFd>,
     memory: GuestMemoryAtomic<GuestMemory>,
@@ -45,11 +59,15 @@ struct DimmMemory {
     first_kvm_slot: u32,
     /// The KVM slot of each DIMM slot that maps memory.
     kvm_slots: BTreeMap<u32, KvmSlot>,
+    /// DIMMs ejected and not yet retired.
+    ejected: Vec<Ejected>,
 }
 
 impl DimmMemory {
-    /// Reserves `size` bytes of `node`'s share of the region, block aligned.
+    /// Reserves `size` bytes of `node`'s share of the region, block aligned (after retiring
+    /// what was ejected, whose ranges are then free again).
     fn allocate(&mut self, node: u32, size: u64) -> Option<u64> {
+        self.retire();
         self.space(node)?.allocate(size)
     }
 
@@ -83,7 +101,8 @@ impl DimmMemory {
     /// guest memory map. On an error neither stays.
     fn install(&mut self, slot: u32, region: Arc<RamRegion>) -> Result<(), MapError> {
         let base = region.start_addr().0;
-        if self.kvm_slots.contains_key(&slot) {
+        self.retire();
+        if self.kvm_slots.contains_key(&slot) || self.ejected.iter().any(|e| e.slot == slot) {
             return Err(MapError::SlotMapped(slot));
         }
         let kvm_slot = KvmSlot::new(self.vm.clone(), self.first_kvm_slot + slot, region.clone())?;
@@ -106,12 +125,9 @@ impl DimmMemory {
         Ok(())
     }
 
-    /// Takes a DIMM's memory away: the KVM slot first, so no vCPU can reach it, then the map
-    /// entry; the host memory is unmapped when the last reference to the region is dropped.
-    /// The map entry is looked up before anything changes, so a DIMM that cannot go keeps
-    /// both its slot and its entry; a slot with no KVM slot left has nothing to delete.
-    fn unmap(&mut self, slot: u32, dimm: Dimm) -> Result<(), MapError> {
-        let Dimm { base, size, node } = dimm;
+    /// Takes a DIMM out of the guest memory map, for [`DimmMemory::retire`] to delete its KVM
+    /// slot and unmap it. A DIMM that is not in the map keeps its slot.
+    fn detach(&mut self, slot: u32, dimm: Dimm) -> Result<(), MapError> {
         let guard = self
             .memory
             .lock()
@@ -119,31 +135,70 @@ impl DimmMemory {
         let (map, region) = self
             .memory
             .memory()
-            .remove_region(GuestAddress(base), size)
+            .remove_region(GuestAddress(dimm.base), dimm.size)
             .map_err(|source| MapError::GuestMap {
                 action: "remove",
-                base,
+                base: dimm.base,
                 source,
             })?;
-        let started = Instant::now();
-        if let Some(kvm_slot) = self.kvm_slots.remove(&slot) {
-            match kvm_slot.delete() {
-                Ok(mapped) => drop(mapped),
-                Err((kvm_slot, e)) => {
-                    self.kvm_slots.insert(slot, kvm_slot);
-                    return Err(e.into());
+        guard.replace(map);
+        self.ejected.push(Ejected {
+            slot,
+            dimm,
+            kvm_slot: self.kvm_slots.remove(&slot),
+            region,
+        });
+        Ok(())
+    }
+
+    /// Gives the host back the memory of every ejected DIMM: the KVM slot first, so no vCPU can
+    /// reach it, then the mapping (the last reference to the region unmaps it) and the range.
+    /// A DIMM whose KVM slot cannot be deleted stays mapped, for the next try.
+    fn retire(&mut self) {
+        for ejected in std::mem::take(&mut self.ejected) {
+            let Ejected {
+                slot,
+                dimm,
+                kvm_slot,
+                region,
+            } = ejected;
+            let started = Instant::now();
+            if let Some(kvm_slot) = kvm_slot {
+                match kvm_slot.delete() {
+                    Ok(mapped) => drop(mapped),
+                    Err((kvm_slot, e)) => {
+                        log::error!("memory slot {slot}: {e}; its memory stays mapped");
+                        self.ejected.push(Ejected {
+                            slot,
+                            dimm,
+                            kvm_slot: Some(kvm_slot),
+                            region,
+                        });
+                        continue;
+                    }
                 }
             }
+            let slot_deleted = started.elapsed();
+            drop(region);
+            // The VMM's share of an eject, for profiling removals (docs/benchmarks.md).
+            log::debug!(
+                "memory slot {slot}: KVM slot deleted in {slot_deleted:?}, host memory unmapped \
+                 in {:?}",
+                started.elapsed() - slot_deleted
+            );
+            self.free(dimm.node, dimm.base, dimm.size);
+            log::info!(
+                "memory slot {slot}: {} returned to the host",
+                format_size(dimm.size)
+            );
         }
-        let slot_deleted = started.elapsed();
-        guard.replace(map);
-        drop(region);
-        // The VMM's share of an eject, for profiling removals (docs/benchmarks.md).
-        log::debug!(
-            "memory slot {slot}: KVM slot deleted in {slot_deleted:?}, host memory unmapped in {:?}",
-            started.elapsed() - slot_deleted
-        );
-        self.free(node, base, size);
+    }
+
+    /// Takes a DIMM's memory away at once ([`DimmMemory::detach`], then
+    /// [`DimmMemory::retire`]).
+    fn unmap(&mut self, slot: u32, dimm: Dimm) -> Result<(), MapError> {
+        self.detach(slot, dimm)?;
+        self.retire();
         Ok(())
     }
 }
@@ -188,20 +243,27 @@ impl MapError {
     }
 }
 
-/// Handles the guest's `_EJ0` on the vCPU thread.
-struct Ejector(Arc<Mutex<DimmMemory>>);
+/// Handles the guest's `_EJ0` on the vCPU thread: detaches the DIMM and wakes the main thread,
+/// which retires it ([`MemoryHotplug::retire_ejected`]): a vCPU never changes KVM's memory
+/// slots nor waits for a large unmap.
+struct Ejector {
+    dimms: Arc<Mutex<DimmMemory>>,
+    retire: EventFd,
+}
 
 impl EjectHandler for Ejector {
     fn eject(&mut self, slot: u32, dimm: Dimm) -> Result<(), EjectError> {
-        let mut memory = self
-            .0
+        self.dimms
             .lock()
-            .map_err(|_| MapError::Poisoned("DIMM memory"))?;
-        memory.unmap(slot, dimm)?;
-        log::info!(
-            "memory slot {slot}: {} returned to the host",
-            format_size(dimm.size)
-        );
+            .map_err(|_| MapError::Poisoned("DIMM memory"))?
+            .detach(slot, dimm)?;
+        if let Err(e) = self.retire.write(1) {
+            // The next hotplug operation retires it instead.
+            log::error!(
+                "cannot wake the main thread to unmap {}: {e}",
+                dimm_id(slot)
+            );
+        }
         Ok(())
     }
 }
@@ -217,6 +279,8 @@ pub struct MemoryHotplug {
     /// What the host has left to give.
     host: HostMemory,
     dimms: Arc<Mutex<DimmMemory>>,
+    /// Written when the guest ejected a DIMM, for the main thread to retire it.
+    retire: EventFd,
     controller: Arc<Mutex<MemoryHotplugController>>,
     changed: Arc<Condvar>,
     ged: Arc<Ged>,
@@ -260,6 +324,8 @@ pub enum HotplugSetupError {
         base: u64,
         source: HotplugError,
     },
+    #[error("cannot create the event that wakes the main thread after an eject: {0}")]
+    RetireEvent(std::io::Error),
 }
 
 pub(crate) fn dimm_id(slot: u32) -> String {
@@ -284,9 +350,15 @@ impl MemoryHotplug {
             spaces,
             first_kvm_slot: parts.first_kvm_slot,
             kvm_slots: BTreeMap::new(),
+            ejected: Vec::new(),
         }));
+        let retire = EventFd::new(libc::EFD_NONBLOCK).map_err(HotplugSetupError::RetireEvent)?;
+        let ejector = Ejector {
+            dimms: dimms.clone(),
+            retire: retire.try_clone().map_err(HotplugSetupError::RetireEvent)?,
+        };
         if let Ok(mut controller) = parts.controller.lock() {
-            controller.set_eject_handler(Box::new(Ejector(dimms.clone())));
+            controller.set_eject_handler(Box::new(ejector));
         }
         Ok(Self {
             regions: parts.regions,
@@ -294,6 +366,7 @@ impl MemoryHotplug {
             backends: parts.backends,
             host: parts.host,
             dimms,
+            retire,
             controller: parts.controller,
             changed: parts.changed,
             ged: parts.ged,
@@ -691,6 +764,20 @@ impl MemoryHotplug {
         };
         let base = dimms.allocate(node, size);
         base.inspect(|&base| dimms.free(node, base, size)).is_some()
+    }
+
+    /// The event the main thread waits on to call [`MemoryHotplug::retire_ejected`].
+    pub fn retire_event(&self) -> &EventFd {
+        &self.retire
+    }
+
+    /// Deletes the KVM slots of the DIMMs the guest ejected and unmaps their memory.
+    pub fn retire_ejected(&self) {
+        let _ = self.retire.read();
+        match self.dimms.lock() {
+            Ok(mut dimms) => dimms.retire(),
+            Err(_) => log::error!("cannot retire ejected DIMMs: the DIMM memory lock is poisoned"),
+        }
     }
 
     /// Interrupts the guest so that it scans the memory devices and finds what changed.

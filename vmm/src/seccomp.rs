@@ -280,7 +280,7 @@ const EVENT_LOOP: [libc::c_long; 5] = [
 /// The main thread after it started the others: the event loop (epoll on eventfds and the
 /// stop signals' signalfd), kicking the vCPUs out of `KVM_RUN` and joining them, stopping the
 /// API server (which removes its socket file), deleting the KVM memory slots before unmapping
-/// the memory they map, and closing KVM.
+/// the memory they map (of the DIMMs the guest ejects, and of all at the end), and closing KVM.
 fn main_rules(rules: &mut Rules, kick_signal: i32) -> Result<(), seccompiler::BackendError> {
     use libc::*;
     rules.allow(&EVENT_LOOP);
@@ -306,21 +306,15 @@ fn main_rules(rules: &mut Rules, kick_signal: i32) -> Result<(), seccompiler::Ba
 }
 
 /// A vCPU: `KVM_RUN`, the registers for the triple-fault report, and what device emulation
-/// does. A guest's `_EJ0` ends in this thread: it deletes the DIMM's KVM slot and, when the
-/// last reference goes, unmaps its memory. The vCPU's file is closed when its thread ends.
+/// does. A guest's `_EJ0` ends in this thread, which only detaches the DIMM: the main thread
+/// deletes its KVM slot and unmaps it. The vCPU's file is closed when its thread ends.
 fn vcpu_rules(rules: &mut Rules) -> Result<(), seccompiler::BackendError> {
     use libc::*;
     rules.allow(&[SYS_close]);
     rules.allow_arg(
         SYS_ioctl,
         1,
-        &[
-            KVM_RUN,
-            KVM_GET_REGS,
-            KVM_GET_SREGS,
-            KVM_GET_VCPU_EVENTS,
-            KVM_SET_USER_MEMORY_REGION,
-        ],
+        &[KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_VCPU_EVENTS],
     )?;
     Ok(())
 }

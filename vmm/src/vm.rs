@@ -399,7 +399,7 @@ impl Vm {
             filters.main.apply()?;
         }
 
-        let exit = wait_for_exit(&self.exit, self.stop_signals);
+        let exit = wait_for_exit(&self.exit, self.stop_signals, &self.hotplug);
         self.hotplug.stop(&exit.as_ref().map_or_else(
             |_| "the VMM's event loop failed".to_owned(),
             ToString::to_string,
@@ -653,6 +653,23 @@ impl MutEventSubscriber for ExitWatcher {
     }
 }
 
+/// Retires the DIMMs the guest ejected (their KVM slots deleted, their memory unmapped) when a
+/// vCPU thread says there are some: the main thread does it, so that vCPUs do not.
+struct Retirer(Arc<MemoryHotplug>);
+
+impl MutEventSubscriber for Retirer {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        self.0.retire_ejected();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(self.0.retire_event(), EventSet::IN)) {
+            // The hotplug calls retire them too; only a guest's own late eject waits longer.
+            log::error!("cannot watch for ejected DIMMs: {e:?}");
+        }
+    }
+}
+
 /// Takes the stop signals from their signalfd; the first one is why the VM stops.
 struct SignalWatcher {
     signals: StopSignals,
@@ -681,10 +698,15 @@ impl MutEventSubscriber for SignalWatcher {
 
 /// Runs the event loop until a device or vCPU asks the VM to end or a stop signal arrives,
 /// and says why in the log.
-fn wait_for_exit(exit: &Arc<ExitSignal>, signals: StopSignals) -> Result<VmExit, VmError> {
+fn wait_for_exit(
+    exit: &Arc<ExitSignal>,
+    signals: StopSignals,
+    hotplug: &Arc<MemoryHotplug>,
+) -> Result<VmExit, VmError> {
     let mut events: EventManager<Box<dyn MutEventSubscriber + Send>> =
         EventManager::new().map_err(VmError::EventLoop)?;
     events.add_subscriber(Box::new(ExitWatcher(exit.clone())));
+    events.add_subscriber(Box::new(Retirer(hotplug.clone())));
     let received = Arc::new(OnceLock::new());
     events.add_subscriber(Box::new(SignalWatcher {
         signals,

@@ -124,6 +124,8 @@ fn a_thread_making_a_forbidden_system_call_stops_tidal_with_one_line() {
 fn arguments_are_checked_too() {
     // An ioctl a vCPU never makes (KVM_CREATE_VM), executable memory, another descriptor.
     assert_stopped_for(&run_case("kvm-create-vm", b""), "probe", libc::SYS_ioctl);
+    // A vCPU changes no memory slot: the main thread retires what the guest ejects.
+    assert_stopped_for(&run_case("kvm-memory-slot", b""), "probe", libc::SYS_ioctl);
     assert_stopped_for(&run_case("exec-mapping", b""), "probe", libc::SYS_mmap);
     assert_stopped_for(&run_case("read-fd-3", b""), "probe", libc::SYS_read);
     // A priority-inheritance futex, advice for DIMM memory from a vCPU, a process from the API.
@@ -201,6 +203,17 @@ fn case_in_child_process() {
             const KVM_CREATE_VM: libc::c_ulong = 0xae01;
             // SAFETY: an ioctl on a descriptor that does not exist touches no memory.
             unsafe { libc::ioctl(-1, KVM_CREATE_VM, 0) };
+        }),
+        ["kvm-memory-slot"] => in_probe(ThreadKind::Vcpu, || {
+            let no_slot = kvm_bindings::kvm_userspace_memory_region::default();
+            // SAFETY: an ioctl on a descriptor that does not exist, stopped before it runs.
+            unsafe {
+                libc::ioctl(
+                    -1,
+                    seccomp::KVM_SET_USER_MEMORY_REGION as libc::c_ulong,
+                    &no_slot,
+                )
+            };
         }),
         ["exec-mapping"] => in_probe(ThreadKind::Vcpu, || {
             // SAFETY: asks for a fresh anonymous mapping; it is never used.

@@ -244,6 +244,11 @@ impl MemoryHotplug {
                 request,
                 status: status.unwrap_or(0x01),
             }),
+            // The host has the memory back when the answer says the DIMM is gone.
+            (Request::Removal, _) => {
+                self.retire_ejected();
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
