@@ -716,7 +716,10 @@ impl MemoryHotplug {
     /// region, which leaves it in pieces). Checks the slots and the host for all of it first.
     fn grow(&self, size: u64, node: u32, force: bool) -> Result<Vec<Pending>, HotplugError> {
         let pieces = match self.dimms.lock() {
-            Ok(mut dimms) => dimms.space(node).map(|s| s.pieces(size)),
+            Ok(mut dimms) => {
+                dimms.retire();
+                dimms.space(node).map(|s| s.pieces(size))
+            }
             Err(_) => None,
         };
         let Some(pieces) = pieces.filter(|p| p.len() > 1 && p.iter().sum::<u64>() == size) else {
