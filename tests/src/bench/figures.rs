@@ -264,7 +264,7 @@ fn long_size(bytes: u64) -> String {
     }
 }
 
-/// The guest and the DIMMs of one benchmark: the same for both VMMs.
+/// The guest and the DIMMs of one benchmark: the same for every VMM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Plan {
     /// vCPUs of the guest.
@@ -355,8 +355,8 @@ impl Plan {
         figures
     }
 
-    /// The `--memory` option both VMMs get (in MiB, which tidal and `ci/qemu-as-tidal.sh`
-    /// both read).
+    /// The `--memory` option every VMM gets (in MiB, which tidal and the wrappers
+    /// `ci/*-as-tidal.sh` read).
     pub fn memory_option(&self) -> String {
         format!(
             "size={}M,hotplug_size={}M,slots={}",

@@ -189,7 +189,7 @@ impl Environment {
     /// Where, in words.
     pub fn place(&self) -> &'static str {
         if self.in_testhost {
-            "inside the QEMU TCG test host (nested KVM, emulated): compare the two VMMs with \
+            "inside the QEMU TCG test host (nested KVM, emulated): compare the VMMs with \
              each other, not with hardware"
         } else {
             "on hardware KVM"

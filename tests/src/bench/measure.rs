@@ -4,7 +4,7 @@
 //! watching the VMM's RSS; then the other DIMM sizes hot-added. A VMM that cannot remove
 //! memory (Cloud Hypervisor) only hot-adds each size.
 //!
-//! "Online" and "MemTotal dropped" are judged the same way for both VMMs: after the request,
+//! "Online" and "MemTotal dropped" are judged the same way for every VMM: after the request,
 //! a shell loop in the guest waits until `/proc/meminfo` shows it, and the time is taken when
 //! that loop returns. Where the VMM's call already waited for the guest (Tidal), the loop
 //! returns at its first check.
