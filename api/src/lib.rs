@@ -18,6 +18,7 @@ pub mod types;
 pub use client::{ApiClient, ClientError, EventStream};
 pub use endpoints::Endpoint;
 pub use journal::{EventJournal, Record, Subscription};
+pub use routes::MAX_EVENT_STREAMS;
 pub use server::{
     start, start_on, start_with_limits, ApiServer, BoundSocket, ServerError, ServerLimits,
     ThreadStart,

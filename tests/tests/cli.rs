@@ -278,6 +278,31 @@ fn with_user_tidal_runs_unprivileged_in_an_empty_root() {
     stop_with(&mut tidal, api.socket(), libc::SIGTERM, "SIGTERM", 143);
 }
 
+/// A hotplug call's `timeout_secs` is capped (an hour): beyond it, or 0, the call is refused
+/// with 400 before anything is plugged, so no client can hold an operation for longer.
+#[test]
+fn a_timeout_beyond_the_cap_is_refused() {
+    let dir = tempfile::tempdir().expect("create the socket directory");
+    let (mut tidal, api) = start_with_api(dir.path(), "acpi=off");
+    for secs in [tidal_api::MAX_TIMEOUT_SECS + 1, 0] {
+        let answer = api.resize(&ResizeRequest {
+            desired_ram: Some(2 << 30),
+            timeout_secs: Some(secs),
+            ..ResizeRequest::default()
+        });
+        match answer {
+            Err(ClientError::Api { status, message }) if status == 400 => assert!(
+                message.contains("timeout_secs must be from 1 to 3600"),
+                "{message}"
+            ),
+            other => tidal.fail(&format!("timeout_secs {secs}: {other:?}, expected a 400")),
+        }
+    }
+    let memory = api.memory().expect("vm.memory");
+    assert!(memory.is_empty(), "a refused call plugged {memory:?}");
+    stop_with(&mut tidal, api.socket(), libc::SIGTERM, "SIGTERM", 143);
+}
+
 /// A resize waiting for the guest when SIGTERM arrives gets an error answer at once, not a hang
 /// and not a dropped connection. The guest boots with `acpi=off`, so it never answers the
 /// hot-add, however fast it boots: the resize is certainly still waiting.

@@ -8,6 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use tidal_api::journal::{HISTORY, QUEUE};
+use tidal_api::MAX_EVENT_STREAMS;
 use tidal_api::{ClientError, HotplugEvent};
 
 use crate::mock::{sample_events, Call, MockVm, PanickingVm, TestServer};
@@ -182,4 +183,33 @@ fn a_failed_subscription_is_an_error_answer() {
         message.starts_with("the VMM failed to handle the request"),
         "{message}"
     );
+}
+
+/// Streams have a cap of their own, below the connection cap: one past it is answered 503 at
+/// once, calls are still answered meanwhile, and a stream that ends frees its place.
+#[test]
+fn streams_beyond_their_cap_are_refused_and_leave_room_for_calls() {
+    let server = TestServer::start(MockVm::new());
+    let mut streams: Vec<_> = (0..MAX_EVENT_STREAMS)
+        .map(|_| server.client.events().unwrap())
+        .collect();
+    let error = server.client.events().unwrap_err();
+    let ClientError::Api { status, message } = error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(status, 503);
+    assert!(message.contains("events streams are open"), "{message}");
+    server.client.ping().unwrap();
+    streams.pop();
+    // The server learns of the closed stream when it next writes to it, or at once from the
+    // hang-up: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let reopened = loop {
+        match server.client.events() {
+            Ok(stream) => break stream,
+            Err(e) if Instant::now() > deadline => panic!("no stream after one closed: {e:?}"),
+            Err(_) => thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    drop(reopened);
 }
