@@ -217,6 +217,9 @@ pub fn require_kvm_for_linux_guests() {
 struct StreamState {
     bytes: Vec<u8>,
     closed: bool,
+    /// The reader thread reads nothing while set: the writer's pipe fills and its writes block,
+    /// as with a reader that stalled.
+    paused: bool,
 }
 
 /// A growing byte buffer fed by one reader thread.
@@ -248,6 +251,7 @@ impl Stream {
         thread::spawn(move || {
             let mut chunk = [0u8; 4096];
             loop {
+                stream.wait_while_paused();
                 match source.read(&mut chunk) {
                     Ok(0) => break,
                     Ok(n) => {
@@ -295,6 +299,22 @@ impl Stream {
 
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.lock().bytes).into_owned()
+    }
+
+    fn set_paused(&self, paused: bool) {
+        self.lock().paused = paused;
+        self.inner.1.notify_all();
+    }
+
+    fn wait_while_paused(&self) {
+        let mut state = self.lock();
+        while state.paused {
+            state = self
+                .inner
+                .1
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
     }
 
     fn len(&self) -> usize {
@@ -633,8 +653,13 @@ impl RunningGuest {
     /// fault: the failure may come from an assertion that never shows tidal's log.
     pub fn report_triple_fault(&self) {
         let stderr = self.stderr.text();
-        if let Some(line) = stderr.lines().find(|line| line.contains("triple fault")) {
-            report_triple_fault(line);
+        let Some(fault) = stderr.lines().find(|line| line.contains("triple fault")) else {
+            return;
+        };
+        // Where the DIMMs were tells a crash during a hot-remove from one anywhere else.
+        match stderr.lines().find(|line| line.contains(DIMMS_AT_THE_END)) {
+            Some(dimms) => report_triple_fault(&format!("{fault} | {dimms}")),
+            None => report_triple_fault(fault),
         }
     }
 
@@ -745,6 +770,30 @@ impl RunningGuest {
                     "tidal closed the console (exit status {status:?}) before {needle:?} appeared"
                 ))
             }
+        }
+    }
+
+    /// Stops reading tidal's stdout, as a console reader that stalled: the pipe fills and
+    /// tidal's writes to it block. [`RunningGuest::resume_console`] (or the end of the guest)
+    /// reads on.
+    pub fn stall_console(&self) {
+        self.console.set_paused(true);
+    }
+
+    /// Reads tidal's stdout again after [`RunningGuest::stall_console`].
+    pub fn resume_console(&self) {
+        self.console.set_paused(false);
+    }
+
+    /// Waits until tidal's stderr shows `needle`; panics when it does not within `timeout`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let found = self.stderr.wait_until(Instant::now() + timeout, |bytes| {
+            find_bytes(bytes, needle.as_bytes(), 0)
+        });
+        if let Err(why) = found {
+            self.fail(&format!(
+                "tidal's log did not show {needle:?} ({why:?} after {timeout:?})"
+            ));
         }
     }
 
@@ -1043,6 +1092,9 @@ const SILENT_GUEST_MARKER: &str = "tidal-tests: the guest stopped answering insi
 /// How long [`RunningGuest::diagnose_silence`] waits for the console to answer a newline.
 const SILENCE_PROBE: Duration = Duration::from_secs(10);
 
+/// What tidal's line listing the DIMMs' states says when a reset or a failure ended the VM.
+const DIMMS_AT_THE_END: &str = "DIMMs when the VM ended:";
+
 /// Starts the line that reports a guest's triple fault after a failed test.
 const TRIPLE_FAULT_MARKER: &str = "tidal-tests: the guest triple-faulted:";
 
@@ -1057,6 +1109,7 @@ pub const KILL_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Drop for RunningGuest {
     fn drop(&mut self) {
+        self.resume_console();
         self.stdin.take();
         // A test that failed through a plain `expect` (an API call the dying tidal never
         // answered, say) printed nothing of tidal: say how it ended.

@@ -1,6 +1,7 @@
 //! Faults while memory is in motion: tidal stopped by SIGTERM during a hot-add and during a
-//! hot-remove, and the guest kernel panicking during a hot-remove. Each time tidal must end
-//! cleanly: its documented exit code (143 for SIGTERM, 3 for a guest panic), one line on stderr
+//! hot-remove, and the guest kernel panicking or triple-faulting during a hot-remove. Each time
+//! tidal must end cleanly: its documented exit code (143 for SIGTERM, 3 for a guest panic, 0 for
+//! a reset), one line on stderr
 //! saying why, its API socket file removed, and the API call in flight answered with an error
 //! instead of being left hanging. Like hotplug.rs, these boot Linux and need hardware-backed
 //! KVM: `ci/test.sh` runs them in the test host elsewhere.
@@ -14,6 +15,8 @@ use tidal_tests::Guest;
 
 /// tidal's exit code after SIGTERM (128 + 15).
 const EXIT_SIGTERM: i32 = 143;
+/// tidal's exit code when the guest reset, a triple fault included (Tidal restarts no guest).
+const EXIT_RESET: i32 = 0;
 /// tidal's exit code when the guest kernel panicked.
 const EXIT_GUEST_PANICKED: i32 = 3;
 /// How long tidal may take to exit once told to stop: it stops the vCPUs (2 s at most) and
@@ -126,11 +129,7 @@ fn sigterm_during_a_hot_add_ends_tidal_cleanly() {
 #[test]
 fn sigterm_during_a_hot_remove_ends_tidal_cleanly() {
     let mut vm = ElasticVm::default_boot(Guest::new());
-    vm.resize(2 * GIB);
-    vm.fill(128);
-    let mut events = vm.api.events().expect("subscribe to events");
-    let resize = vm.resize_in_background(GIB);
-    wait_for_event(&mut vm, &mut events, DimmState::Removing);
+    let resize = remove_a_filled_dimm(&mut vm);
     vm.guest.signal(libc::SIGTERM);
     expect_clean_stop(&mut vm, EXIT_SIGTERM, "received SIGTERM; stopping the VM");
     expect_stopping_error(&vm, resize, "Tidal received SIGTERM");
@@ -142,13 +141,51 @@ fn sigterm_during_a_hot_remove_ends_tidal_cleanly() {
 fn a_guest_panic_during_a_hot_remove_is_reported_and_ends_tidal_cleanly() {
     let mut vm = ElasticVm::default_boot(Guest::new());
     assert_pvpanic_bound(&mut vm);
-    vm.resize(2 * GIB);
-    vm.fill(128);
-    let mut events = vm.api.events().expect("subscribe to events");
-    let resize = vm.resize_in_background(GIB);
-    wait_for_event(&mut vm, &mut events, DimmState::Removing);
+    let resize = remove_a_filled_dimm(&mut vm);
     // The shell still runs beside the migration; its answer never comes.
     vm.guest.send_line("echo c > /proc/sysrq-trigger");
     expect_clean_stop(&mut vm, EXIT_GUEST_PANICKED, "the guest kernel panicked");
     expect_stopping_error(&vm, resize, "the guest kernel panicked");
+    expect_dimm_removing(&vm);
+}
+
+/// The guest dies of a real triple fault (`reboot=t` makes sysrq `b` reboot through one) while
+/// it migrates data out of the DIMM being removed: tidal logs the fault, the DIMMs' states with
+/// the one being removed, treats it as a reset (exit 0) and fails the removal in flight.
+#[test]
+fn a_triple_fault_during_a_hot_remove_is_reported_with_the_dimms() {
+    let mut vm = ElasticVm::default_boot(Guest::new().cmdline_extra("reboot=t"));
+    let resize = remove_a_filled_dimm(&mut vm);
+    vm.guest.send_line("echo b > /proc/sysrq-trigger");
+    expect_clean_stop(&mut vm, EXIT_RESET, "triple fault");
+    expect_stopping_error(&vm, resize, "the guest reset");
+    expect_dimm_removing(&vm);
+}
+
+/// Plugs a 1 GiB DIMM, fills 128 MiB of the guest's memory and starts the removal of that DIMM
+/// in the background; returns once the guest was asked to eject it (it is migrating the data).
+fn remove_a_filled_dimm(vm: &mut ElasticVm) -> JoinHandle<Result<(), ClientError>> {
+    vm.resize(2 * GIB);
+    vm.fill(128);
+    let mut events = vm.api.events().expect("subscribe to events");
+    let resize = vm.resize_in_background(GIB);
+    wait_for_event(vm, &mut events, DimmState::Removing);
+    resize
+}
+
+/// Checks that tidal's last word on the DIMMs has the one the resize was removing.
+fn expect_dimm_removing(vm: &ElasticVm) {
+    let stderr = vm.guest.stderr();
+    let Some(dimms) = stderr
+        .lines()
+        .find(|line| line.contains("DIMMs when the VM ended:"))
+    else {
+        vm.guest
+            .fail("tidal did not log the DIMMs' states when the VM ended");
+    };
+    if !dimms.contains("dimm") || !dimms.contains(") removing") {
+        vm.guest.fail(&format!(
+            "no DIMM was being removed in tidal's last word: {dimms}"
+        ));
+    }
 }

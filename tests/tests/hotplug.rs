@@ -15,11 +15,12 @@ use tidal_api::{
 use tidal_tests::elastic::{ElasticVm, API_TIMEOUT, BLOCK, GIB, MIB};
 use tidal_tests::{pattern_fill_command, Guest};
 
-// SMP_UNDER_EMULATION: the tests that move a lot of data in and out of DIMMs boot one vCPU.
-// In the test host (QEMU TCG emulating SVM, with kvm_amd inside) guests die of a triple fault at
-// random, and most often with 2 or 4 vCPUs under heavy memory traffic (see docs/testing.md);
-// SMP hotplug itself is covered by `bad_hotplug_requests_get_clear_errors_from_the_real_vmm`
-// (4 vCPUs).
+// SMP_UNDER_EMULATION: the tests here that move a lot of data in and out of DIMMs boot one
+// vCPU. In the test host (QEMU TCG emulating SVM, with kvm_amd inside) guests die of a triple
+// fault or fall silent at random, and most often with 2 or 4 vCPUs under heavy memory traffic
+// (see docs/testing.md). Removals that migrate data with two vCPUs are tested in numa.rs and
+// backends.rs (256 and 192 MiB); SMP hotplug without data by
+// `bad_hotplug_requests_get_clear_errors_from_the_real_vmm` (4 vCPUs).
 
 #[test]
 fn hot_add_grows_the_guest_through_api_and_tidalctl() {
@@ -715,6 +716,32 @@ fn assert_dimms_untouched(vm: &mut ElasticVm, total_kib: u64, mapped_kib: u64, a
 
 /// How many new _OST reports the hostile guest makes in a row.
 const OST_REPORTS: u64 = 100_000;
+
+/// A console nobody reads stops no vCPU. With tidal's stdout unread, the guest prints without
+/// end: the pipe fills, then tidal's output queue, and tidal says it drops output; the guest
+/// meanwhile answers a hot-add (only its vCPUs running its ACPI code can), and once the console
+/// is read again the guest answers there too.
+#[test]
+fn a_stalled_console_reader_stops_no_vcpu() {
+    let mut vm = ElasticVm::default_boot(Guest::new());
+    let before = vm.memtotal_kib();
+    vm.guest.stall_console();
+    vm.guest
+        .send_line("(while [ ! -e /tmp/quiet ]; do cat /proc/meminfo; done) &");
+    vm.guest.wait_for_log(
+        "guest serial output dropped: its reader is not keeping up",
+        Duration::from_secs(600),
+    );
+    vm.resize(2 * GIB);
+    let dimms = vm.api.memory().expect("vm.memory");
+    assert!(
+        dimms.len() == 1 && dimms[0].state == DimmState::Added,
+        "the guest did not take the DIMM while its console was stalled: {dimms:?}"
+    );
+    vm.guest.resume_console();
+    vm.guest.run_ok("touch /tmp/quiet; wait");
+    assert_eq!(vm.memtotal_kib() - before, GIB / 1024);
+}
 
 /// A guest that writes the hotplug and GED registers itself (with `mmio`, from
 /// resources/guest-tools/mmio.c) can confuse only itself: Tidal keeps running, never unmaps a

@@ -867,6 +867,39 @@ impl MemoryHotplug {
         self.slots()
     }
 
+    /// Every DIMM and where it is in its life, in one line: logged when the VM ends by a reset
+    /// or a failure, so that a crash in the middle of a hot-remove can be told from any other.
+    pub fn describe_dimms(&self) -> String {
+        let described: Vec<String> = self
+            .slots()
+            .into_iter()
+            .filter_map(|(slot, view)| {
+                let dimm = view.dimm?;
+                let ost = view.last_ost.map_or_else(String::new, |ost| {
+                    format!(
+                        ", last _OST event {:#x} status {:#x}",
+                        ost.event, ost.status
+                    )
+                });
+                Some(format!(
+                    "{} ({} at {:#x}, node {}) {}{ost}",
+                    dimm_id(slot),
+                    format_size(dimm.size),
+                    dimm.base,
+                    dimm.node,
+                    format!("{:?}", view.state).to_lowercase(),
+                ))
+            })
+            .collect();
+        if self.controller.is_poisoned() {
+            "unknown (a thread panicked holding the controller)".to_owned()
+        } else if described.is_empty() {
+            "none".to_owned()
+        } else {
+            described.join("; ")
+        }
+    }
+
     /// Each node's share of the hotplug region, by node id.
     pub(crate) fn shares(&self) -> &[Option<HotplugRegion>] {
         &self.regions

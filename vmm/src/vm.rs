@@ -734,6 +734,15 @@ fn wait_for_exit(
         }
         _ => {}
     }
+    if let VmExit::Ended(
+        ExitReason::Reset
+        | ExitReason::Failed
+        | ExitReason::InternalError
+        | ExitReason::GuestPanicked,
+    ) = why
+    {
+        log::warn!("DIMMs when the VM ended: {}", hotplug.describe_dimms());
+    }
     Ok(why)
 }
 
