@@ -657,10 +657,20 @@ impl RunningGuest {
             return;
         };
         // Where the DIMMs were tells a crash during a hot-remove from one anywhere else.
-        match stderr.lines().find(|line| line.contains(DIMMS_AT_THE_END)) {
+        match self.dimms_at_the_end() {
             Some(dimms) => report_triple_fault(&format!("{fault} | {dimms}")),
             None => report_triple_fault(fault),
         }
+    }
+
+    /// tidal's line listing the DIMMs' states, which it logs when a reset, a guest panic or a
+    /// failure ends the VM.
+    pub fn dimms_at_the_end(&self) -> Option<String> {
+        self.stderr
+            .text()
+            .lines()
+            .find(|line| line.contains(DIMMS_AT_THE_END))
+            .map(str::to_owned)
     }
 
     /// Why the guest did not answer, in a few lines: whether a newline on its input makes its

@@ -1,10 +1,9 @@
 //! Faults while memory is in motion: tidal stopped by SIGTERM during a hot-add and during a
 //! hot-remove, and the guest kernel panicking or triple-faulting during a hot-remove. Each time
 //! tidal must end cleanly: its documented exit code (143 for SIGTERM, 3 for a guest panic, 0 for
-//! a reset), one line on stderr
-//! saying why, its API socket file removed, and the API call in flight answered with an error
-//! instead of being left hanging. Like hotplug.rs, these boot Linux and need hardware-backed
-//! KVM: `ci/test.sh` runs them in the test host elsewhere.
+//! a reset), one line on stderr saying why, its API socket file removed, and the API call in
+//! flight answered with an error instead of being left hanging. Like hotplug.rs, these boot
+//! Linux and need hardware-backed KVM: `ci/test.sh` runs them in the test host elsewhere.
 
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -175,11 +174,7 @@ fn remove_a_filled_dimm(vm: &mut ElasticVm) -> JoinHandle<Result<(), ClientError
 
 /// Checks that tidal's last word on the DIMMs has the one the resize was removing.
 fn expect_dimm_removing(vm: &ElasticVm) {
-    let stderr = vm.guest.stderr();
-    let Some(dimms) = stderr
-        .lines()
-        .find(|line| line.contains("DIMMs when the VM ended:"))
-    else {
+    let Some(dimms) = vm.guest.dimms_at_the_end() else {
         vm.guest
             .fail("tidal did not log the DIMMs' states when the VM ended");
     };

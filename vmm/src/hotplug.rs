@@ -870,6 +870,9 @@ impl MemoryHotplug {
     /// Every DIMM and where it is in its life, in one line: logged when the VM ends by a reset
     /// or a failure, so that a crash in the middle of a hot-remove can be told from any other.
     pub fn describe_dimms(&self) -> String {
+        if self.controller.is_poisoned() {
+            return "unknown (a thread panicked holding the controller)".to_owned();
+        }
         let described: Vec<String> = self
             .slots()
             .into_iter()
@@ -891,9 +894,7 @@ impl MemoryHotplug {
                 ))
             })
             .collect();
-        if self.controller.is_poisoned() {
-            "unknown (a thread panicked holding the controller)".to_owned()
-        } else if described.is_empty() {
+        if described.is_empty() {
             "none".to_owned()
         } else {
             described.join("; ")
