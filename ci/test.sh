@@ -132,7 +132,9 @@ list_tests() {
 # log; the tests that had not run yet when a test host died run in the next boot. The reasons
 # that earn a retry:
 # - the test host hangs or dies (exit status 125: its heartbeat stopped, or it never reached the
-#   command) while the test runs;
+#   command) while the test runs, or after a test failed without a word of why (the harness
+#   says a panic at once, tests/src/lib.rs `tell`; a boot's end before that leaves nothing to
+#   judge the failure by);
 # - the nested guest triple-faults (the harness prints "the guest triple-faulted", from tidal's
 #   log, or for the benchmark's QEMU from its SHUTDOWN event): under QEMU TCG's emulated SVM
 #   guests die this way at random, even idle ones with one vCPU and no hotplug yet
@@ -183,8 +185,10 @@ run_in_testhost() {
             kept="$failed_logs/$test-attempt${attempts[$test]}.log"
             cp "$log" "$kept"
             test_output "$log" "$test" >"$output"
-            # Only a test that never finished can blame the test host's exit status.
-            if [ "$result" = unfinished ] && [ "$rc" -ne 0 ]; then
+            # Only a test that never finished, or whose failure the test host's end left
+            # without a word of why, can blame the test host's exit status.
+            if [ "$rc" -ne 0 ] && { [ "$result" = unfinished ] ||
+                ! grep -q "panicked at " "$output"; }; then
                 fault=$(emulation_fault "$rc" "$output")
             else
                 fault=$(emulation_fault 1 "$output")
@@ -207,10 +211,12 @@ run_in_testhost() {
 
 # The tests a test executable's output (file $1) shows beginning, one a line with how each
 # ended: "NAME ok", "NAME FAILED", or "NAME unfinished" (the output ends, or another test
-# begins, before its result).
+# begins, before its result). Lines the harness wrote past libtest's capture ("tidal-tests| ",
+# a panic or a diagnosis, printed when it happens) hold no results, whatever they end with.
 test_results() {
     awk '
         { line = $0; sub(/\r$/, "", line) }
+        line ~ /^tidal-tests\| / { next }
         match(line, /test [A-Za-z0-9_:]+ \.\.\. /) {
             if (current != "") print current, "unfinished"
             current = substr(line, RSTART + 5, RLENGTH - 10)
@@ -230,7 +236,8 @@ test_results() {
 test_output() {
     awk -v t="$2" '
         { line = $0; sub(/\r$/, "", line) }
-        on && (line ~ /test [A-Za-z0-9_:]+ \.\.\. / || line == "failures:" ||
+        on && line !~ /^tidal-tests\| / &&
+            (line ~ /test [A-Za-z0-9_:]+ \.\.\. / || line == "failures:" ||
                line ~ /^test result: / || line ~ /^---- .* stdout ----$/) { on = 0 }
         index(line, "test " t " ... ") || line == "---- " t " stdout ----" { on = 1 }
         on { print }
@@ -241,7 +248,7 @@ test_output() {
 # test host ended when it never got that far: the summary's one line about the failure.
 failure_reason() {
     awk '
-        { line = $0; sub(/\r$/, "", line) }
+        { line = $0; sub(/\r$/, "", line); sub(/^tidal-tests\| /, "", line) }
         grab { print substr(line, 1, 300); found = 1; exit }
         /panicked at / { grab = 1 }
         END { if (!found) print "no panic message (see the log)" }

@@ -505,6 +505,7 @@ impl Guest {
     /// while its guest boots and never wait for the guest, which also run where `/dev/kvm` is
     /// KVM-PVM (there Linux boots for minutes, but tidal itself runs).
     pub fn spawn_unchecked(self) -> RunningGuest {
+        tell_panics();
         let mut command = self.command();
         let description = format!("{command:?}");
         command
@@ -727,10 +728,10 @@ impl RunningGuest {
                 "  a newline sent to the guest got no output within {SILENCE_PROBE:?}"
             );
             if vcpus_free && stopped_halfway {
-                eprintln!(
+                tell(&format!(
                     "{SILENT_GUEST_MARKER} its output stopped halfway through a command or a \
                      line, a newline got no answer, no vCPU thread waits on a lock in tidal"
-                );
+                ));
             }
         }
         report
@@ -1048,12 +1049,12 @@ impl RunningGuest {
                 Ok(None) | Err(_) => break,
             }
         }
-        eprintln!(
+        tell(&format!(
             "tidal-tests: tidal (pid {}) did not die within {KILL_TIMEOUT:?} of SIGKILL; \
              left behind. Its threads in the kernel:\n{}",
             self.child.id(),
             threads::kernel_stacks(self.child.id())
-        );
+        ));
     }
 }
 
@@ -1111,7 +1112,51 @@ const TRIPLE_FAULT_MARKER: &str = "tidal-tests: the guest triple-faulted:";
 /// Says on stderr, in a line of its own that ci/test.sh looks for (it retries such a test under
 /// nested emulation), that the guest died of a triple fault; `evidence` is what showed it.
 pub fn report_triple_fault(evidence: &str) {
-    eprintln!("{TRIPLE_FAULT_MARKER} {evidence}");
+    tell(&format!("{TRIPLE_FAULT_MARKER} {evidence}"));
+}
+
+/// Starts every line [`tell`] writes; ci/test.sh reads no test result from such a line.
+pub const TOLD_PREFIX: &str = "tidal-tests| ";
+
+/// Writes `text` to stderr at once, past libtest's output capture, each line starting with
+/// [`TOLD_PREFIX`]. libtest prints a failed test's captured output only when the whole
+/// executable ends; a run that the test host's death cuts short would never say why a test
+/// failed, nor whether the emulation was to blame.
+pub fn tell(text: &str) {
+    let mut told = String::new();
+    for line in text.lines() {
+        let _ = writeln!(told, "{TOLD_PREFIX}{line}");
+    }
+    // `io::stderr()` itself is not captured (only the print macros are); one write per report
+    // keeps its lines together.
+    let _ = std::io::stderr().lock().write_all(told.as_bytes());
+}
+
+/// What a panic said, when it said it with a string (as `panic!` and `expect` do).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+/// Has every panic say itself through [`tell`] instead of libtest's capture, once per process.
+fn tell_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let thread = thread::current();
+            let message = panic_message(info.payload());
+            let location = info
+                .location()
+                .map_or_else(String::new, |l| format!(" at {l}"));
+            tell(&format!(
+                "thread '{}' panicked{location}:\n{message}",
+                thread.name().unwrap_or("<unnamed>")
+            ));
+        }));
+    });
 }
 
 /// How long [`RunningGuest::kill`] waits for a killed tidal to go.
@@ -1128,11 +1173,11 @@ impl Drop for RunningGuest {
             .flatten();
         self.kill();
         if let Some(status) = exited_first {
-            eprintln!(
+            tell(&format!(
                 "tidal-tests: tidal had already exited ({status}) when the test failed; its \
                  stderr, last {STDERR_TAIL_LINES} lines:\n{}",
                 tail_lines(&self.stderr.text(), STDERR_TAIL_LINES)
-            );
+            ));
         }
         if thread::panicking() {
             self.report_triple_fault();

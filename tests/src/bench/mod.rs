@@ -29,7 +29,6 @@ pub mod report;
 pub mod stats;
 pub mod vmm;
 
-use std::any::Any;
 use std::collections::BTreeMap;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -43,6 +42,7 @@ pub use measure::Step;
 pub use report::Report;
 pub use vmm::VmmKind;
 
+use crate::panic_message;
 use figures::Figures;
 use measure::Progress;
 use report::{Retried, Run};
@@ -267,15 +267,6 @@ pub fn run_with_retries(
             evidence,
         });
     }
-}
-
-/// What a panic said, when it said it with a string (as `panic!` and `expect` do).
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 fn first_line(text: &str) -> &str {
