@@ -358,6 +358,7 @@ pub struct Guest {
     cmdline_extra: Vec<String>,
     kernel: Option<PathBuf>,
     initramfs: Option<PathBuf>,
+    serial: String,
     extra_args: Vec<OsString>,
     boot_timeout: Duration,
 }
@@ -380,6 +381,7 @@ impl Guest {
             cmdline_extra: Vec::new(),
             kernel: None,
             initramfs: None,
+            serial: "stdio".to_owned(),
             extra_args: Vec::new(),
             boot_timeout: std::env::var("TIDAL_TEST_BOOT_TIMEOUT")
                 .ok()
@@ -444,6 +446,13 @@ impl Guest {
         self
     }
 
+    /// tidal's `--serial` (default `stdio`, which the shell commands of [`RunningGuest::run`]
+    /// need; with any other the console stays empty).
+    pub fn serial(mut self, serial: impl Into<String>) -> Self {
+        self.serial = serial.into();
+        self
+    }
+
     /// The full kernel command line.
     pub fn full_cmdline(&self) -> String {
         std::iter::once(self.cmdline.as_str())
@@ -489,7 +498,7 @@ impl Guest {
             "--memory".into(),
             memory.into(),
             "--serial".into(),
-            "stdio".into(),
+            self.serial.clone().into(),
         ];
         args.extend(self.extra_args.iter().cloned());
         args

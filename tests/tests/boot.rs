@@ -2,6 +2,8 @@
 //! sees. These need hardware-backed KVM: run them with `ci/test.sh`, which starts them inside the
 //! test host on machines whose /dev/kvm is KVM-PVM.
 
+use std::time::Duration;
+
 use tidal_tests::{Guest, GuestImages};
 
 const MIB: u64 = 1024 * 1024;
@@ -130,4 +132,67 @@ fn reboot_ends_tidal_with_exit_code_0() {
             "tidal exited with {status} after `reboot -f`, expected 0"
         ));
     }
+}
+
+/// With `--serial file=PATH,max=4K` the guest's console goes to the file, not to stdout, and the
+/// file keeps only the newest 4 KiB: a kernel that logs its whole boot (no `quiet`) writes far
+/// more, so what is left starts with tidal's line counting what was dropped, and the kernel's
+/// first lines are gone while its last, the guest's ready line, are there.
+#[test]
+fn a_serial_output_file_keeps_the_newest_output_within_its_cap() {
+    const CAP: u64 = 4096;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("console.log");
+    let mut guest = Guest::new()
+        .cmdline(tidal_tests::DEFAULT_CMDLINE.replace(" quiet", ""))
+        .serial(format!("file={},max=4K", path.display()))
+        .spawn();
+    let deadline = std::time::Instant::now() + 2 * tidal_tests::DEFAULT_BOOT_TIMEOUT;
+    let text = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.contains(tidal_tests::READY_LINE) {
+            break text;
+        }
+        if let Some(status) = guest.wait_exit(Duration::from_millis(500)) {
+            guest.fail(&format!(
+                "tidal exited ({status}) before the guest was ready"
+            ));
+        }
+        if std::time::Instant::now() > deadline {
+            guest.fail(&format!(
+                "the guest's ready line never reached {}; its last lines:\n{}",
+                path.display(),
+                text.lines()
+                    .skip(text.lines().count().saturating_sub(10))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ));
+        }
+    };
+    let size = std::fs::metadata(&path).expect("the output file").len();
+    let first = text.lines().next().unwrap_or_default();
+    println!(
+        "{} holds {size} bytes; its first line: {first}",
+        path.display()
+    );
+    assert!(size <= CAP, "{size} bytes in a file capped at {CAP}");
+    let dropped: u64 = first
+        .strip_prefix("[tidal: ")
+        .and_then(|rest| rest.split_once(" bytes of earlier guest output dropped; "))
+        .filter(|(_, rest)| *rest == format!("this file keeps at most {CAP} bytes]"))
+        .and_then(|(count, _)| count.parse().ok())
+        .unwrap_or_else(|| guest.fail(&format!("the file starts with {first:?}")));
+    assert!(
+        dropped > CAP,
+        "only {dropped} bytes dropped of a verbose boot"
+    );
+    assert!(
+        !text.contains("Linux version"),
+        "the kernel's first line is still in the file:\n{text}"
+    );
+    assert!(
+        guest.console().is_empty(),
+        "guest output reached stdout: {}",
+        guest.console_tail(5)
+    );
 }
