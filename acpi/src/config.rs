@@ -6,8 +6,9 @@
 pub struct AcpiConfig {
     /// Number of vCPUs. vCPU `i` has local APIC id `i` and ACPI processor UID `i`.
     pub cpus: u32,
-    /// The legacy COM1 port, described in the DSDT as a `PNP0501` device.
-    pub serial: Option<LegacySerial>,
+    /// The legacy serial ports (COM1, then COM2), each described in the DSDT as a `PNP0501`
+    /// device named `COMn`.
+    pub serials: Vec<LegacySerial>,
     /// The FADT's hardware-reduced sleep and reset registers (I/O ports, one byte each).
     pub power: PowerRegisters,
     /// The single I/O APIC.

@@ -18,8 +18,8 @@ const UART_PORTS: u8 = 8;
 /// The DSDT for `config`.
 pub(crate) fn dsdt(config: &AcpiConfig) -> Result<Vec<u8>, AcpiError> {
     let mut system_bus = Vec::new();
-    if let Some(serial) = &config.serial {
-        system_bus.push(com1(serial));
+    for (number, serial) in (1u8..).zip(&config.serials) {
+        system_bus.push(com_port(number, serial));
     }
     if let Some(hotplug) = &config.memory_hotplug {
         system_bus.extend(memory_hotplug::devices(hotplug)?);
@@ -46,15 +46,16 @@ pub(crate) fn dsdt(config: &AcpiConfig) -> Result<Vec<u8>, AcpiError> {
     Ok(table::with_header(*b"DSDT", DSDT_REVISION, &body))
 }
 
-/// COM1: a 16550 (`PNP0501`) at its 8 I/O ports with an edge-triggered, active-high interrupt.
-fn com1(serial: &LegacySerial) -> AmlBytes {
+/// COM`number`: a 16550 (`PNP0501`) at its 8 I/O ports with an edge-triggered, active-high
+/// interrupt.
+fn com_port(number: u8, serial: &LegacySerial) -> AmlBytes {
     let ports = IO::new(serial.io_port, serial.io_port, 0, UART_PORTS);
     let irq = Interrupt::new(true, true, false, false, serial.irq);
     AmlBytes::of(&Device::new(
-        "COM1".into(),
+        format!("COM{number}").as_str().into(),
         vec![
             &Name::new("_HID".into(), &EISAName::new("PNP0501")),
-            &Name::new("_UID".into(), &aml::ZERO),
+            &Name::new("_UID".into(), &(number - 1)),
             &Name::new("_STA".into(), &STA_PRESENT),
             &Name::new("_CRS".into(), &ResourceTemplate::new(vec![&ports, &irq])),
         ],
@@ -105,7 +106,29 @@ mod tests {
     #[test]
     fn no_serial_no_com1() {
         let mut config = config(1);
-        config.serial = None;
+        config.serials.clear();
         assert!(!contains(&dsdt(&config).unwrap(), b"COM1"));
+    }
+
+    #[test]
+    fn a_second_serial_is_com2_with_its_port_and_interrupt() {
+        let mut config = config(1);
+        assert!(!contains(&dsdt(&config).unwrap(), b"COM2"));
+        config.serials.push(LegacySerial {
+            io_port: 0x2f8,
+            irq: 3,
+        });
+        let dsdt = dsdt(&config).unwrap();
+        assert_valid_table(&dsdt, b"DSDT");
+        assert!(contains(&dsdt, b"COM1") && contains(&dsdt, b"COM2"));
+        // IO (Decode16, 0x2F8, 0x2F8, 0, 8) and Interrupt (...) { 3 }
+        assert!(contains(
+            &dsdt,
+            &[0x47, 0x01, 0xf8, 0x02, 0xf8, 0x02, 0x00, 0x08]
+        ));
+        assert!(contains(
+            &dsdt,
+            &[0x89, 0x06, 0x00, 0x03, 0x01, 0x03, 0x00, 0x00, 0x00]
+        ));
     }
 }

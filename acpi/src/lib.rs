@@ -198,10 +198,10 @@ mod tests {
     pub(crate) fn config(cpus: u32) -> AcpiConfig {
         AcpiConfig {
             cpus,
-            serial: Some(LegacySerial {
+            serials: vec![LegacySerial {
                 io_port: 0x3f8,
                 irq: 4,
-            }),
+            }],
             power: PowerRegisters {
                 sleep_control_port: 0x600,
                 sleep_status_port: 0x601,

@@ -1,5 +1,5 @@
-//! COM1: a 16550 UART (vm-superio) on the port bus. Output goes to any writer (stdout, a file,
-//! nowhere); input is pushed in by the VMM's console loop.
+//! A serial port (COM1, COM2): a 16550 UART (vm-superio) on the port bus. Output goes to any
+//! writer (stdout, a file, nowhere); input is pushed in by the VMM's console loop.
 
 use std::io::Write;
 
@@ -11,9 +11,11 @@ use vm_superio::{Serial, Trigger};
 use crate::repeats::Repeats;
 use crate::EventFdTrigger;
 
-/// Standard COM1 port and ISA interrupt.
+/// Standard COM1 and COM2 ports and ISA interrupts.
 pub const COM1_PORT: u16 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
+pub const COM2_PORT: u16 = 0x2f8;
+pub const COM2_IRQ: u32 = 3;
 /// The 16550 decodes eight registers.
 pub const SERIAL_PORT_SIZE: u16 = 8;
 

@@ -259,8 +259,7 @@ mod tests {
             .expect("chmod");
         symlink("tool", root.join("bin/alias")).expect("a symlink");
         fs::write(root.join("empty"), b"").expect("an empty file");
-        fs::set_permissions(root.join("empty"), fs::Permissions::from_mode(0o640))
-            .expect("chmod");
+        fs::set_permissions(root.join("empty"), fs::Permissions::from_mode(0o640)).expect("chmod");
         std::os::unix::net::UnixListener::bind(root.join("sock")).expect("a socket");
         let extras = [Extra {
             path: ".tidal/init".to_owned(),

@@ -196,3 +196,33 @@ fn a_serial_output_file_keeps_the_newest_output_within_its_cap() {
         guest.console_tail(5)
     );
 }
+
+/// `--serial2 file=PATH` gives the guest a second port, COM2 (`ttyS1`, in the DSDT beside
+/// COM1): what the guest writes there reaches the file and not the console, and the other way
+/// round.
+#[test]
+fn a_second_serial_port_carries_its_own_output() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("com2.log");
+    let mut guest = Guest::new()
+        .arg("--serial2")
+        .arg(format!("file={}", path.display()))
+        .boot();
+    assert!(guest.path_exists("/sys/bus/acpi/devices/PNP0501:01"));
+    guest.run_ok("stty -F /dev/ttyS1 raw -echo && echo only-on-com2 > /dev/ttyS1");
+    let console_before = guest.console();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let written = loop {
+        let written = std::fs::read_to_string(&path).unwrap_or_default();
+        if written.contains("only-on-com2") || std::time::Instant::now() > deadline {
+            break written;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(written, "only-on-com2\n", "COM2's file");
+    // The harness's shell does not echo its input: the words can only be output.
+    assert!(
+        !console_before.contains("only-on-com2"),
+        "COM2's output reached the console"
+    );
+}

@@ -96,6 +96,15 @@ fn a_thousand_cpus_are_refused() {
     assert_mentions(&message, &["cpu"]);
 }
 
+#[test]
+fn two_serial_ports_on_stdio_are_refused() {
+    let message = refused(&["--kernel", &kernel(), "--serial2", "stdio"]);
+    assert_eq!(
+        message,
+        "tidal: error: --serial and --serial2 cannot both be stdio: Tidal has one stdin and one stdout"
+    );
+}
+
 // ------------------------------------------------------------------------------------------------
 // Stop signals
 

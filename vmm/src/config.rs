@@ -102,6 +102,14 @@ pub struct Cli {
         value_name = "stdio|file=PATH[,max=SIZE]|off"
     )]
     pub serial: String,
+    /// A second serial port, COM2 (the guest's ttyS1), in --serial's terms; stdio only when
+    /// --serial is not. Off by default: the guest then has no COM2.
+    #[arg(
+        long,
+        default_value = "off",
+        value_name = "stdio|file=PATH[,max=SIZE]|off"
+    )]
+    pub serial2: String,
     /// Seconds a memory hotplug operation waits for the guest's answer by default.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub hotplug_timeout: u64,
@@ -167,10 +175,12 @@ pub enum ConfigError {
     SlotsForBootMemory { slots: u32, needed: u32 },
     #[error("--hotplug-timeout must be at least 1 second")]
     HotplugTimeout,
-    #[error("--serial: '{0}' is not stdio, off or file=PATH[,max=SIZE]")]
-    Serial(String),
-    #[error("--serial: max={0} is too small: a serial output file takes at least 4K")]
-    SerialFileLimit(u64),
+    #[error("{flag}: '{text}' is not stdio, off or file=PATH[,max=SIZE]")]
+    Serial { flag: &'static str, text: String },
+    #[error("{flag}: max={limit} is too small: a serial output file takes at least 4K")]
+    SerialFileLimit { flag: &'static str, limit: u64 },
+    #[error("--serial and --serial2 cannot both be stdio: Tidal has one stdin and one stdout")]
+    TwoStdioSerials,
     #[error("cannot read {what} {path}: {source}")]
     Unreadable {
         what: &'static str,
@@ -215,6 +225,8 @@ pub struct VmConfig {
     /// The guest's NUMA nodes: one holding everything without --numa.
     pub nodes: Vec<NodeConfig>,
     pub serial: SerialMode,
+    /// COM2, when not `Off`.
+    pub serial2: SerialMode,
     pub api_socket: Option<PathBuf>,
     pub hotplug_timeout: Duration,
     pub seccomp: SeccompMode,
@@ -302,6 +314,11 @@ impl TryFrom<&Cli> for VmConfig {
         if cli.hotplug_timeout == 0 {
             return Err(ConfigError::HotplugTimeout);
         }
+        let serial = parse_serial("--serial", &cli.serial)?;
+        let serial2 = parse_serial("--serial2", &cli.serial2)?;
+        if serial == SerialMode::Stdio && serial2 == SerialMode::Stdio {
+            return Err(ConfigError::TwoStdioSerials);
+        }
         Ok(Self {
             kernel: cli.kernel.clone(),
             initramfs: cli.initramfs.clone(),
@@ -313,7 +330,8 @@ impl TryFrom<&Cli> for VmConfig {
             cpus,
             memory,
             nodes,
-            serial: parse_serial(&cli.serial)?,
+            serial,
+            serial2,
             api_socket: cli.api_socket.clone(),
             hotplug_timeout: Duration::from_secs(cli.hotplug_timeout),
             seccomp: cli.seccomp,
@@ -461,12 +479,16 @@ fn memory_config(
     })
 }
 
-pub fn parse_serial(text: &str) -> Result<SerialMode, ConfigError> {
+/// `text`, the value of `flag` (`--serial` or `--serial2`).
+pub fn parse_serial(flag: &'static str, text: &str) -> Result<SerialMode, ConfigError> {
     match text {
         "stdio" => Ok(SerialMode::Stdio),
         "off" => Ok(SerialMode::Off),
         _ => {
-            let invalid = || ConfigError::Serial(text.to_string());
+            let invalid = || ConfigError::Serial {
+                flag,
+                text: text.to_string(),
+            };
             let file = text.strip_prefix("file=").ok_or_else(invalid)?;
             let (path, limit) = match file.rsplit_once(",max=") {
                 Some((path, max)) => (path, parse_size(max).map_err(|_| invalid())?),
@@ -476,7 +498,7 @@ pub fn parse_serial(text: &str) -> Result<SerialMode, ConfigError> {
                 return Err(invalid());
             }
             if limit < crate::serial_output::MIN_FILE_LIMIT {
-                return Err(ConfigError::SerialFileLimit(limit));
+                return Err(ConfigError::SerialFileLimit { flag, limit });
             }
             Ok(SerialMode::File {
                 path: PathBuf::from(path),
@@ -578,26 +600,33 @@ mod tests {
 
     #[test]
     fn serial_modes() {
-        assert_eq!(parse_serial("stdio").unwrap(), SerialMode::Stdio);
-        assert_eq!(parse_serial("off").unwrap(), SerialMode::Off);
         assert_eq!(
-            parse_serial("file=/tmp/x").unwrap(),
+            parse_serial("--serial", "stdio").unwrap(),
+            SerialMode::Stdio
+        );
+        assert_eq!(parse_serial("--serial", "off").unwrap(), SerialMode::Off);
+        assert_eq!(
+            parse_serial("--serial", "file=/tmp/x").unwrap(),
             SerialMode::File {
                 path: "/tmp/x".into(),
                 limit: SERIAL_FILE_LIMIT
             }
         );
         assert_eq!(
-            parse_serial("file=/tmp/a,b,max=64M").unwrap(),
+            parse_serial("--serial", "file=/tmp/a,b,max=64M").unwrap(),
             SerialMode::File {
                 path: "/tmp/a,b".into(),
                 limit: 64 << 20
             }
         );
-        assert!(parse_serial("file=").is_err());
-        assert!(parse_serial("file=/tmp/x,max=0").is_err());
-        assert!(parse_serial("file=/tmp/x,max=lots").is_err());
-        assert!(parse_serial("tty").is_err());
+        assert!(parse_serial("--serial", "file=").is_err());
+        assert!(parse_serial("--serial", "file=/tmp/x,max=0").is_err());
+        assert!(parse_serial("--serial", "file=/tmp/x,max=lots").is_err());
+        assert!(parse_serial("--serial", "tty").is_err());
+        assert_eq!(
+            parse_serial("--serial2", "tty").unwrap_err().to_string(),
+            "--serial2: 'tty' is not stdio, off or file=PATH[,max=SIZE]"
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! The guest console: where the serial port's output goes (written by the `console-out` thread,
-//! `serial_output`), and a thread that feeds the host's stdin (terminal, pipe, FIFO or file)
-//! into the UART without dropping bytes when its FIFO is full.
+//! The guest consoles: each serial port's UART with where its output goes (written by a thread
+//! of its own, `serial_output`), and a thread that feeds the host's stdin (terminal, pipe, FIFO
+//! or file) into the port set to stdio without dropping bytes when its FIFO is full.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tidal_devices::serial::SerialConsole;
+use tidal_devices::EventFdTrigger;
 
 use crate::config::SerialMode;
-use crate::seccomp::ThreadFilter;
-use crate::serial_output::CappedFile;
+use crate::seccomp::{Filters, ThreadFilter};
+use crate::serial_output::{CappedFile, SerialOutput};
 
 #[derive(Debug, Error)]
 pub enum ConsoleError {
@@ -23,12 +24,63 @@ pub enum ConsoleError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot start the console input thread: {0}")]
+    #[error("cannot start a console thread: {0}")]
     Spawn(std::io::Error),
 }
 
+/// One serial port's host side: the UART for the port bus, its output queue and where that
+/// goes, until [`SerialPort::start`] hands the sink to the port's writer thread.
+pub struct SerialPort {
+    pub uart: Arc<Mutex<SerialConsole>>,
+    pub output: SerialOutput,
+    sink: Box<dyn Write + Send>,
+    /// The port is stdio: the host's stdin feeds it.
+    reads_stdin: bool,
+    /// Its writer thread's name.
+    writer: &'static str,
+}
+
+impl SerialPort {
+    /// A port raising `interrupt`, its output going where `mode` says.
+    pub fn new(
+        interrupt: EventFdTrigger,
+        mode: &SerialMode,
+        writer: &'static str,
+    ) -> Result<Self, ConsoleError> {
+        let sink = output(mode)?;
+        let queue = SerialOutput::default();
+        Ok(Self {
+            uart: Arc::new(Mutex::new(SerialConsole::new(
+                interrupt,
+                Box::new(queue.clone()),
+            ))),
+            output: queue,
+            sink,
+            reads_stdin: *mode == SerialMode::Stdio,
+            writer,
+        })
+    }
+
+    /// Starts the port's writer thread and, for stdio, the stdin reader, each confined by its
+    /// filter when `filters` are given; returns the output queue, for
+    /// [`SerialOutput::finish`].
+    pub fn start(self, filters: Option<&Filters>) -> Result<SerialOutput, ConsoleError> {
+        self.output
+            .spawn_writer(
+                self.writer,
+                self.sink,
+                filters.map(|f| f.console_out.clone()),
+            )
+            .map_err(ConsoleError::Spawn)?;
+        if self.reads_stdin {
+            spawn_stdin_reader(self.uart, filters.map(|f| f.console_in.clone()))?;
+        }
+        Ok(self.output)
+    }
+}
+
 /// Where the guest's serial output is written.
-pub fn output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, ConsoleError> {
+fn output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, ConsoleError> {
     Ok(match mode {
         SerialMode::Stdio => Box::new(std::io::stdout()),
         SerialMode::File { path, limit } => {

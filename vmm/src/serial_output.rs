@@ -103,16 +103,17 @@ impl SerialOutput {
         }
     }
 
-    /// Starts the `console-out` thread, which writes the queue to `sink` until
-    /// [`SerialOutput::finish`]. With `seccomp`, the thread confines itself first.
+    /// Starts the thread `name` (`console-out` for COM1), which writes the queue to `sink`
+    /// until [`SerialOutput::finish`]. With `seccomp`, the thread confines itself first.
     pub fn spawn_writer(
         &self,
+        name: &str,
         sink: Box<dyn Write + Send>,
         seccomp: Option<ThreadFilter>,
     ) -> io::Result<()> {
         let shared = self.0.clone();
         std::thread::Builder::new()
-            .name("console-out".into())
+            .name(name.into())
             .spawn(move || {
                 if let Some(filter) = &seccomp {
                     filter.apply_or_exit();
@@ -246,7 +247,9 @@ mod tests {
             release: stalled,
             got: got.clone(),
         };
-        output.spawn_writer(Box::new(sink), None).unwrap();
+        output
+            .spawn_writer("console-out", Box::new(sink), None)
+            .unwrap();
         let mut uart = output.clone();
         // The writer takes the first byte and stalls on it; the rest fills the queue, then
         // overflows, and every write returns at once.
@@ -279,7 +282,9 @@ mod tests {
             release: stalled,
             got: Arc::default(),
         };
-        output.spawn_writer(Box::new(sink), None).unwrap();
+        output
+            .spawn_writer("console-out", Box::new(sink), None)
+            .unwrap();
         output.clone().write_all(b"hello").unwrap();
         let started = Instant::now();
         output.finish(Duration::from_millis(100));

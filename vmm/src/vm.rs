@@ -2,7 +2,6 @@
 //! port bus, ACPI tables, the loaded kernel and the vCPU threads; and the loop that waits for
 //! the guest to power off, reset or panic, or for a signal that stops Tidal.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -24,7 +23,7 @@ use tidal_devices::power::{
     SLEEP_STATUS_PORT,
 };
 use tidal_devices::pvpanic::{PvPanic, PVPANIC_REGISTER_LEN};
-use tidal_devices::serial::{SerialConsole, COM1_IRQ, COM1_PORT, SERIAL_PORT_SIZE};
+use tidal_devices::serial::{COM1_IRQ, COM1_PORT, COM2_IRQ, COM2_PORT, SERIAL_PORT_SIZE};
 use tidal_devices::{EventFdTrigger, ExitReason, ExitSignal};
 use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
@@ -33,9 +32,9 @@ use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::signal::Killable;
 
 use crate::boot::{self, BootEntry, BootError, BootInfo, BootSpec};
-use crate::config::SeccompMode;
 use crate::config::VmConfig;
-use crate::console::{self, ConsoleError};
+use crate::config::{SeccompMode, SerialMode};
+use crate::console::{ConsoleError, SerialPort};
 use crate::contain::{self, ContainError, UserIds};
 use crate::control::VmHandle;
 use crate::cpu::{self, Topology};
@@ -51,7 +50,7 @@ use crate::memory::ram::GuestMemory;
 use crate::numa;
 use crate::reset_vector;
 use crate::seccomp::{self, Filters, SeccompError};
-use crate::serial_output::{self, SerialOutput};
+use crate::serial_output;
 use crate::signals::{SignalError, StopSignal, StopSignals};
 use crate::vcpu::{self, VcpuContext, VcpuError};
 
@@ -185,10 +184,9 @@ pub fn acpi_tables(config: &VmConfig) -> Result<AcpiTables, tidal_acpi::AcpiErro
     let hotplug = config.memory.slots > 0;
     let acpi = AcpiConfig {
         cpus: u32::from(config.cpus),
-        serial: Some(LegacySerial {
-            io_port: COM1_PORT,
-            irq: COM1_IRQ,
-        }),
+        serials: serial_ports(config)
+            .map(|(io_port, irq, _, _)| LegacySerial { io_port, irq })
+            .collect(),
         power: PowerRegisters {
             sleep_control_port: SLEEP_CONTROL_PORT,
             sleep_status_port: SLEEP_STATUS_PORT,
@@ -228,12 +226,9 @@ pub struct Vm {
     api_socket: Option<PathBuf>,
     io: Arc<IoManager>,
     exit: Arc<ExitSignal>,
-    serial: Arc<Mutex<SerialConsole>>,
-    serial_output: SerialOutput,
-    /// Where the serial output goes, handed to its writer thread when the VM runs.
-    console_sink: Box<dyn Write + Send>,
+    /// COM1, and COM2 when configured; their threads start when the VM runs.
+    serials: Vec<SerialPort>,
     vcpus: Vec<VcpuFd>,
-    read_stdin: bool,
     seccomp: SeccompMode,
     user: Option<UserIds>,
     /// Made before `run` starts (and confines) any thread; read by its event loop.
@@ -284,10 +279,8 @@ impl Vm {
         })?);
         let Devices {
             mut io,
-            serial,
+            serials,
             ged,
-            serial_output,
-            console_sink,
         } = Devices::new(&vm, config, &exit)?;
         let hotplug = Arc::new(MemoryHotplug::new(hotplug_parts(
             config,
@@ -321,11 +314,8 @@ impl Vm {
             api_socket: config.api_socket.clone(),
             io: Arc::new(io),
             exit,
-            serial,
-            serial_output,
-            console_sink,
+            serials,
             vcpus,
-            read_stdin: config.serial == crate::config::SerialMode::Stdio,
             stop_signals: StopSignals::new()?,
             seccomp: config.seccomp,
             user: config.user,
@@ -375,14 +365,11 @@ impl Vm {
             )?),
             None => None,
         };
-        let filter = filters.as_ref().map(|f| f.console_out.clone());
-        self.serial_output
-            .spawn_writer(self.console_sink, filter)
-            .map_err(ConsoleError::Spawn)?;
-        if self.read_stdin {
-            let filter = filters.as_ref().map(|f| f.console_in.clone());
-            console::spawn_stdin_reader(self.serial.clone(), filter)?;
-        }
+        let outputs = self
+            .serials
+            .into_iter()
+            .map(|port| port.start(filters.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
         let stop = Arc::new(AtomicBool::new(false));
         let ctx = VcpuContext {
             io: self.io.clone(),
@@ -406,7 +393,9 @@ impl Vm {
         ));
         stop.store(true, Ordering::Release);
         stop_vcpus(threads);
-        self.serial_output.finish(serial_output::FINISH_WITHIN);
+        for output in &outputs {
+            output.finish(serial_output::FINISH_WITHIN);
+        }
         drop(self.vm);
         match exit? {
             VmExit::Ended(ExitReason::Failed) => Err(VmError::VcpuFailed),
@@ -472,33 +461,37 @@ fn load_guest(
     Ok(boot)
 }
 
-/// The devices on the I/O buses, the two the VM keeps a hand on, and the serial output's
-/// queue with where it goes.
+/// The devices on the I/O buses, and the two kinds the VM keeps a hand on.
 struct Devices {
     io: IoManager,
-    serial: Arc<Mutex<SerialConsole>>,
+    serials: Vec<SerialPort>,
     ged: Arc<Ged>,
-    serial_output: SerialOutput,
-    console_sink: Box<dyn Write + Send>,
+}
+
+/// The serial ports `config` asks for: port, interrupt, mode and writer thread name of COM1
+/// (always there, for the kernel's console) and COM2 (when not off).
+fn serial_ports(config: &VmConfig) -> impl Iterator<Item = (u16, u32, &SerialMode, &'static str)> {
+    let com1 = (COM1_PORT, COM1_IRQ, &config.serial, "console-out");
+    let com2 = (COM2_PORT, COM2_IRQ, &config.serial2, "console2-out");
+    std::iter::once(com1).chain((config.serial2 != SerialMode::Off).then_some(com2))
 }
 
 impl Devices {
-    /// The serial port, i8042, ACPI power registers, GED and pvpanic, with their interrupts.
+    /// The serial ports, i8042, ACPI power registers, GED and pvpanic, with their interrupts.
     fn new(vm: &VmFd, config: &VmConfig, exit: &Arc<ExitSignal>) -> Result<Self, VmError> {
-        let interrupt = EventFdTrigger::new().map_err(|source| VmError::Resource {
-            what: "the serial interrupt",
-            source,
-        })?;
-        vm.register_irqfd(interrupt.event_fd(), COM1_IRQ)
-            .map_err(kvm_err("connect the serial interrupt"))?;
-        let console_sink = console::output(&config.serial)?;
-        let serial_output = SerialOutput::default();
-        let serial = Arc::new(Mutex::new(SerialConsole::new(
-            interrupt,
-            Box::new(serial_output.clone()),
-        )));
         let mut io = IoManager::new();
-        register_pio(&mut io, COM1_PORT, SERIAL_PORT_SIZE, serial.clone())?;
+        let mut serials = Vec::new();
+        for (port, irq, mode, writer) in serial_ports(config) {
+            let interrupt = EventFdTrigger::new().map_err(|source| VmError::Resource {
+                what: "a serial interrupt",
+                source,
+            })?;
+            vm.register_irqfd(interrupt.event_fd(), irq)
+                .map_err(kvm_err("connect a serial interrupt"))?;
+            let serial = SerialPort::new(interrupt, mode, writer)?;
+            register_pio(&mut io, port, SERIAL_PORT_SIZE, serial.uart.clone())?;
+            serials.push(serial);
+        }
         register_pio(
             &mut io,
             I8042_PORT,
@@ -525,13 +518,7 @@ impl Devices {
             PVPANIC_REGISTER_LEN,
             Arc::new(PvPanic::new(exit.clone())),
         )?;
-        Ok(Self {
-            io,
-            serial,
-            ged,
-            serial_output,
-            console_sink,
-        })
+        Ok(Self { io, serials, ged })
     }
 }
 
@@ -789,6 +776,7 @@ mod tests {
                 .0,
             nodes,
             serial: SerialMode::Off,
+            serial2: SerialMode::Off,
             api_socket: None,
             hotplug_timeout: std::time::Duration::from_secs(1),
             seccomp: crate::config::SeccompMode::On,
