@@ -28,6 +28,9 @@ struct Queue {
     writing: bool,
     /// No more output is coming: the writer ends once the queue is empty.
     closing: bool,
+    /// The sink, handed back by the writer as it ends: closing a descriptor is not in the
+    /// writer's seccomp filter, so whoever drops the queue last closes it.
+    retired: Option<Box<dyn Write + Send>>,
 }
 
 #[derive(Default)]
@@ -138,6 +141,7 @@ fn write_queue(shared: &Shared, mut sink: Box<dyn Write + Send>) {
                 };
             }
             if queue.bytes.is_empty() {
+                queue.retired = Some(sink);
                 return;
             }
             queue.writing = true;

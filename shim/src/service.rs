@@ -1,0 +1,596 @@
+//! The shim v2 services containerd calls: [`Runtime`] (starting and cleaning up the shim
+//! process) and [`TaskService`] (each container's life: create, start, wait, kill, update,
+//! delete). A container is a VM ([`crate::vm`]); its task's pid is its Tidal process.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use containerd_shim::api::{
+    ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
+    DeleteResponse, Empty, KillRequest, PidsRequest, PidsResponse, ShutdownRequest, StartRequest,
+    StartResponse, StateRequest, StateResponse, Status, UpdateTaskRequest, WaitRequest,
+    WaitResponse,
+};
+use containerd_shim::protos::events::task::TaskExit;
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::protos::topics::TASK_EXIT_EVENT_TOPIC;
+use containerd_shim::protos::ttrpc::{self, Code};
+use containerd_shim::protos::types::task::ProcessInfo;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{ExitSignal, Flags, StartOpts, TtrpcContext, TtrpcResult};
+use thiserror::Error;
+
+use crate::bundle::{self, BundleError};
+use crate::guest_init::{self, BUSYBOX_PATH, INIT_PATH};
+use crate::initramfs::{self, Extra, InitramfsError};
+use crate::options::{OptionsError, RuntimeOptions};
+use crate::vm::{TidalVm, VmError, VmFiles, VmMemory};
+
+/// The runtime's name, as containerd's configuration gives it.
+pub const RUNTIME_ID: &str = "io.containerd.tidal.v2";
+
+#[derive(Debug, Error)]
+pub enum ShimError {
+    #[error(transparent)]
+    Options(#[from] OptionsError),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Initramfs(#[from] InitramfsError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("cannot mount the container's root filesystem on {target}: {message}")]
+    Mount { target: PathBuf, message: String },
+    #[error("cannot read the static busybox {path}: {source}")]
+    Busybox {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the container runs as user {0}: Tidal's init runs containers as root (0) only")]
+    NotRoot(u32),
+    #[error("the container's program {0} is not in its root filesystem")]
+    NoProgram(String),
+    #[error("the container's resources are not a JSON LinuxResources: {0}")]
+    Resources(serde_json::Error),
+    #[error("no container {0} in this shim")]
+    NotFound(String),
+    #[error("container {0} already exists")]
+    Exists(String),
+    #[error("container {id} is {state}: {what} needs it {needed}")]
+    State {
+        id: String,
+        state: &'static str,
+        what: &'static str,
+        needed: &'static str,
+    },
+    #[error("{0} is not supported: a Tidal container has a single process")]
+    Unsupported(&'static str),
+}
+
+impl From<ShimError> for ttrpc::Error {
+    fn from(error: ShimError) -> Self {
+        let code = match &error {
+            ShimError::NotFound(_) => Code::NOT_FOUND,
+            ShimError::Exists(_) => Code::ALREADY_EXISTS,
+            ShimError::State { .. } => Code::FAILED_PRECONDITION,
+            ShimError::Unsupported(_) => Code::UNIMPLEMENTED,
+            ShimError::NotRoot(_) | ShimError::NoProgram(_) | ShimError::Resources(_) => {
+                Code::INVALID_ARGUMENT
+            }
+            _ => Code::INTERNAL,
+        };
+        ttrpc::Error::RpcStatus(ttrpc::get_status(code, error.to_string()))
+    }
+}
+
+/// The shim process: what containerd starts with `start` and cleans up after with `delete`.
+pub struct Runtime {
+    exit: Arc<ExitSignal>,
+    namespace: String,
+}
+
+impl containerd_shim::Shim for Runtime {
+    type T = TaskService;
+
+    fn new(_runtime_id: &str, args: &Flags, _config: &mut containerd_shim::Config) -> Self {
+        Self {
+            exit: Arc::new(ExitSignal::default()),
+            namespace: args.namespace.clone(),
+        }
+    }
+
+    fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        // One shim per container.
+        let grouping = opts.id.clone();
+        let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
+        Ok(address)
+    }
+
+    fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        // The shim died with its container: its Tidal process went with it (the shim is its
+        // subreaper and the VM cannot outlive the pipes it holds).
+        Ok(DeleteResponse {
+            exit_status: 137,
+            exited_at: MessageField::some(now()),
+            ..DeleteResponse::default()
+        })
+    }
+
+    fn wait(&mut self) {
+        self.exit.wait();
+    }
+
+    fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+        TaskService {
+            exit: self.exit.clone(),
+            namespace: self.namespace.clone(),
+            publisher: Arc::new(publisher),
+            containers: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+}
+
+/// Where a container is in its life.
+enum Phase {
+    Created,
+    /// Booting: `start` is under way.
+    Starting,
+    Running(TidalVm),
+    Stopped {
+        status: u32,
+        at: Timestamp,
+    },
+}
+
+impl Phase {
+    fn name(&self) -> &'static str {
+        match self {
+            Phase::Created => "created",
+            Phase::Starting => "starting",
+            Phase::Running(_) => "running",
+            Phase::Stopped { .. } => "stopped",
+        }
+    }
+}
+
+struct Container {
+    id: String,
+    bundle: PathBuf,
+    stdout: String,
+    stderr: String,
+    files: VmFiles,
+    options: RuntimeOptions,
+    /// The VM's memory: what the container's limit asks for.
+    memory: Mutex<u64>,
+    phase: Mutex<Phase>,
+    /// The phase became `Stopped`.
+    stopped: Condvar,
+    /// The shim's until the VM runs, then its Tidal process's.
+    pid: AtomicU32,
+}
+
+impl Container {
+    fn phase(&self) -> MutexGuard<'_, Phase> {
+        self.phase.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn state_error(&self, phase: &Phase, what: &'static str, needed: &'static str) -> ShimError {
+        ShimError::State {
+            id: self.id.clone(),
+            state: phase.name(),
+            what,
+            needed,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct TaskService {
+    exit: Arc<ExitSignal>,
+    namespace: String,
+    publisher: Arc<RemotePublisher>,
+    containers: Arc<Mutex<HashMap<String, Arc<Container>>>>,
+}
+
+impl TaskService {
+    fn containers(&self) -> MutexGuard<'_, HashMap<String, Arc<Container>>> {
+        self.containers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn container(&self, id: &str, exec_id: &str) -> Result<Arc<Container>, ShimError> {
+        if !exec_id.is_empty() {
+            return Err(ShimError::Unsupported("exec"));
+        }
+        self.containers()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ShimError::NotFound(id.to_owned()))
+    }
+
+    fn create_container(&self, req: &CreateTaskRequest) -> Result<Container, ShimError> {
+        if self.containers().contains_key(&req.id) {
+            return Err(ShimError::Exists(req.id.clone()));
+        }
+        let options = RuntimeOptions::from_env()?;
+        let bundle_dir = PathBuf::from(&req.bundle);
+        let spec = bundle::read(&bundle_dir)?;
+        if spec.process.uid != 0 {
+            return Err(ShimError::NotRoot(spec.process.uid));
+        }
+        let files = VmFiles::in_bundle(&bundle_dir);
+        let mounted = mount_rootfs(req, &spec.rootfs)?;
+        let archive = write_initramfs(&spec, &options, &files.initramfs);
+        if mounted {
+            // The archive holds the tree now: the VM needs no mount.
+            if let Err(e) = containerd_shim::mount::umount_recursive(spec.rootfs.to_str(), 0) {
+                log::warn!("cannot unmount {}: {e}", spec.rootfs.display());
+            }
+        }
+        archive?;
+        Ok(Container {
+            id: req.id.clone(),
+            bundle: bundle_dir,
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            files,
+            memory: Mutex::new(options.vm_memory(spec.memory_limit)),
+            options,
+            phase: Mutex::new(Phase::Created),
+            stopped: Condvar::new(),
+            pid: AtomicU32::new(std::process::id()),
+        })
+    }
+
+    /// Boots the container's VM, grows it to the container's memory and lets its process
+    /// start; a thread then waits for it to end.
+    fn start_container(&self, container: &Arc<Container>) -> Result<u32, ShimError> {
+        {
+            let mut phase = container.phase();
+            if !matches!(*phase, Phase::Created) {
+                return Err(container.state_error(&phase, "start", "created"));
+            }
+            *phase = Phase::Starting;
+        }
+        let booted = self.boot(container);
+        let mut phase = container.phase();
+        match booted {
+            Ok((vm, watch)) => {
+                let pid = vm.pid();
+                container.pid.store(pid, Ordering::Relaxed);
+                *phase = Phase::Running(vm);
+                let (service, container) = (self.clone(), container.clone());
+                std::thread::spawn(move || {
+                    let status = watch.wait();
+                    service.stopped(&container, status);
+                });
+                Ok(pid)
+            }
+            Err(e) => {
+                *phase = Phase::Created;
+                Err(e)
+            }
+        }
+    }
+
+    fn boot(&self, container: &Container) -> Result<(TidalVm, crate::vm::ExitWatch), ShimError> {
+        let memory = *container.memory.lock().unwrap_or_else(|p| p.into_inner());
+        let boot_memory = container.options.boot_memory.min(memory);
+        let (mut vm, watch) = TidalVm::boot(
+            &container.options,
+            &container.files,
+            boot_memory,
+            Path::new(&container.stdout),
+        )?;
+        let grown = if memory > boot_memory {
+            VmMemory::new(&container.files).resize(memory)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = grown.and_then(|()| vm.start()) {
+            vm.kill();
+            watch.wait();
+            return Err(e.into());
+        }
+        log::info!(
+            "container {}: VM of {} MiB started, Tidal pid {}",
+            container.id,
+            memory >> 20,
+            vm.pid()
+        );
+        Ok((vm, watch))
+    }
+
+    /// Records that the container's process ended with `status` and tells containerd.
+    fn stopped(&self, container: &Container, status: u32) {
+        let at = now();
+        *container.phase() = Phase::Stopped {
+            status,
+            at: at.clone(),
+        };
+        container.stopped.notify_all();
+        let pid = container.pid.load(Ordering::Relaxed);
+        log::info!("container {}: exited with status {status}", container.id);
+        let event = TaskExit {
+            container_id: container.id.clone(),
+            id: container.id.clone(),
+            pid,
+            exit_status: status,
+            exited_at: MessageField::some(at),
+            ..TaskExit::default()
+        };
+        if let Err(e) = self.publisher.publish(
+            ttrpc::context::Context::default(),
+            TASK_EXIT_EVENT_TOPIC,
+            &self.namespace,
+            Box::new(event),
+        ) {
+            log::warn!("cannot tell containerd that {} exited: {e}", container.id);
+        }
+    }
+
+    fn update_container(&self, req: &UpdateTaskRequest) -> Result<(), ShimError> {
+        let container = self.container(&req.id, "")?;
+        let Some(resources) = req.resources.as_ref() else {
+            return Ok(());
+        };
+        let resources: oci_spec::runtime::LinuxResources =
+            serde_json::from_slice(&resources.value).map_err(ShimError::Resources)?;
+        let memory = container
+            .options
+            .vm_memory(bundle::memory_limit(&resources)?);
+        {
+            let phase = container.phase();
+            if !matches!(*phase, Phase::Running(_)) {
+                // Before its start the VM simply boots at the new size.
+                if matches!(*phase, Phase::Created) {
+                    *container.memory.lock().unwrap_or_else(|p| p.into_inner()) = memory;
+                    return Ok(());
+                }
+                return Err(container.state_error(&phase, "update", "created or running"));
+            }
+        }
+        VmMemory::new(&container.files).resize(memory)?;
+        *container.memory.lock().unwrap_or_else(|p| p.into_inner()) = memory;
+        log::info!(
+            "container {}: memory now {} MiB",
+            container.id,
+            memory >> 20
+        );
+        Ok(())
+    }
+}
+
+/// Mounts what containerd gave as the container's root filesystem on `target`; whether it
+/// mounted anything (a bundle may come with its tree in place).
+fn mount_rootfs(req: &CreateTaskRequest, target: &Path) -> Result<bool, ShimError> {
+    let Some(mount) = req.rootfs.first() else {
+        return Ok(false);
+    };
+    std::fs::create_dir_all(target).map_err(|source| ShimError::Write {
+        path: target.to_owned(),
+        source,
+    })?;
+    containerd_shim::mount::mount_rootfs(
+        Some(mount.type_.as_str()),
+        Some(mount.source.as_str()),
+        &mount.options,
+        target,
+    )
+    .map_err(|e| ShimError::Mount {
+        target: target.to_owned(),
+        message: e.to_string(),
+    })?;
+    Ok(true)
+}
+
+/// The container's tree with the init and busybox, as the VM's initramfs at `path`.
+fn write_initramfs(
+    spec: &bundle::Container,
+    options: &RuntimeOptions,
+    path: &Path,
+) -> Result<(), ShimError> {
+    let program = &spec.process.args[0];
+    let path_var = spec
+        .process
+        .env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="));
+    if !guest_init::is_runnable(&spec.rootfs, program, path_var) {
+        return Err(ShimError::NoProgram(program.clone()));
+    }
+    let busybox = std::fs::read(&options.busybox).map_err(|source| ShimError::Busybox {
+        path: options.busybox.clone(),
+        source,
+    })?;
+    let extras = [
+        Extra {
+            path: INIT_PATH.to_owned(),
+            contents: guest_init::script(&spec.process).into_bytes(),
+            mode: 0o755,
+        },
+        Extra {
+            path: BUSYBOX_PATH.to_owned(),
+            contents: busybox,
+            mode: 0o755,
+        },
+    ];
+    let write_error = |source| ShimError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::create(path).map_err(write_error)?;
+    let mut out = std::io::BufWriter::new(file);
+    let written = initramfs::write(&spec.rootfs, &extras, &mut out)?;
+    std::io::Write::flush(&mut out).map_err(write_error)?;
+    log::info!(
+        "initramfs {}: {} entries ({} sockets left out)",
+        path.display(),
+        written.entries,
+        written.sockets_skipped
+    );
+    Ok(())
+}
+
+fn now() -> Timestamp {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
+        ..Timestamp::default()
+    }
+}
+
+impl containerd_shim::Task for TaskService {
+    fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateTaskRequest,
+    ) -> TtrpcResult<CreateTaskResponse> {
+        let container = self.create_container(&req).inspect_err(|e| {
+            log::warn!("create {}: {e}", req.id);
+        })?;
+        let pid = std::process::id();
+        self.containers()
+            .insert(req.id.clone(), Arc::new(container));
+        Ok(CreateTaskResponse {
+            pid,
+            ..CreateTaskResponse::default()
+        })
+    }
+
+    fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
+        let container = self.container(&req.id, &req.exec_id)?;
+        let pid = self.start_container(&container).inspect_err(|e| {
+            log::warn!("start {}: {e}", req.id);
+        })?;
+        Ok(StartResponse {
+            pid,
+            ..StartResponse::default()
+        })
+    }
+
+    fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
+        let container = self.container(&req.id, &req.exec_id)?;
+        let phase = container.phase();
+        let (status, exit_status, exited_at) = match &*phase {
+            Phase::Created | Phase::Starting => (Status::CREATED, 0, None),
+            Phase::Running(_) => (Status::RUNNING, 0, None),
+            Phase::Stopped { status, at } => (Status::STOPPED, *status, Some(at.clone())),
+        };
+        Ok(StateResponse {
+            id: container.id.clone(),
+            bundle: container.bundle.display().to_string(),
+            pid: container.pid.load(Ordering::Relaxed),
+            status: status.into(),
+            stdout: container.stdout.clone(),
+            stderr: container.stderr.clone(),
+            exit_status,
+            exited_at: exited_at.into(),
+            ..StateResponse::default()
+        })
+    }
+
+    fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
+        let container = self.container(&req.id, &req.exec_id)?;
+        let mut phase = container.phase();
+        loop {
+            if let Phase::Stopped { status, at } = &*phase {
+                return Ok(WaitResponse {
+                    exit_status: *status,
+                    exited_at: MessageField::some(at.clone()),
+                    ..WaitResponse::default()
+                });
+            }
+            phase = container
+                .stopped
+                .wait(phase)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
+        let container = self.container(&req.id, &req.exec_id)?;
+        let mut phase = container.phase();
+        match &mut *phase {
+            Phase::Running(vm) if req.signal == 9 => vm.kill(),
+            Phase::Running(vm) => vm.signal(req.signal).map_err(ShimError::from)?,
+            Phase::Created => {
+                drop(phase);
+                self.stopped(&container, 128 + req.signal);
+            }
+            Phase::Starting | Phase::Stopped { .. } => {
+                let needed = "running or created";
+                return Err(container.state_error(&phase, "kill", needed).into());
+            }
+        }
+        Ok(Empty::default())
+    }
+
+    fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
+        let container = self.container(&req.id, &req.exec_id)?;
+        let (exit_status, exited_at) = match &*container.phase() {
+            Phase::Stopped { status, at } => (*status, at.clone()),
+            Phase::Created => (0, now()),
+            other => return Err(container.state_error(other, "delete", "stopped").into()),
+        };
+        self.containers().remove(&req.id);
+        for file in [&container.files.initramfs, &container.files.api_socket] {
+            let _ = std::fs::remove_file(file);
+        }
+        Ok(DeleteResponse {
+            pid: container.pid.load(Ordering::Relaxed),
+            exit_status,
+            exited_at: MessageField::some(exited_at),
+            ..DeleteResponse::default()
+        })
+    }
+
+    fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
+        let container = self.container(&req.id, "")?;
+        let pid = container.pid.load(Ordering::Relaxed);
+        Ok(PidsResponse {
+            processes: vec![ProcessInfo {
+                pid,
+                ..ProcessInfo::default()
+            }],
+            ..PidsResponse::default()
+        })
+    }
+
+    fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
+        self.update_container(&req).inspect_err(|e| {
+            log::warn!("update {}: {e}", req.id);
+        })?;
+        Ok(Empty::default())
+    }
+
+    fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
+        let task_pid = self
+            .containers()
+            .get(&req.id)
+            .map_or(0, |c| c.pid.load(Ordering::Relaxed));
+        Ok(ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            ..ConnectResponse::default()
+        })
+    }
+
+    fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
+        if self.containers().is_empty() {
+            self.exit.signal();
+        }
+        Ok(Empty::default())
+    }
+}
