@@ -31,15 +31,15 @@ blob() {
     cp "$1" "$work/oci/blobs/sha256/$digest"
     echo "$digest $size"
 }
-read -r layer layer_size < <(blob "$work/layer.tar")
+read -r layer layer_size <<<"$(blob "$work/layer.tar")"
 cat >"$work/config.json" <<JSON
 {"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:$layer"]}}
 JSON
-read -r config config_size < <(blob "$work/config.json")
+read -r config config_size <<<"$(blob "$work/config.json")"
 cat >"$work/manifest.json" <<JSON
 {"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:$config","size":$config_size},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:$layer","size":$layer_size}]}
 JSON
-read -r manifest manifest_size < <(blob "$work/manifest.json")
+read -r manifest manifest_size <<<"$(blob "$work/manifest.json")"
 cat >"$work/oci/index.json" <<JSON
 {"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:$manifest","size":$manifest_size,"annotations":{"io.containerd.image.name":"$name","org.opencontainers.image.ref.name":"1"}}]}
 JSON

@@ -42,10 +42,11 @@ $b mount -t devtmpfs devtmpfs /dev
 $b mkdir -p /dev/pts /dev/shm
 $b mount -t devpts devpts /dev/pts
 $b mount -t tmpfs tmpfs /dev/shm
-$b mount -t tmpfs -o mode=1777 tmpfs /tmp
 $b stty -F /dev/ttyS1 raw -echo
 echo "{READY_LINE}" > /dev/ttyS0
 until read -r line < /dev/ttyS1 && [ "$line" = {START_LINE} ]; do :; done
+# Half of the memory the container has now, not of the boot memory.
+$b mount -t tmpfs -o mode=1777 tmpfs /tmp
 cd {cwd} || {{ echo "tidal-init: no working directory {cwd}" > /dev/ttyS0; $b poweroff -f; }}
 $b env -i {env} {args} < /dev/null > /dev/ttyS1 2>&1 &
 pid=$!

@@ -111,6 +111,11 @@ impl containerd_shim::Shim for Runtime {
         // One shim per container.
         let grouping = opts.id.clone();
         let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
+        // containerd runs `start` in the bundle, and reads the shim's address from there when
+        // it restarts (and so do the tests).
+        std::fs::write("address", &address).map_err(|e| {
+            containerd_shim::Error::Other(format!("cannot write the shim's address file: {e}"))
+        })?;
         Ok(address)
     }
 
@@ -287,7 +292,7 @@ impl TaskService {
             &container.options,
             &container.files,
             boot_memory,
-            Path::new(&container.stdout),
+            &container.stdout,
         )?;
         let grown = if memory > boot_memory {
             VmMemory::new(&container.files).resize(memory)

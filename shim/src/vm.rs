@@ -41,6 +41,8 @@ pub enum VmError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the container's stdout {0} is a logging binary, which this runtime does not run")]
+    LogBinary(String),
     #[error("cannot watch for Tidal's exit: {0}")]
     Monitor(containerd_shim::Error),
     #[error("cannot start {tidal}: {source}")]
@@ -128,26 +130,14 @@ impl TidalVm {
         options: &RuntimeOptions,
         files: &VmFiles,
         boot_memory: u64,
-        stdout: &Path,
+        stdout: &str,
     ) -> Result<(Self, ExitWatch), VmError> {
         let created = |path: &Path| {
             let path = path.to_owned();
             move |source| VmError::File { path, source }
         };
         let log = File::create(&files.log).map_err(created(&files.log))?;
-        // An empty name: containerd gave the container no stdout.
-        let out: Stdio = if stdout.as_os_str().is_empty() {
-            Stdio::null()
-        } else {
-            OpenOptions::new()
-                .write(true)
-                .open(stdout)
-                .map_err(|source| VmError::Stdout {
-                    path: stdout.to_owned(),
-                    source,
-                })?
-                .into()
-        };
+        let out = open_stdout(stdout)?;
         let mut command = Command::new(&options.tidal);
         command
             .arg("--kernel")
@@ -294,4 +284,26 @@ impl VmMemory {
             }
         }
     }
+}
+
+/// Where the container's output goes, as containerd names it: nothing (no stdout), a
+/// `file://` log file (appended to), or a FIFO containerd reads.
+fn open_stdout(stdout: &str) -> Result<Stdio, VmError> {
+    if stdout.is_empty() {
+        return Ok(Stdio::null());
+    }
+    if stdout.starts_with("binary://") {
+        return Err(VmError::LogBinary(stdout.to_owned()));
+    }
+    let (path, options) = match stdout.strip_prefix("file://") {
+        Some(path) => (path, OpenOptions::new().append(true).create(true).clone()),
+        None => (stdout, OpenOptions::new().write(true).clone()),
+    };
+    options
+        .open(path)
+        .map(Stdio::from)
+        .map_err(|source| VmError::Stdout {
+            path: path.into(),
+            source,
+        })
 }

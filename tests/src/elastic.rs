@@ -158,19 +158,8 @@ impl ElasticVm {
         self.host_ram_mappings().iter().sum::<u64>() / 1024
     }
 
-    /// The sizes of tidal's guest RAM mappings: those of a block (128 MiB) or more in
-    /// /proc/PID/maps (its own heap arenas and stacks are smaller).
     fn host_ram_mappings(&mut self) -> Vec<u64> {
-        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.guest.pid()))
-            .expect("read tidal's /proc maps");
-        maps.lines()
-            .filter_map(|line| {
-                let (start, end) = line.split_whitespace().next()?.split_once('-')?;
-                let size =
-                    u64::from_str_radix(end, 16).ok()? - u64::from_str_radix(start, 16).ok()?;
-                (size >= BLOCK).then_some(size)
-            })
-            .collect()
+        guest_ram_mappings(self.guest.pid())
     }
 
     /// How many file descriptors tidal has open.
@@ -207,4 +196,18 @@ fn resize_request(bytes: u64) -> ResizeRequest {
         wait: true,
         ..ResizeRequest::default()
     }
+}
+
+/// The sizes of the guest RAM mappings of the tidal process `pid`: those of a block (128 MiB)
+/// or more in /proc/PID/maps (its own heap arenas and stacks are smaller).
+pub fn guest_ram_mappings(pid: u32) -> Vec<u64> {
+    let maps =
+        std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("read tidal's /proc maps");
+    maps.lines()
+        .filter_map(|line| {
+            let (start, end) = line.split_whitespace().next()?.split_once('-')?;
+            let size = u64::from_str_radix(end, 16).ok()? - u64::from_str_radix(start, 16).ok()?;
+            (size >= BLOCK).then_some(size)
+        })
+        .collect()
 }

@@ -35,6 +35,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub mod bench;
+pub mod containerd;
 pub mod elastic;
 pub mod threads;
 
@@ -335,7 +336,7 @@ fn find_bytes(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
 }
 
 /// The last `n` lines of `text`, carriage returns removed.
-fn tail_lines(text: &str, n: usize) -> String {
+pub(crate) fn tail_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(n);
     lines[start..]
