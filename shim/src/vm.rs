@@ -268,12 +268,6 @@ impl VmMemory {
         Ok(())
     }
 
-    /// The guest's memory now and where it is going, in bytes.
-    pub fn sizes(&self) -> Result<(u64, u64), VmError> {
-        let info = self.api.info()?;
-        Ok((info.memory_actual_size, info.desired_ram))
-    }
-
     fn wait_for_socket(&self) -> Result<(), VmError> {
         let deadline = Instant::now() + SOCKET_TIMEOUT;
         loop {
