@@ -200,13 +200,15 @@ fn any_configuration(input: &mut Unstructured) -> Result<()> {
 
 fn configuration(input: &mut Unstructured) -> Result<AcpiConfig> {
     let cpus = input.int_in_range(1..=MAX_CPUS)?;
-    let serial = match input.arbitrary()? {
-        true => Some(LegacySerial {
-            io_port: input.arbitrary()?,
-            irq: input.arbitrary()?,
-        }),
-        false => None,
-    };
+    // None, COM1, or COM1 and COM2, anywhere.
+    let serials = (0..input.int_in_range(0..=2)?)
+        .map(|_| {
+            Ok(LegacySerial {
+                io_port: input.arbitrary()?,
+                irq: input.arbitrary()?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let power = PowerRegisters {
         sleep_control_port: input.arbitrary()?,
         sleep_status_port: input.arbitrary()?,
@@ -245,7 +247,7 @@ fn configuration(input: &mut Unstructured) -> Result<AcpiConfig> {
     };
     Ok(AcpiConfig {
         cpus,
-        serial,
+        serials,
         power,
         ioapic,
         lapic_address,
