@@ -144,7 +144,8 @@ list_tests() {
 #   input, and no vCPU thread of tidal waits on a lock (the harness probes it and prints "the
 #   guest stopped answering inside KVM_RUN", see diagnose_silence in tests/src/lib.rs): seen in
 #   CI, a 1-vCPU guest idle but for its shell, a guest frozen mid-banner, its vCPU spinning,
-#   and a 1-vCPU guest that stopped booting in the middle of a kernel line.
+#   a 1-vCPU guest that stopped booting in the middle of a kernel line, and a 4-vCPU guest
+#   that never reached its ready line (any boot still unfinished at the boot timeout counts).
 #   A console that resumes after the probe's newline (a lost serial interrupt: Tidal's bug) and
 #   a command that is merely slow are not retried.
 # - the test host's kernel reports a soft lockup on a thread named vcpuN (one of Tidal's vCPU

@@ -769,7 +769,7 @@ impl RunningGuest {
 
     /// Waits until the console shows `needle` after everything matched so far; panics when it
     /// does not within `timeout` or tidal exits first, saying why the guest is silent (a boot
-    /// that stopped in the middle of a kernel line is one ci/test.sh retries).
+    /// that never reached [`READY_LINE`] is one ci/test.sh retries).
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) {
         let from = self.cursor;
         let result = self.console.wait_until(Instant::now() + timeout, |bytes| {
@@ -778,7 +778,10 @@ impl RunningGuest {
         match result {
             Ok(at) => self.cursor = at + needle.len(),
             Err(WaitError::Timeout) => {
-                let stopped_halfway = line_cut_off(&self.console.lock().bytes);
+                // A boot takes seconds; one still short of the ready line after the boot
+                // timeout has stopped, wherever its last line ended.
+                let unfinished_boot = needle == READY_LINE && self.boot_time.is_none();
+                let stopped_halfway = unfinished_boot || line_cut_off(&self.console.lock().bytes);
                 let diagnosis = self.diagnose_silence(stopped_halfway);
                 self.fail(&format!(
                     "timed out after {timeout:?} waiting for {needle:?} on the guest console\n\
