@@ -32,7 +32,7 @@ pub enum ConsoleError {
 /// goes, until [`SerialPort::start`] hands the sink to the port's writer thread.
 pub struct SerialPort {
     pub uart: Arc<Mutex<SerialConsole>>,
-    pub output: SerialOutput,
+    output: SerialOutput,
     sink: Box<dyn Write + Send>,
     /// The port is stdio: the host's stdin feeds it.
     reads_stdin: bool,

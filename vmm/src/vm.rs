@@ -32,8 +32,7 @@ use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::signal::Killable;
 
 use crate::boot::{self, BootEntry, BootError, BootInfo, BootSpec};
-use crate::config::VmConfig;
-use crate::config::{SeccompMode, SerialMode};
+use crate::config::{SeccompMode, SerialMode, VmConfig};
 use crate::console::{ConsoleError, SerialPort};
 use crate::contain::{self, ContainError, UserIds};
 use crate::control::VmHandle;
@@ -476,18 +475,28 @@ fn serial_ports(config: &VmConfig) -> impl Iterator<Item = (u16, u32, &SerialMod
     std::iter::once(com1).chain((config.serial2 != SerialMode::Off).then_some(com2))
 }
 
+/// A device's interrupt: an eventfd it raises, connected to `gsi` as an irqfd. `what` names the
+/// eventfd and `connect` the registration in errors.
+fn interrupt_line(
+    vm: &VmFd,
+    gsi: u32,
+    what: &'static str,
+    connect: &'static str,
+) -> Result<EventFdTrigger, VmError> {
+    let interrupt = EventFdTrigger::new().map_err(|source| VmError::Resource { what, source })?;
+    vm.register_irqfd(interrupt.event_fd(), gsi)
+        .map_err(kvm_err(connect))?;
+    Ok(interrupt)
+}
+
 impl Devices {
     /// The serial ports, i8042, ACPI power registers, GED and pvpanic, with their interrupts.
     fn new(vm: &VmFd, config: &VmConfig, exit: &Arc<ExitSignal>) -> Result<Self, VmError> {
         let mut io = IoManager::new();
         let mut serials = Vec::new();
         for (port, irq, mode, writer) in serial_ports(config) {
-            let interrupt = EventFdTrigger::new().map_err(|source| VmError::Resource {
-                what: "a serial interrupt",
-                source,
-            })?;
-            vm.register_irqfd(interrupt.event_fd(), irq)
-                .map_err(kvm_err("connect a serial interrupt"))?;
+            let interrupt =
+                interrupt_line(vm, irq, "a serial interrupt", "connect a serial interrupt")?;
             let serial = SerialPort::new(interrupt, mode, writer)?;
             register_pio(&mut io, port, SERIAL_PORT_SIZE, serial.uart.clone())?;
             serials.push(serial);
@@ -504,12 +513,12 @@ impl Devices {
             POWER_PORT_SIZE,
             Arc::new(Mutex::new(AcpiPower::new(exit.clone()))),
         )?;
-        let ged_interrupt = EventFdTrigger::new().map_err(|source| VmError::Resource {
-            what: "the GED interrupt",
-            source,
-        })?;
-        vm.register_irqfd(ged_interrupt.event_fd(), GED_IRQ)
-            .map_err(kvm_err("connect the GED interrupt"))?;
+        let ged_interrupt = interrupt_line(
+            vm,
+            GED_IRQ,
+            "the GED interrupt",
+            "connect the GED interrupt",
+        )?;
         let ged = Arc::new(Ged::new(ged_interrupt));
         register_mmio(&mut io, GED_MMIO_START, GED_REGISTER_LEN, ged.clone())?;
         register_mmio(
