@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
+use tidal_api::size::parse_size;
 
 /// The block size of guest memory: VM sizes are multiples of it.
 pub const BLOCK: u64 = 128 << 20;
@@ -20,7 +21,7 @@ pub enum OptionsError {
     },
     #[error("cannot find tidal beside the shim or on PATH (set TIDAL_SHIM_TIDAL)")]
     NoTidal,
-    #[error("{name}={value}: not a size (a number of bytes, or with K, M or G)")]
+    #[error("{name}={value}: not a size (a number of bytes, or with K, M, G or T)")]
     Size { name: &'static str, value: String },
     #[error("TIDAL_SHIM_CPUS={0}: not a number of vCPUs from 1 to 254")]
     Cpus(String),
@@ -64,7 +65,7 @@ impl RuntimeOptions {
         };
         let size = |name, default: u64| match var(name) {
             None => Ok(default),
-            Some(value) => parse_size(&value).ok_or(OptionsError::Size { name, value }),
+            Some(value) => parse_size(&value).map_err(|_| OptionsError::Size { name, value }),
         };
         let tidal = match var("TIDAL_SHIM_TIDAL") {
             Some(path) => file("TIDAL_SHIM_TIDAL", "tidal", PathBuf::from(path))?,
@@ -124,17 +125,6 @@ fn find_tidal(path: Option<&str>) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// A size in bytes, with an optional K, M or G (powers of 1024).
-fn parse_size(text: &str) -> Option<u64> {
-    let (digits, shift) = match text.as_bytes().last()? {
-        b'K' | b'k' => (&text[..text.len() - 1], 10),
-        b'M' | b'm' => (&text[..text.len() - 1], 20),
-        b'G' | b'g' => (&text[..text.len() - 1], 30),
-        _ => (text, 0),
-    };
-    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -189,7 +179,16 @@ mod tests {
             error.to_string(),
             "TIDAL_SHIM_CPUS=0: not a number of vCPUs from 1 to 254"
         );
-        assert_eq!(parse_size("2G"), Some(2 << 30));
-        assert_eq!(parse_size("12Q"), None);
+        let error = options_from(&[
+            ("TIDAL_SHIM_TIDAL", "/bin/sh"),
+            ("TIDAL_SHIM_KERNEL", "/bin/sh"),
+            ("TIDAL_SHIM_BUSYBOX", "/bin/sh"),
+            ("TIDAL_SHIM_HOTPLUG_SIZE", "12Q"),
+        ])
+        .expect_err("a size with an unknown unit");
+        assert_eq!(
+            error.to_string(),
+            "TIDAL_SHIM_HOTPLUG_SIZE=12Q: not a size (a number of bytes, or with K, M, G or T)"
+        );
     }
 }
