@@ -140,12 +140,13 @@ list_tests() {
 #   log, or for the benchmark's QEMU from its SHUTDOWN event): under QEMU TCG's emulated SVM
 #   guests die this way at random, even idle ones with one vCPU and no hotplug yet
 #   (docs/testing.md, "Known problems", "Guests dying of a triple fault");
-# - the nested guest falls silent halfway through a command's output or a line, answers no
-#   input, and no vCPU thread of tidal waits on a lock (the harness probes it and prints "the
+# - the nested guest falls silent halfway through a command's output or a line, or never
+#   begins the next command, answers no input, and no vCPU thread of tidal waits on a lock (the harness probes it and prints "the
 #   guest stopped answering inside KVM_RUN", see diagnose_silence in tests/src/lib.rs): seen in
 #   CI, a 1-vCPU guest idle but for its shell, a guest frozen mid-banner, its vCPU spinning,
 #   a 1-vCPU guest that stopped booting in the middle of a kernel line, and a 4-vCPU guest
-#   that never reached its ready line (any boot still unfinished at the boot timeout counts).
+#   that never reached its ready line (any boot still unfinished at the boot timeout counts),
+#   a 1-vCPU guest that never began a command after a hot-add.
 #   A console that resumes after the probe's newline (a lost serial interrupt: Tidal's bug) and
 #   a command that is merely slow are not retried.
 # - the test host's kernel reports a soft lockup on a thread named vcpuN (one of Tidal's vCPU

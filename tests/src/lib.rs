@@ -1091,15 +1091,18 @@ pub fn pattern_fill_command(path: &str, bytes: u64) -> String {
 /// memory the guest has now, before a fill that may use hot-added memory.
 pub const GROW_TMPFS: &str = "mount -o remount,size=95% /tmp";
 
-/// Whether the guest's console stopped halfway: the output of the command whose begin marker
-/// (`begin`, sent after offset `from`) is on the console had begun, or the console's last line
-/// is cut off (a shell or kernel line never finished). A command that is merely slow leaves
-/// the console at the end of a line, its marker's.
+/// Whether the guest's console stopped halfway: the command whose begin marker (`begin`, sent
+/// after offset `from`) never began (the guest's shell, idle until then, read no more input:
+/// Tidal raises the receive interrupt again for input left unread, so the guest had stopped),
+/// or its output had begun, or the console's last line is cut off (a shell or kernel line
+/// never finished). A command that is merely slow leaves the console at the end of a line, its
+/// marker's.
 fn stopped_halfway(console: &[u8], begin: &[u8], from: usize) -> bool {
-    let output_began = find_bytes(console, begin, from)
+    let began = find_bytes(console, begin, from);
+    let output_began = began
         .and_then(|b| find_bytes(console, b"\n", b))
         .is_some_and(|newline| console.len() > newline + 1);
-    output_began || line_cut_off(console)
+    began.is_none() || output_began || line_cut_off(console)
 }
 
 /// Whether the console's last line is cut off: the guest stopped writing in the middle of a
@@ -1312,7 +1315,9 @@ mod tests {
             begin,
             0
         ));
-        assert!(!stopped_halfway(b"", begin, 0));
+        // The command never began: the shell read no more input.
+        assert!(stopped_halfway(b"old\n", begin, 4));
+        assert!(stopped_halfway(b"", begin, 0));
         // A boot that stopped inside a kernel line, and one that is only slow.
         assert!(line_cut_off(
             b"[    1.068251] PCI: Fatal: No config space access f"
