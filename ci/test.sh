@@ -81,8 +81,9 @@ setup() {
     command -v cargo >/dev/null || { echo "cargo is missing: install a Rust toolchain" >&2; return 1; }
     cargo fmt --version >/dev/null 2>&1 || { echo "rustfmt is missing (rustup component add rustfmt)" >&2; return 1; }
     cargo clippy --version >/dev/null 2>&1 || { echo "clippy is missing (rustup component add clippy)" >&2; return 1; }
-    # containerd: Debian's, for the containerd runtime's tests (tests/tests/containerd.rs).
-    apt_install qemu-system-x86 acpica-tools gcc libc6-dev containerd || return 1
+    # containerd: Debian's, for the containerd runtime's tests (tests/tests/containerd.rs);
+    # protobuf-compiler: protoc, which the CRI client's crate (k8s-cri) builds its types with.
+    apt_install qemu-system-x86 acpica-tools gcc libc6-dev containerd protobuf-compiler || return 1
     resources/build-guest.sh
 }
 

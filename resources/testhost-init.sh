@@ -58,6 +58,9 @@ while read -r mod; do
 done </modules/order
 
 [ -c /dev/kvm ] || fail "/dev/kvm did not appear after loading the KVM modules"
+
+# Loopback up: containerd's CRI plugin serves its streaming endpoint on 127.0.0.1.
+ip link set lo up || fail "cannot bring the loopback interface up"
 [ -n "$scratch" ] || fail "no tidal_scratch= on the kernel command line"
 
 mkdir -p /host

@@ -41,7 +41,15 @@ pub struct Container {
     pub rootfs: PathBuf,
     /// `linux.resources.memory.limit`, when the container has one.
     pub memory_limit: Option<u64>,
+    /// The container is a Kubernetes pod's sandbox (containerd's CRI plugin says so in an
+    /// annotation): it holds the pod's namespaces for runtimes that share them, and runs no
+    /// workload of the pod's.
+    pub pod_sandbox: bool,
 }
+
+/// The annotation containerd's CRI plugin puts on every container it creates, and the value
+/// that marks a pod's sandbox.
+const CONTAINER_TYPE: (&str, &str) = ("io.kubernetes.cri.container-type", "sandbox");
 
 /// Reads the bundle at `bundle` (its `config.json`).
 pub fn read(bundle: &Path) -> Result<Container, BundleError> {
@@ -76,6 +84,11 @@ pub fn read(bundle: &Path) -> Result<Container, BundleError> {
         // A relative root is the bundle's (containerd's is `rootfs`).
         rootfs: bundle.join(root.path()),
         memory_limit,
+        pod_sandbox: spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(CONTAINER_TYPE.0))
+            .is_some_and(|kind| kind == CONTAINER_TYPE.1),
     })
 }
 
@@ -124,6 +137,26 @@ mod tests {
         );
         assert_eq!(container.rootfs, dir.path().join("rootfs"));
         assert_eq!(container.memory_limit, Some(512 << 20));
+        assert!(!container.pod_sandbox);
+    }
+
+    #[test]
+    fn the_cri_plugin_marks_a_pods_sandbox() {
+        let spec = |kind: &str| {
+            format!(
+                r#"{{"ociVersion": "1.0.2", "process": {{"args": ["/pause"], "cwd": "/",
+                    "user": {{"uid": 65535, "gid": 65535}}}}, "root": {{"path": "rootfs"}},
+                    "annotations": {{"io.kubernetes.cri.container-type": "{kind}"}}}}"#
+            )
+        };
+        let sandbox = bundle_with(&spec("sandbox"));
+        assert!(read(sandbox.path()).expect("the bundle reads").pod_sandbox);
+        let container = bundle_with(&spec("container"));
+        assert!(
+            !read(container.path())
+                .expect("the bundle reads")
+                .pod_sandbox
+        );
     }
 
     #[test]

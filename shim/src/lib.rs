@@ -6,6 +6,7 @@
 //! - [`initramfs`]: the root filesystem and Tidal's init as one newc archive for the kernel.
 //! - [`guest_init`]: that init, and the lines it and the shim exchange.
 //! - [`vm`]: the container's Tidal process and its memory.
+//! - [`stats`]: its figures as containerd's cgroup metrics.
 //! - [`options`]: where Tidal, the kernel and busybox are, and how big VMs are.
 
 pub mod bundle;
@@ -13,4 +14,5 @@ pub mod guest_init;
 pub mod initramfs;
 pub mod options;
 pub mod service;
+pub mod stats;
 pub mod vm;

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 use tidal_api::size::parse_size;
 
+/// Where VMs' API sockets are unless `TIDAL_SHIM_RUN_DIR` says.
+pub const RUN_DIR: &str = "/run/tidal-shim";
+
 /// The block size of guest memory: VM sizes are multiples of it.
 pub const BLOCK: u64 = 128 << 20;
 
@@ -42,6 +45,9 @@ pub struct RuntimeOptions {
     pub default_memory: u64,
     /// How far a VM can grow past its boot memory (its hotplug region).
     pub hotplug_size: u64,
+    /// Where VMs' API sockets are, one directory per containerd namespace: a bundle's path
+    /// with a CRI container's 64-character id is too long for a socket's address.
+    pub run_dir: PathBuf,
 }
 
 impl RuntimeOptions {
@@ -95,6 +101,8 @@ impl RuntimeOptions {
             boot_memory: round_up(size("TIDAL_SHIM_BOOT_MEMORY", 256 << 20)?),
             default_memory: round_up(size("TIDAL_SHIM_DEFAULT_MEMORY", 512 << 20)?),
             hotplug_size: round_up(size("TIDAL_SHIM_HOTPLUG_SIZE", 4 << 30)?),
+            run_dir: var("TIDAL_SHIM_RUN_DIR")
+                .map_or_else(|| PathBuf::from(RUN_DIR), PathBuf::from),
         })
     }
 
@@ -157,6 +165,7 @@ mod tests {
         assert_eq!(options.kernel, cache.join("vmlinux"));
         assert_eq!(options.busybox, cache.join("busybox/bin/busybox"));
         assert_eq!(options.hotplug_size, 1024 << 20);
+        assert_eq!(options.run_dir, Path::new(RUN_DIR));
         assert_eq!(options.vm_memory(None), 512 << 20);
         assert_eq!(options.vm_memory(Some(1)), 256 << 20);
         assert_eq!(options.vm_memory(Some((512 << 20) + 1)), 640 << 20);

@@ -1,6 +1,8 @@
 //! The shim v2 services containerd calls: [`Runtime`] (starting and cleaning up the shim
 //! process) and [`TaskService`] (each container's life: create, start, wait, kill, update,
-//! delete). A container is a VM ([`crate::vm`]); its task's pid is its Tidal process.
+//! delete). A container is a VM ([`crate::vm`]); its task's pid is its Tidal process. A pod's
+//! sandbox (see [`bundle::Container::pod_sandbox`]) is a placeholder: it runs nothing and
+//! stays running, under the shim's pid, until containerd stops it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,8 +12,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use containerd_shim::api::{
     ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
     DeleteResponse, Empty, KillRequest, PidsRequest, PidsResponse, ShutdownRequest, StartRequest,
-    StartResponse, StateRequest, StateResponse, Status, UpdateTaskRequest, WaitRequest,
-    WaitResponse,
+    StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, Status,
+    UpdateTaskRequest, WaitRequest, WaitResponse,
 };
 use containerd_shim::protos::events::task::TaskExit;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -27,6 +29,7 @@ use crate::bundle::{self, BundleError};
 use crate::guest_init::{self, BUSYBOX_PATH, INIT_PATH};
 use crate::initramfs::{self, Extra, InitramfsError};
 use crate::options::{OptionsError, RuntimeOptions};
+use crate::stats::{self, ProcessFigures};
 use crate::vm::{TidalVm, VmError, VmFiles, VmMemory};
 
 /// The runtime's name, as containerd's configuration gives it.
@@ -149,6 +152,8 @@ enum Phase {
     /// Booting: `start` is under way.
     Starting,
     Running(TidalVm),
+    /// A pod's sandbox, started: nothing runs.
+    Holding,
     Stopped {
         status: u32,
         at: Timestamp,
@@ -160,7 +165,7 @@ impl Phase {
         match self {
             Phase::Created => "created",
             Phase::Starting => "starting",
-            Phase::Running(_) => "running",
+            Phase::Running(_) | Phase::Holding => "running",
             Phase::Stopped { .. } => "stopped",
         }
     }
@@ -171,15 +176,27 @@ struct Container {
     bundle: PathBuf,
     stdout: String,
     stderr: String,
-    files: VmFiles,
-    options: RuntimeOptions,
-    /// The VM's memory: what the container's limit asks for.
-    memory: Mutex<u64>,
+    /// None for a pod's sandbox.
+    vm: Option<VmPlan>,
     phase: Mutex<Phase>,
     /// The phase became `Stopped`.
     stopped: Condvar,
     /// The shim's until the VM runs, then its Tidal process's.
     pid: AtomicU32,
+}
+
+/// The VM a container runs in.
+struct VmPlan {
+    files: VmFiles,
+    options: RuntimeOptions,
+    /// The VM's memory: what the container's limit asks for.
+    memory: Mutex<u64>,
+}
+
+impl VmPlan {
+    fn memory(&self) -> MutexGuard<'_, u64> {
+        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Container {
@@ -224,13 +241,31 @@ impl TaskService {
         if self.containers().contains_key(&req.id) {
             return Err(ShimError::Exists(req.id.clone()));
         }
-        let options = RuntimeOptions::from_env()?;
         let bundle_dir = PathBuf::from(&req.bundle);
         let spec = bundle::read(&bundle_dir)?;
+        let container = |vm| Container {
+            id: req.id.clone(),
+            bundle: bundle_dir.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            vm,
+            phase: Mutex::new(Phase::Created),
+            stopped: Condvar::new(),
+            pid: AtomicU32::new(std::process::id()),
+        };
+        if spec.pod_sandbox {
+            return Ok(container(None));
+        }
+        let options = RuntimeOptions::from_env()?;
         if spec.process.uid != 0 {
             return Err(ShimError::NotRoot(spec.process.uid));
         }
-        let files = VmFiles::in_bundle(&bundle_dir);
+        let sockets = options.run_dir.join(&self.namespace);
+        std::fs::create_dir_all(&sockets).map_err(|source| ShimError::Write {
+            path: sockets.clone(),
+            source,
+        })?;
+        let files = VmFiles::new(&bundle_dir, sockets.join(format!("{}.sock", req.id)));
         let mounted = mount_rootfs(req, &spec.rootfs)?;
         let archive = write_initramfs(&spec, &options, &files.initramfs);
         if mounted {
@@ -240,31 +275,29 @@ impl TaskService {
             }
         }
         archive?;
-        Ok(Container {
-            id: req.id.clone(),
-            bundle: bundle_dir,
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
+        Ok(container(Some(VmPlan {
             files,
             memory: Mutex::new(options.vm_memory(spec.memory_limit)),
             options,
-            phase: Mutex::new(Phase::Created),
-            stopped: Condvar::new(),
-            pid: AtomicU32::new(std::process::id()),
-        })
+        })))
     }
 
     /// Boots the container's VM, grows it to the container's memory and lets its process
     /// start; a thread then waits for it to end.
     fn start_container(&self, container: &Arc<Container>) -> Result<u32, ShimError> {
-        {
+        let plan = {
             let mut phase = container.phase();
             if !matches!(*phase, Phase::Created) {
                 return Err(container.state_error(&phase, "start", "created"));
             }
+            let Some(plan) = container.vm.as_ref() else {
+                *phase = Phase::Holding;
+                return Ok(std::process::id());
+            };
             *phase = Phase::Starting;
-        }
-        let booted = self.boot(container);
+            plan
+        };
+        let booted = boot(&container.id, plan, &container.stdout);
         let mut phase = container.phase();
         match booted {
             Ok((vm, watch)) => {
@@ -283,34 +316,6 @@ impl TaskService {
                 Err(e)
             }
         }
-    }
-
-    fn boot(&self, container: &Container) -> Result<(TidalVm, crate::vm::ExitWatch), ShimError> {
-        let memory = *container.memory.lock().unwrap_or_else(|p| p.into_inner());
-        let boot_memory = container.options.boot_memory.min(memory);
-        let (mut vm, watch) = TidalVm::boot(
-            &container.options,
-            &container.files,
-            boot_memory,
-            &container.stdout,
-        )?;
-        let grown = if memory > boot_memory {
-            VmMemory::new(&container.files).resize(memory)
-        } else {
-            Ok(())
-        };
-        if let Err(e) = grown.and_then(|()| vm.start()) {
-            vm.kill();
-            watch.wait();
-            return Err(e.into());
-        }
-        log::info!(
-            "container {}: VM of {} MiB started, Tidal pid {}",
-            container.id,
-            memory >> 20,
-            vm.pid()
-        );
-        Ok((vm, watch))
     }
 
     /// Records that the container's process ended with `status` and tells containerd.
@@ -343,27 +348,26 @@ impl TaskService {
 
     fn update_container(&self, req: &UpdateTaskRequest) -> Result<(), ShimError> {
         let container = self.container(&req.id, "")?;
-        let Some(resources) = req.resources.as_ref() else {
+        // A pod's sandbox has no VM to resize: its pod's containers have theirs.
+        let (Some(resources), Some(plan)) = (req.resources.as_ref(), container.vm.as_ref()) else {
             return Ok(());
         };
         let resources: oci_spec::runtime::LinuxResources =
             serde_json::from_slice(&resources.value).map_err(ShimError::Resources)?;
-        let memory = container
-            .options
-            .vm_memory(bundle::memory_limit(&resources)?);
+        let memory = plan.options.vm_memory(bundle::memory_limit(&resources)?);
         {
             let phase = container.phase();
             if !matches!(*phase, Phase::Running(_)) {
                 // Before its start the VM simply boots at the new size.
                 if matches!(*phase, Phase::Created) {
-                    *container.memory.lock().unwrap_or_else(|p| p.into_inner()) = memory;
+                    *plan.memory() = memory;
                     return Ok(());
                 }
                 return Err(container.state_error(&phase, "update", "created or running"));
             }
         }
-        VmMemory::new(&container.files).resize(memory)?;
-        *container.memory.lock().unwrap_or_else(|p| p.into_inner()) = memory;
+        VmMemory::new(&plan.files).resize(memory)?;
+        *plan.memory() = memory;
         log::info!(
             "container {}: memory now {} MiB",
             container.id,
@@ -371,6 +375,34 @@ impl TaskService {
         );
         Ok(())
     }
+}
+
+/// Boots container `id`'s VM as `plan` says, its process's output on `stdout`, grows it to the
+/// container's memory and lets its process start.
+fn boot(
+    id: &str,
+    plan: &VmPlan,
+    stdout: &str,
+) -> Result<(TidalVm, crate::vm::ExitWatch), ShimError> {
+    let memory = *plan.memory();
+    let boot_memory = plan.options.boot_memory.min(memory);
+    let (mut vm, watch) = TidalVm::boot(&plan.options, &plan.files, boot_memory, stdout)?;
+    let grown = if memory > boot_memory {
+        VmMemory::new(&plan.files).resize(memory)
+    } else {
+        Ok(())
+    };
+    if let Err(e) = grown.and_then(|()| vm.start()) {
+        vm.kill();
+        watch.wait();
+        return Err(e.into());
+    }
+    log::info!(
+        "container {id}: VM of {} MiB started, Tidal pid {}",
+        memory >> 20,
+        vm.pid()
+    );
+    Ok((vm, watch))
 }
 
 /// Mounts what containerd gave as the container's root filesystem on `target`; whether it
@@ -489,7 +521,7 @@ impl containerd_shim::Task for TaskService {
         let phase = container.phase();
         let (status, exit_status, exited_at) = match &*phase {
             Phase::Created | Phase::Starting => (Status::CREATED, 0, None),
-            Phase::Running(_) => (Status::RUNNING, 0, None),
+            Phase::Running(_) | Phase::Holding => (Status::RUNNING, 0, None),
             Phase::Stopped { status, at } => (Status::STOPPED, *status, Some(at.clone())),
         };
         Ok(StateResponse {
@@ -529,9 +561,13 @@ impl containerd_shim::Task for TaskService {
         match &mut *phase {
             Phase::Running(vm) if req.signal == 9 => vm.kill(),
             Phase::Running(vm) => vm.signal(req.signal).map_err(ShimError::from)?,
-            Phase::Created => {
-                drop(phase);
-                self.stopped(&container, 128 + req.signal);
+            // A placeholder "exits" at any signal, as the pause process does at those
+            // containerd sends; like a process's, its exit comes after the answer (containerd
+            // deletes the task and shuts the shim down when it hears of the exit).
+            Phase::Created | Phase::Holding => {
+                let (service, container) = (self.clone(), container.clone());
+                let status = 128 + req.signal;
+                std::thread::spawn(move || service.stopped(&container, status));
             }
             Phase::Starting | Phase::Stopped { .. } => {
                 let needed = "running or created";
@@ -549,8 +585,10 @@ impl containerd_shim::Task for TaskService {
             other => return Err(container.state_error(other, "delete", "stopped").into()),
         };
         self.containers().remove(&req.id);
-        for file in [&container.files.initramfs, &container.files.api_socket] {
-            let _ = std::fs::remove_file(file);
+        if let Some(plan) = &container.vm {
+            for file in [&plan.files.initramfs, &plan.files.api_socket] {
+                let _ = std::fs::remove_file(file);
+            }
         }
         Ok(DeleteResponse {
             pid: container.pid.load(Ordering::Relaxed),
@@ -577,6 +615,19 @@ impl containerd_shim::Task for TaskService {
             log::warn!("update {}: {e}", req.id);
         })?;
         Ok(Empty::default())
+    }
+
+    fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
+        let container = self.container(&req.id, "")?;
+        let figures = match &*container.phase() {
+            Phase::Running(vm) => ProcessFigures::of(vm.pid()),
+            _ => ProcessFigures::default(),
+        };
+        let limit = container.vm.as_ref().map_or(0, |plan| *plan.memory());
+        Ok(StatsResponse {
+            stats: MessageField::some(stats::metrics(limit, figures)),
+            ..StatsResponse::default()
+        })
     }
 
     fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> TtrpcResult<ConnectResponse> {

@@ -52,15 +52,23 @@ pub enum VmError {
     },
     #[error("the guest did not reach its init within {0:?} (its console: {1})")]
     BootTimeout(Duration, PathBuf),
-    #[error("Tidal exited with status {status} before the guest was ready; its log: {log}")]
-    EarlyExit { status: i32, log: PathBuf },
+    #[error(
+        "Tidal exited with status {status} before the guest was ready: {last_line} (its log: \
+         {log})"
+    )]
+    EarlyExit {
+        status: i32,
+        /// The log's last line: Tidal ends with the reason.
+        last_line: String,
+        log: PathBuf,
+    },
     #[error("cannot tell the guest's init: {0}")]
     Control(std::io::Error),
     #[error("Tidal's API: {0}")]
     Api(#[from] tidal_api::ClientError),
 }
 
-/// Where one VM's files are: in the container's bundle.
+/// Where one VM's files are: in the container's bundle, but for its API socket.
 #[derive(Debug, Clone)]
 pub struct VmFiles {
     pub initramfs: PathBuf,
@@ -70,12 +78,12 @@ pub struct VmFiles {
 }
 
 impl VmFiles {
-    pub fn in_bundle(bundle: &Path) -> Self {
+    pub fn new(bundle: &Path, api_socket: PathBuf) -> Self {
         Self {
             initramfs: bundle.join("tidal-initramfs.cpio"),
             console: bundle.join("tidal-console.log"),
             log: bundle.join("tidal.log"),
-            api_socket: bundle.join("tidal.sock"),
+            api_socket,
         }
     }
 }
@@ -229,8 +237,10 @@ impl TidalVm {
                 return Ok(());
             }
             if let Some(status) = watch.tidal_status(false) {
+                let log = std::fs::read_to_string(&self.files.log).unwrap_or_default();
                 return Err(VmError::EarlyExit {
                     status,
+                    last_line: log.lines().last().unwrap_or("nothing logged").to_owned(),
                     log: self.files.log.clone(),
                 });
             }

@@ -1,8 +1,9 @@
 //! A containerd of the test's own, for the containerd runtime's tests: Debian's `containerd`
-//! with its root, state and socket in a temporary directory, the CRI plugin off, and the
-//! directory of the `tidal` under test (where `containerd-shim-tidal-v2` is built beside it)
-//! first on its PATH, so `--runtime io.containerd.tidal.v2` finds the shim and the shim finds
-//! that tidal. `ctr` talks to it.
+//! with its root, state and socket in a temporary directory, and the directory of the `tidal`
+//! under test (where `containerd-shim-tidal-v2` is built beside it) first on its PATH, so
+//! `--runtime io.containerd.tidal.v2` finds the shim and the shim finds that tidal. `ctr`
+//! talks to it; with the CRI plugin on ([`Containerd::start_with_cri`]) so does
+//! [`crate::cri::Cri`], as the kubelet would.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,13 +15,20 @@ use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::{ttrpc, TaskClient};
 
-use crate::{cache_dir, tail_lines, tidal_binary, TidalOutput};
+use crate::{cache_dir, tail_lines, tell, tell_panics, tidal_binary, TidalOutput};
 
 /// The runtime's name.
 pub const RUNTIME: &str = "io.containerd.tidal.v2";
 
 /// The image `resources/build-busybox-image.sh` names.
 pub const BUSYBOX_IMAGE: &str = "docker.io/tidal-test/busybox:1";
+
+/// The namespace of the CRI plugin's images and containers.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+
+/// The runtime handler (a pod's `runtimeClassName`) the CRI configuration names Tidal's
+/// runtime by.
+pub const CRI_HANDLER: &str = "tidal";
 
 /// How long containerd may take to serve its socket.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,15 +39,57 @@ pub struct Containerd {
 }
 
 impl Containerd {
-    /// Starts containerd and imports [`BUSYBOX_IMAGE`]; panics when either fails.
+    /// Starts containerd without its CRI plugin and imports [`BUSYBOX_IMAGE`]; panics when
+    /// either fails.
     pub fn start() -> Self {
+        Self::start_with(
+            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+            "default",
+        )
+    }
+
+    /// Starts containerd with its CRI plugin, whose runtime handler [`CRI_HANDLER`] is Tidal's
+    /// runtime and whose pods' sandbox image is [`BUSYBOX_IMAGE`] (Tidal's runtime runs no
+    /// sandbox process), on the native snapshotter; imports the image for it. Pods need the
+    /// node's network: no CNI is configured (its configuration directory is the test's own,
+    /// and empty). Panics when the CRI plugin did not load.
+    pub fn start_with_cri() -> Self {
+        let cri = format!(
+            "[plugins.\"io.containerd.grpc.v1.cri\"]\n\
+             \x20 sandbox_image = \"{BUSYBOX_IMAGE}\"\n\
+             \x20 disable_apparmor = true\n\
+             \x20 [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
+             \x20   conf_dir = \"{{root}}/cni\"\n\
+             \x20 [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n\
+             \x20   snapshotter = \"native\"\n\
+             \x20   default_runtime_name = \"{CRI_HANDLER}\"\n\
+             \x20   [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{CRI_HANDLER}]\n\
+             \x20     runtime_type = \"{RUNTIME}\"\n"
+        );
+        let containerd = Self::start_with(&cri, CRI_NAMESPACE);
+        let plugins = containerd.ctr_ok(&["plugins", "ls"], Duration::from_secs(30));
+        assert!(
+            plugins
+                .lines()
+                .any(|line| line.contains(" cri ") && line.trim_end().ends_with("ok")),
+            "containerd's CRI plugin did not load:\n{plugins}\ncontainerd's log:\n{}",
+            tail_lines(&containerd.log(), 40)
+        );
+        containerd
+    }
+
+    /// Starts containerd with `extra` at the end of its configuration (`{root}` in it: the
+    /// test's directory) and imports
+    /// [`BUSYBOX_IMAGE`] into `namespace`.
+    fn start_with(extra: &str, namespace: &str) -> Self {
+        tell_panics();
         let dir = tempfile::tempdir().expect("a temporary directory");
         let root = dir.path();
         let config = format!(
             "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-             [grpc]\n  address = \"{0}/containerd.sock\"\n",
-            root.display()
+             [grpc]\n  address = \"{0}/containerd.sock\"\n{1}",
+            root.display(),
+            extra.replace("{root}", &root.display().to_string())
         );
         std::fs::write(root.join("config.toml"), config).expect("containerd's config");
         let bin_dir = tidal_binary()
@@ -52,6 +102,8 @@ impl Containerd {
             .arg("--config")
             .arg(root.join("config.toml"))
             .env("PATH", format!("{}:{path}", bin_dir.display()))
+            // The shims inherit containerd's environment.
+            .env("TIDAL_SHIM_RUN_DIR", root.join("run"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("the log again"))
             .stderr(log)
@@ -68,7 +120,7 @@ impl Containerd {
             );
             thread::sleep(Duration::from_millis(100));
         }
-        containerd.import_busybox();
+        containerd.import_busybox(namespace);
         containerd
     }
 
@@ -77,18 +129,37 @@ impl Containerd {
     }
 
     /// A container's bundle directory in containerd's state, where the shim keeps the VM's
-    /// files (`tidal.sock`, `tidal-console.log`, `tidal.log`).
+    /// files (`tidal-console.log`, `tidal.log`).
     pub fn bundle(&self, id: &str) -> PathBuf {
+        self.bundle_in("default", id)
+    }
+
+    /// The API socket of the VM of container `id` in containerd namespace `namespace`.
+    pub fn api_socket(&self, namespace: &str, id: &str) -> PathBuf {
         self.dir
             .path()
-            .join("state/io.containerd.runtime.v2.task/default")
+            .join("run")
+            .join(namespace)
+            .join(format!("{id}.sock"))
+    }
+
+    /// The bundle of container `id` in containerd namespace `namespace`.
+    pub fn bundle_in(&self, namespace: &str, id: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("state/io.containerd.runtime.v2.task")
+            .join(namespace)
             .join(id)
     }
 
     /// The end of what the shim keeps of container `id`'s VM: Tidal's log and the kernel's
     /// console, for a failure's message.
     pub fn vm_logs(&self, id: &str) -> String {
-        let bundle = self.bundle(id);
+        let bundle = [CRI_NAMESPACE, "default"]
+            .map(|namespace| self.bundle_in(namespace, id))
+            .into_iter()
+            .find(|bundle| bundle.exists())
+            .unwrap_or_else(|| self.bundle(id));
         let read = |name| std::fs::read_to_string(bundle.join(name)).unwrap_or_default();
         format!(
             "---- tidal.log, last lines ----\n{}\n---- the guest's console, last lines ----\n{}",
@@ -163,7 +234,7 @@ impl Containerd {
             .map_err(|e| e.to_string())
     }
 
-    fn import_busybox(&self) {
+    fn import_busybox(&self, namespace: &str) {
         let archive = self.dir.path().join("busybox-image.tar");
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/build-busybox-image.sh");
@@ -178,14 +249,30 @@ impl Containerd {
         );
         let archive = archive.to_string_lossy().into_owned();
         self.ctr_ok(
-            &["images", "import", "--snapshotter", "native", &archive],
+            &[
+                "--namespace",
+                namespace,
+                "images",
+                "import",
+                "--snapshotter",
+                "native",
+                &archive,
+            ],
             Duration::from_secs(60),
         );
     }
 }
 
 impl Drop for Containerd {
+    /// Stops containerd; after a failed test, first says what its log (and so the shims')
+    /// ended with.
     fn drop(&mut self) {
+        if thread::panicking() {
+            tell(&format!(
+                "---- containerd's log, last lines ----\n{}\n---- end ----",
+                tail_lines(&self.log(), 40)
+            ));
+        }
         // SAFETY: kill(2) on the pid of a child this value owns and has not reaped.
         unsafe {
             libc::kill(

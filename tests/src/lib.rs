@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 pub mod bench;
 pub mod containerd;
+pub mod cri;
 pub mod elastic;
 pub mod threads;
 
@@ -1158,7 +1159,7 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Has every panic say itself through [`tell`] instead of libtest's capture, once per process.
-fn tell_panics() {
+pub(crate) fn tell_panics() {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {
         std::panic::set_hook(Box::new(|info| {

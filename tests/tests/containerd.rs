@@ -1,13 +1,17 @@
 //! The containerd runtime (`io.containerd.tidal.v2`, the `shim` crate) under Debian's real
-//! containerd, driven by `ctr`: a container is a Tidal VM of the container's memory limit,
-//! resized in place by an update of its limit (sent to the shim as containerd forwards it).
+//! containerd, driven by `ctr` and, as the kubelet drives it, through the CRI: a container is a
+//! Tidal VM of the container's memory limit, resized in place by an update of its limit.
 //! These need hardware-backed KVM (the test host).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use k8s_cri::v1::ContainerState;
 use tidal_api::ApiClient;
-use tidal_tests::containerd::{tidal_processes_naming, Containerd, BUSYBOX_IMAGE, RUNTIME};
+use tidal_tests::containerd::{
+    tidal_processes_naming, Containerd, BUSYBOX_IMAGE, CRI_HANDLER, CRI_NAMESPACE, RUNTIME,
+};
+use tidal_tests::cri::Cri;
 use tidal_tests::elastic::guest_ram_mappings;
 use tidal_tests::require_kvm_for_linux_guests;
 
@@ -16,10 +20,11 @@ const MIB: u64 = 1 << 20;
 /// A VM's boot and a resize under nested emulation take seconds; this is far more.
 const CTR_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The MemTotal values (KiB) a container's log shows, in order.
+/// The MemTotal values (KiB) a container's log shows, in order (its lines as the process wrote
+/// them, or with the CRI log format's time, stream and tag before them).
 fn memtotals(log: &str) -> Vec<u64> {
     log.lines()
-        .filter_map(|line| line.strip_prefix("MemTotal:"))
+        .filter_map(|line| line.split_once("MemTotal:").map(|(_, rest)| rest))
         .filter_map(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .collect()
 }
@@ -49,23 +54,40 @@ fn wait_for_line(
     }
 }
 
-/// Waits until the container's log shows MemTotal `kib`: its guest sees the whole change.
-fn wait_for_memtotal(containerd: &Containerd, log: &Path, kib: u64) {
-    wait_for_line(
-        containerd,
-        "elastic",
-        log,
-        &format!("MemTotal {kib} kB"),
-        |line| memtotals(line).first() == Some(&kib),
-    );
+/// Waits until `log`, container `id`'s, shows MemTotal `kib`: its guest sees the whole change.
+fn wait_for_memtotal(containerd: &Containerd, id: &str, log: &Path, kib: u64) {
+    wait_for_line(containerd, id, log, &format!("MemTotal {kib} kB"), |line| {
+        memtotals(line).first() == Some(&kib)
+    });
 }
 
-/// The first MemTotal (KiB) the container's log shows.
-fn first_memtotal(containerd: &Containerd, log: &Path) -> u64 {
-    let line = wait_for_line(containerd, "elastic", log, "a MemTotal", |line| {
+/// The first MemTotal (KiB) container `id`'s log shows.
+fn first_memtotal(containerd: &Containerd, id: &str, log: &Path) -> u64 {
+    let line = wait_for_line(containerd, id, log, "a MemTotal", |line| {
         !memtotals(line).is_empty()
     });
     memtotals(&line)[0]
+}
+
+/// The memory limit `ctr task metrics` shows for task `id` (the runtime's `Stats`, in the
+/// cgroup v1 shape).
+fn metrics_memory_limit(containerd: &Containerd, id: &str) -> u64 {
+    let metrics = containerd.ctr_ok(&["task", "metrics", id], CTR_TIMEOUT);
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("memory.limit_in_bytes"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("ctr task metrics shows no memory limit:\n{metrics}"))
+}
+
+/// The resident memory (bytes) of process `pid`.
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
 }
 
 #[test]
@@ -147,8 +169,9 @@ fn an_update_grows_and_shrinks_a_running_container_in_place() {
         CTR_TIMEOUT,
     );
     let bundle = containerd.bundle("elastic");
-    let api = ApiClient::new(bundle.join("tidal.sock"));
-    let first = first_memtotal(&containerd, &log);
+    let socket = containerd.api_socket("default", "elastic");
+    let api = ApiClient::new(&socket);
+    let first = first_memtotal(&containerd, "elastic", &log);
     let pid = containerd
         .ctr_ok(&["task", "ls"], CTR_TIMEOUT)
         .lines()
@@ -168,8 +191,9 @@ fn an_update_grows_and_shrinks_a_running_container_in_place() {
         containerd
             .update_memory("elastic", mib * MIB)
             .unwrap_or_else(|e| panic!("the update to {mib} MiB: {e}"));
-        wait_for_memtotal(&containerd, &log, first + (mib - 512) * 1024);
+        wait_for_memtotal(&containerd, "elastic", &log, first + (mib - 512) * 1024);
         assert_eq!(api.info().expect("vm.info").memory_actual_size, mib * MIB);
+        assert_eq!(metrics_memory_limit(&containerd, "elastic"), mib * MIB);
         assert_eq!(
             mapped(pid),
             mib * MIB,
@@ -205,8 +229,148 @@ fn an_update_grows_and_shrinks_a_running_container_in_place() {
         tidal_processes_naming(&bundle).is_empty(),
         "tidal outlived its container"
     );
+    assert!(!socket.exists(), "the API socket was left behind");
+}
+
+/// Whether a `containerd-shim-tidal-v2` serving `containerd` still runs.
+fn shims_of(containerd: &Containerd) -> Vec<u32> {
+    let socket = containerd.socket().to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            let program = cmdline.split('\0').next().unwrap_or_default();
+            program.ends_with("containerd-shim-tidal-v2") && cmdline.contains(&socket)
+        })
+        .collect()
+}
+
+#[test]
+fn a_pods_container_is_resized_in_place_through_cri_and_a_refused_decrease_changes_nothing() {
+    require_kvm_for_linux_guests();
+    let containerd = Containerd::start_with_cri();
+    let mut cri = Cri::connect(&containerd.socket());
+    let logs = containerd.file("pod-logs");
+    std::fs::create_dir_all(&logs).expect("the pod's log directory");
+
+    let pod = cri.run_pod("elastic-pod", CRI_HANDLER, &logs);
+    // The sandbox is a placeholder: no VM.
     assert!(
-        !bundle.join("tidal.sock").exists(),
-        "the API socket was left behind"
+        tidal_processes_naming(&containerd.bundle_in(CRI_NAMESPACE, &pod.id)).is_empty(),
+        "the pod's sandbox got a VM"
     );
+    // MemTotal every second; SIGUSR1 makes the guest refuse ejects, SIGTERM ends with 7.
+    let script = "trap 'echo 0 > /sys/firmware/acpi/hotplug/memory/enabled && \
+                  echo ejects refused' USR1; trap 'echo stopping; exit 7' TERM; \
+                  while true; do grep MemTotal /proc/meminfo; sleep 1; done";
+    let id = cri.create_container(&pod, "app", BUSYBOX_IMAGE, &["sh", "-c", script], 512 * MIB);
+    cri.start_container(&id).unwrap_or_else(|e| {
+        panic!("StartContainer: {e}\n{}", containerd.vm_logs(&id));
+    });
+    let log = Cri::log_path(&pod, "app");
+    let first = first_memtotal(&containerd, &id, &log);
+    let bundle = containerd.bundle_in(CRI_NAMESPACE, &id);
+    let socket = containerd.api_socket(CRI_NAMESPACE, &id);
+    let api = ApiClient::new(&socket);
+    let memory = || api.info().expect("vm.info").memory_actual_size;
+    assert_eq!(memory(), 512 * MIB);
+    let status = cri.container_status(&id);
+    assert_eq!(
+        status.state(),
+        ContainerState::ContainerRunning,
+        "{status:?}"
+    );
+
+    // An in-place pod resize, up and then down: the guest sees exactly the change.
+    for mib in [1024, 640] {
+        cri.update_memory(&id, mib * MIB)
+            .unwrap_or_else(|e| panic!("UpdateContainerResources to {mib} MiB: {e}"));
+        wait_for_memtotal(&containerd, &id, &log, first + (mib - 512) * 1024);
+        assert_eq!(memory(), mib * MIB);
+    }
+
+    // The kubelet's container stats: the working set is what the VM holds on the host.
+    let tidal = tidal_processes_naming(&bundle);
+    assert_eq!(tidal.len(), 1, "one tidal process for the container");
+    let before = resident_bytes(tidal[0]);
+    let stats = cri.container_stats(&id);
+    let after = resident_bytes(tidal[0]);
+    let working_set = stats
+        .memory
+        .and_then(|m| m.working_set_bytes)
+        .map(|w| w.value)
+        .expect("ContainerStats has a working set");
+    assert!(
+        working_set >= before.min(after) * 9 / 10 && working_set <= before.max(after) * 11 / 10,
+        "working set {working_set} B, tidal's RSS {before} then {after} B"
+    );
+
+    // A decrease the guest refuses fails the update and leaves the VM as it was.
+    containerd.ctr_ok(
+        &[
+            "--namespace",
+            CRI_NAMESPACE,
+            "task",
+            "kill",
+            "--signal",
+            "SIGUSR1",
+            &id,
+        ],
+        CTR_TIMEOUT,
+    );
+    wait_for_line(&containerd, &id, &log, "ejects refused", |line| {
+        line.ends_with("ejects refused")
+    });
+    let refused = cri
+        .update_memory(&id, 512 * MIB)
+        .expect_err("a decrease the guest refuses fails");
+    println!("the refused decrease: {refused}");
+    assert!(
+        refused.message().contains("refused"),
+        "the error should say the guest refused: {refused}"
+    );
+    assert_eq!(memory(), 640 * MIB);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let newest = memtotals(&text).last().copied();
+    assert_eq!(
+        newest,
+        Some(first + 128 * 1024),
+        "the guest's MemTotal changed"
+    );
+    let status = cri.container_status(&id);
+    assert_eq!(
+        status.state(),
+        ContainerState::ContainerRunning,
+        "{status:?}"
+    );
+
+    cri.stop_container(&id, Duration::from_secs(60));
+    let status = cri.container_status(&id);
+    assert_eq!(
+        (status.state(), status.exit_code),
+        (ContainerState::ContainerExited, 7),
+        "{status:?}"
+    );
+    cri.remove_container(&id);
+    cri.stop_pod(&pod);
+    cri.remove_pod(&pod);
+    assert!(
+        tidal_processes_naming(&bundle).is_empty(),
+        "tidal outlived its container"
+    );
+    assert!(!socket.exists(), "the API socket was left behind");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !shims_of(&containerd).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "shims still run after the pod was removed: {:?}",
+            shims_of(&containerd)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
