@@ -1,9 +1,14 @@
 //! What the runtime needs besides the container: Tidal, the guest kernel, a static busybox for
-//! the init, and how big VMs are. Each comes from an environment variable of the shim's (which
-//! it inherits from containerd), or, without one, from where the project's guest scripts put
+//! the init, and how big VMs are. Each comes from the runtime's configuration file (the
+//! `ConfigPath` of containerd's runtime options), else from an environment variable of the
+//! shim's (which it inherits from containerd), else from where the project's guest scripts put
 //! it, so a containerd config naming only the runtime type runs containers.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use containerd_shim::protos::protobuf::CodedInputStream;
 
 use thiserror::Error;
 use tidal_api::size::parse_size;
@@ -28,7 +33,28 @@ pub enum OptionsError {
     Size { name: &'static str, value: String },
     #[error("TIDAL_SHIM_CPUS={0}: not a number of vCPUs from 1 to 254")]
     Cpus(String),
+    #[error("cannot read the runtime's configuration {path}: {message}")]
+    ConfigFile { path: PathBuf, message: String },
+    #[error("the runtime's options ({0}) are not containerd's runtimeoptions.v1.Options")]
+    RuntimeOptions(String),
 }
+
+/// The keys of the runtime's configuration file, and the environment variable each stands for.
+const FILE_KEYS: [(&str, &str); 9] = [
+    ("tidal", "TIDAL_SHIM_TIDAL"),
+    ("kernel", "TIDAL_SHIM_KERNEL"),
+    ("busybox", "TIDAL_SHIM_BUSYBOX"),
+    ("cache", "TIDAL_CACHE"),
+    ("cpus", "TIDAL_SHIM_CPUS"),
+    ("boot_memory", "TIDAL_SHIM_BOOT_MEMORY"),
+    ("default_memory", "TIDAL_SHIM_DEFAULT_MEMORY"),
+    ("hotplug_size", "TIDAL_SHIM_HOTPLUG_SIZE"),
+    ("run_dir", "TIDAL_SHIM_RUN_DIR"),
+];
+
+/// The type of the options containerd's CRI plugin (and `ctr run --runtime-config-path`)
+/// gives a runtime other than runc: `{type_url = 1, config_path = 2}`.
+const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeOptions {
@@ -51,9 +77,14 @@ pub struct RuntimeOptions {
 }
 
 impl RuntimeOptions {
-    /// The options from the environment, with the defaults for what it does not set.
-    pub fn from_env() -> Result<Self, OptionsError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+    /// The options from the configuration file at `config` (if any), then the environment,
+    /// with the defaults for what neither sets.
+    pub fn load(config: Option<&Path>) -> Result<Self, OptionsError> {
+        let file = match config {
+            Some(path) => read_config_file(path)?,
+            None => HashMap::new(),
+        };
+        Self::from_lookup(|name| file.get(name).cloned().or_else(|| std::env::var(name).ok()))
     }
 
     fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Self, OptionsError> {
@@ -113,6 +144,68 @@ impl RuntimeOptions {
     }
 }
 
+/// The `ConfigPath` of the runtime options containerd sent with a task, if any.
+pub fn config_path(options: Option<&Any>) -> Result<Option<PathBuf>, OptionsError> {
+    let Some(options) = options.filter(|o| !o.type_url.is_empty() || !o.value.is_empty()) else {
+        return Ok(None);
+    };
+    if !options.type_url.ends_with(RUNTIME_OPTIONS_TYPE) {
+        return Err(OptionsError::RuntimeOptions(options.type_url.clone()));
+    }
+    let bad = |e: containerd_shim::protos::protobuf::Error| {
+        OptionsError::RuntimeOptions(format!("{}: {e}", options.type_url))
+    };
+    let mut input = CodedInputStream::from_bytes(&options.value);
+    let mut path = String::new();
+    while let Some(tag) = input.read_raw_tag_or_eof().map_err(bad)? {
+        if tag == (2 << 3 | 2) {
+            path = input.read_string().map_err(bad)?;
+        } else {
+            let wire_type = containerd_shim::protos::protobuf::rt::WireType::new(tag & 7)
+                .ok_or_else(|| OptionsError::RuntimeOptions(options.type_url.clone()))?;
+            input.skip_field(wire_type).map_err(bad)?;
+        }
+    }
+    Ok((!path.is_empty()).then(|| PathBuf::from(path)))
+}
+
+/// The runtime's configuration file at `path` (TOML: the keys of [`FILE_KEYS`], each a string
+/// or, for numbers and sizes, an integer), as the environment variables it stands for.
+fn read_config_file(path: &Path) -> Result<HashMap<&'static str, String>, OptionsError> {
+    let error = |message: String| OptionsError::ConfigFile {
+        path: path.to_owned(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| error(e.message().to_owned()))?;
+    table
+        .into_iter()
+        .map(|(key, value)| {
+            let name = FILE_KEYS
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, name)| *name)
+                .ok_or_else(|| {
+                    let known: Vec<_> = FILE_KEYS.iter().map(|(k, _)| *k).collect();
+                    error(format!("unknown key {key} (known: {})", known.join(", ")))
+                })?;
+            let value = match value {
+                toml::Value::String(text) => text,
+                toml::Value::Integer(n) => n.to_string(),
+                other => {
+                    let kind = other.type_str();
+                    return Err(error(format!(
+                        "{key} is a {kind}: not a string or a number"
+                    )));
+                }
+            };
+            Ok((name, value))
+        })
+        .collect()
+}
+
 /// `bytes` rounded up to whole blocks.
 pub fn round_up(bytes: u64) -> u64 {
     bytes.div_ceil(BLOCK).max(1) * BLOCK
@@ -169,6 +262,65 @@ mod tests {
         assert_eq!(options.vm_memory(None), 512 << 20);
         assert_eq!(options.vm_memory(Some(1)), 256 << 20);
         assert_eq!(options.vm_memory(Some((512 << 20) + 1)), 640 << 20);
+    }
+
+    #[test]
+    fn the_configuration_file_comes_before_the_environment() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        for file in ["vmlinux", "busybox", "tidal"] {
+            std::fs::write(dir.path().join(file), b"").expect("a file");
+        }
+        let config = dir.path().join("tidal-shim.toml");
+        let at = |name| dir.path().join(name).display().to_string();
+        std::fs::write(
+            &config,
+            format!(
+                "tidal = \"{}\"\nkernel = \"{}\"\nbusybox = \"{}\"\n\
+                 cpus = 2\nhotplug_size = \"2G\"\ndefault_memory = 805306368\n",
+                at("tidal"),
+                at("vmlinux"),
+                at("busybox")
+            ),
+        )
+        .expect("the configuration file");
+        let options = RuntimeOptions::load(Some(&config)).expect("the options");
+        assert_eq!((options.cpus, options.hotplug_size), (2, 2 << 30));
+        assert_eq!(options.default_memory, 768 << 20);
+        assert_eq!(options.kernel, dir.path().join("vmlinux"));
+
+        std::fs::write(&config, "kernel = \"/k\"\nmemory = \"1G\"\n").expect("rewritten");
+        let error = RuntimeOptions::load(Some(&config)).expect_err("an unknown key");
+        assert!(
+            error
+                .to_string()
+                .contains("unknown key memory (known: tidal,"),
+            "{error}"
+        );
+        let error = RuntimeOptions::load(Some(&dir.path().join("none"))).expect_err("no file");
+        assert!(error
+            .to_string()
+            .starts_with("cannot read the runtime's configuration"));
+    }
+
+    #[test]
+    fn the_config_path_comes_from_containerds_runtime_options() {
+        // runtimeoptions.v1.Options {type_url: "x", config_path: "/etc/tidal.toml"}.
+        let mut value = vec![0x0a, 1, b'x', 0x12, 15];
+        value.extend_from_slice(b"/etc/tidal.toml");
+        let options = Any {
+            type_url: "type.googleapis.com/runtimeoptions.v1.Options".to_owned(),
+            value,
+            ..Any::default()
+        };
+        let path = config_path(Some(&options)).expect("options that decode");
+        assert_eq!(path, Some(PathBuf::from("/etc/tidal.toml")));
+        assert_eq!(config_path(None).expect("no options"), None);
+        assert_eq!(config_path(Some(&Any::default())).expect("empty"), None);
+        let runc = Any {
+            type_url: "containerd.runc.v1.Options".to_owned(),
+            ..Any::default()
+        };
+        assert!(config_path(Some(&runc)).is_err());
     }
 
     #[test]

@@ -28,7 +28,7 @@ use thiserror::Error;
 use crate::bundle::{self, BundleError};
 use crate::guest_init::{self, BUSYBOX_PATH, INIT_PATH};
 use crate::initramfs::{self, Extra, InitramfsError};
-use crate::options::{OptionsError, RuntimeOptions};
+use crate::options::{self, OptionsError, RuntimeOptions};
 use crate::stats::{self, ProcessFigures};
 use crate::vm::{TidalVm, VmError, VmFiles, VmMemory};
 
@@ -256,7 +256,8 @@ impl TaskService {
         if spec.pod_sandbox {
             return Ok(container(None));
         }
-        let options = RuntimeOptions::from_env()?;
+        let config = options::config_path(req.options.as_ref())?;
+        let options = RuntimeOptions::load(config.as_deref())?;
         if spec.process.uid != 0 {
             return Err(ShimError::NotRoot(spec.process.uid));
         }

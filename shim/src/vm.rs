@@ -26,8 +26,11 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long Tidal's API socket may take to appear.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Seconds the guest may take to accept or give back each DIMM of a resize.
-const RESIZE_TIMEOUT_SECS: u64 = 300;
+/// Seconds the guest may take to accept or give back each DIMM of a resize: under the
+/// kubelet's 2-minute wait for a CRI call, so that a guest that cannot give memory back (what
+/// it holds does not fit in the rest) gets Tidal's answer to the kubelet (the DIMM stays; a
+/// retry of the same size goes on waiting) rather than the kubelet's own timeout.
+const RESIZE_TIMEOUT_SECS: u64 = 100;
 
 #[derive(Debug, Error)]
 pub enum VmError {

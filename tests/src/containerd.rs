@@ -30,6 +30,10 @@ pub const CRI_NAMESPACE: &str = "k8s.io";
 /// runtime by.
 pub const CRI_HANDLER: &str = "tidal";
 
+/// The hotplug region the runtime's configuration file ([`Containerd::runtime_config`]) gives
+/// VMs (the shim's default is 4 GiB).
+pub const CONFIGURED_HOTPLUG_SIZE: u64 = 3 << 30;
+
 /// How long containerd may take to serve its socket.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -64,7 +68,9 @@ impl Containerd {
              \x20   snapshotter = \"native\"\n\
              \x20   default_runtime_name = \"{CRI_HANDLER}\"\n\
              \x20   [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{CRI_HANDLER}]\n\
-             \x20     runtime_type = \"{RUNTIME}\"\n"
+             \x20     runtime_type = \"{RUNTIME}\"\n\
+             \x20     [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{CRI_HANDLER}.options]\n\
+             \x20       ConfigPath = \"{{root}}/tidal-shim.toml\"\n"
         );
         let containerd = Self::start_with(&cri, CRI_NAMESPACE);
         let plugins = containerd.ctr_ok(&["plugins", "ls"], Duration::from_secs(30));
@@ -92,6 +98,11 @@ impl Containerd {
             extra.replace("{root}", &root.display().to_string())
         );
         std::fs::write(root.join("config.toml"), config).expect("containerd's config");
+        std::fs::write(
+            root.join("tidal-shim.toml"),
+            format!("hotplug_size = {CONFIGURED_HOTPLUG_SIZE}\n"),
+        )
+        .expect("the runtime's configuration");
         let bin_dir = tidal_binary()
             .parent()
             .expect("tidal's directory")
@@ -166,6 +177,12 @@ impl Containerd {
             tail_lines(&read("tidal.log"), 20),
             tail_lines(&read("tidal-console.log"), 20)
         )
+    }
+
+    /// The runtime's configuration file (`ConfigPath`), which the CRI configuration names and
+    /// `ctr run --runtime-config-path` can: it sets [`CONFIGURED_HOTPLUG_SIZE`].
+    pub fn runtime_config(&self) -> PathBuf {
+        self.dir.path().join("tidal-shim.toml")
     }
 
     /// A file in the test's directory, for a container's log.

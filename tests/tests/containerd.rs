@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1::ContainerState;
 use tidal_api::ApiClient;
 use tidal_tests::containerd::{
-    tidal_processes_naming, Containerd, BUSYBOX_IMAGE, CRI_HANDLER, CRI_NAMESPACE, RUNTIME,
+    tidal_processes_naming, Containerd, BUSYBOX_IMAGE, CONFIGURED_HOTPLUG_SIZE, CRI_HANDLER,
+    CRI_NAMESPACE, RUNTIME,
 };
 use tidal_tests::cri::Cri;
 use tidal_tests::elastic::guest_ram_mappings;
@@ -143,6 +144,7 @@ fn an_update_grows_and_shrinks_a_running_container_in_place() {
     let log = containerd.file("elastic.log");
     let log_uri = format!("file://{}", log.display());
     let limit = (512 * MIB).to_string();
+    let config = containerd.runtime_config().display().to_string();
     // 100 MiB of checksummed data in the container's tmpfs, MemTotal every second, and on
     // SIGTERM the data checked and status 7.
     let script = "head -c 104857600 /dev/urandom > /tmp/data && md5sum /tmp/data > /tmp/sum && \
@@ -158,6 +160,8 @@ fn an_update_grows_and_shrinks_a_running_container_in_place() {
             &log_uri,
             "--runtime",
             RUNTIME,
+            "--runtime-config-path",
+            &config,
             "--memory-limit",
             &limit,
             BUSYBOX_IMAGE,
@@ -179,7 +183,10 @@ fn an_update_grows_and_shrinks_a_running_container_in_place() {
         .and_then(|line| line.split_whitespace().nth(1)?.parse::<u32>().ok())
         .expect("ctr task ls names the task's pid");
     let mapped = |pid| guest_ram_mappings(pid).iter().sum::<u64>();
-    assert_eq!(api.info().expect("vm.info").memory_actual_size, 512 * MIB);
+    let info = api.info().expect("vm.info");
+    assert_eq!(info.memory_actual_size, 512 * MIB);
+    // The runtime's configuration file, named by ctr, sized the hotplug region.
+    assert_eq!(info.memory.hotplug_size, CONFIGURED_HOTPLUG_SIZE);
     assert_eq!(
         mapped(pid),
         512 * MIB,
@@ -279,6 +286,9 @@ fn a_pods_container_is_resized_in_place_through_cri_and_a_refused_decrease_chang
     let api = ApiClient::new(&socket);
     let memory = || api.info().expect("vm.info").memory_actual_size;
     assert_eq!(memory(), 512 * MIB);
+    // The runtime's configuration file, named by the CRI configuration, sized the region.
+    let info = api.info().expect("vm.info");
+    assert_eq!(info.memory.hotplug_size, CONFIGURED_HOTPLUG_SIZE);
     let status = cri.container_status(&id);
     assert_eq!(
         status.state(),
