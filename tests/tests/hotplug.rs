@@ -426,11 +426,36 @@ fn a_refused_eject_keeps_the_memory_and_a_retry_succeeds() {
     assert_eq!(vm.fill_checksum(), written);
     vm.guest.run_ok("rm /tmp/fill");
 
+    // A shrink that overshoots (dimm0 goes, 128 MiB come back as dimm1, plugged first): the
+    // guest refuses dimm0, and the shrink takes dimm1 back, which this guest refuses too. The
+    // answer says so; the VM keeps both.
+    let r = vm.api.resize(&ResizeRequest {
+        desired_ram: Some(640 * MIB),
+        wait: true,
+        ..ResizeRequest::default()
+    });
+    let message = vm.expect_api_error(r, 422);
+    assert!(
+        message.contains("the guest refused to eject dimm0")
+            && message.contains("dimm1, plugged to keep what the removal overshot, stays")
+            && message.contains("taking it back: the guest refused to eject dimm1"),
+        "{message}"
+    );
+    assert_eq!(vm.memtotal_kib() - grown, 128 * MIB / 1024);
+
+    // Once the guest ejects again, the same resize lands exactly, on dimm0 alone.
     vm.guest
         .run_ok("echo 1 > /sys/firmware/acpi/hotplug/memory/enabled");
-    vm.tidalctl(&["remove", "dimm0", "--timeout", "600"]);
-    assert_eq!(grown - vm.memtotal_kib(), 512 * MIB / 1024);
-    assert!(vm.api.memory().expect("vm.memory").is_empty());
+    vm.tidalctl(&["resize", "--memory", "640M", "--timeout", "600"]);
+    assert_eq!(grown - vm.memtotal_kib(), 384 * MIB / 1024);
+    let dimms = vm.api.memory().expect("vm.memory");
+    assert_eq!(
+        dimms
+            .iter()
+            .map(|d| (d.id.as_str(), d.size))
+            .collect::<Vec<_>>(),
+        [("dimm1", 128 * MIB)]
+    );
     assert_eq!(vm.guest.poweroff().code(), Some(0));
 }
 

@@ -96,6 +96,13 @@ pub enum HotplugError {
         done: String,
         source: Box<HotplugError>,
     },
+    /// The guest refused a shrink (`source`) after it got the DIMM that keeps the shrink's
+    /// overshoot; `undone` says what became of that DIMM.
+    #[error("{source}; {undone}")]
+    RolledBack {
+        source: Box<HotplugError>,
+        undone: String,
+    },
 }
 
 impl HotplugError {
@@ -105,6 +112,11 @@ impl HotplugError {
             done,
             source: Box::new(self),
         }
+    }
+
+    /// Whether the guest refused: its answer is final, unlike a timeout's silence.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self.kind(), ErrorKind::GuestRefused)
     }
 
     fn kind(&self) -> ErrorKind {
@@ -123,7 +135,7 @@ impl HotplugError {
             Self::Busy(_) | Self::NotRemovable { .. } => ErrorKind::Conflict,
             Self::Timeout { .. } => ErrorKind::Timeout,
             Self::GuestRefused { .. } => ErrorKind::GuestRefused,
-            Self::Partial { source, .. } => source.kind(),
+            Self::Partial { source, .. } | Self::RolledBack { source, .. } => source.kind(),
             Self::Map(_)
             | Self::Stopping(_)
             | Self::StoppedWaiting { .. }

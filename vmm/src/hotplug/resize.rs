@@ -29,7 +29,9 @@ impl MemoryHotplug {
     /// Grows or shrinks node `scope` (the whole VM: `None`) to `desired` bytes. Decided and set
     /// going under the operation lock, so that a retry or a twin request finds the work in
     /// flight and adds none; with `wait`, answers once the guest has answered for every DIMM
-    /// in flight, else once it has been told.
+    /// in flight, else once it has been told. A waited shrink the guest refuses outright (it
+    /// removed none of the DIMMs) takes back the DIMM it plugged to keep its overshoot, so the
+    /// VM is as it was; a timeout leaves everything in flight, for a retry to land.
     pub(super) fn resize_memory(
         &self,
         scope: Option<u32>,
@@ -39,16 +41,69 @@ impl MemoryHotplug {
         wait: bool,
     ) -> Result<(), HotplugError> {
         self.check_reachable(scope, desired)?;
-        let in_flight = {
+        let Steered {
+            in_flight,
+            replacement,
+        } = {
             let _operation = self.lock_operation(timeout)?;
             self.steer(scope, desired, timeout, force)?
         };
-        if wait {
-            for pending in in_flight {
-                self.wait_for(pending, timeout)?;
+        if !wait {
+            return Ok(());
+        }
+        let mut removed = 0;
+        let mut first_error = None;
+        for pending in in_flight {
+            match self.wait_for(pending, timeout) {
+                Ok(()) => removed += usize::from(pending.state == SlotState::Removing),
+                Err(e) => {
+                    let refused = e.is_refusal();
+                    first_error.get_or_insert(e);
+                    if !refused {
+                        break;
+                    }
+                }
             }
         }
-        Ok(())
+        match (first_error, replacement) {
+            (None, _) => Ok(()),
+            (Some(e), Some(replacement)) if e.is_refusal() && removed == 0 => {
+                Err(self.take_back(replacement, e, timeout))
+            }
+            (Some(e), _) => Err(e),
+        }
+    }
+
+    /// Ejects `replacement`, the DIMM a shrink plugged to keep its overshoot, after the guest
+    /// refused the shrink's removals (`refusal`); the error says whether the VM is as it was.
+    fn take_back(
+        &self,
+        replacement: Pending,
+        refusal: HotplugError,
+        timeout: Duration,
+    ) -> HotplugError {
+        let id = dimm_id(replacement.slot);
+        let taken_back = self
+            .request_removals(&[replacement.slot])
+            .and_then(|removing| {
+                self.notify_guest();
+                removing
+                    .into_iter()
+                    .try_for_each(|pending| self.wait_for(pending, timeout))
+            });
+        let undone = match taken_back {
+            Ok(()) => format!(
+                "{id}, plugged to keep what the removal overshot, was taken back: the VM is as \
+                 it was"
+            ),
+            Err(e) => format!(
+                "{id}, plugged to keep what the removal overshot, stays (taking it back: {e})"
+            ),
+        };
+        HotplugError::RolledBack {
+            source: Box::new(refusal),
+            undone,
+        }
     }
 
     /// Sets going what takes node `scope` to `desired` bytes and returns every DIMM of it the
@@ -60,8 +115,9 @@ impl MemoryHotplug {
         desired: u64,
         timeout: Duration,
         force: bool,
-    ) -> Result<Vec<Pending>, HotplugError> {
+    ) -> Result<Steered, HotplugError> {
         let mut in_flight = self.ask_again(scope)?;
+        let mut replacement = None;
         let target = self.boot_ram(scope) + self.bytes_in(scope, &TARGET_STATES);
         match desired.cmp(&target) {
             Ordering::Equal => {}
@@ -71,13 +127,18 @@ impl MemoryHotplug {
                 in_flight.extend(self.grow(size, node, force)?);
             }
             Ordering::Less => {
-                in_flight.extend(self.shrink(scope, target - desired, timeout, force)?)
+                let shrink = self.shrink(scope, target - desired, timeout, force)?;
+                in_flight.extend(shrink.in_flight);
+                replacement = shrink.replacement;
             }
         }
         if !in_flight.is_empty() {
             self.notify_guest();
         }
-        Ok(in_flight)
+        Ok(Steered {
+            in_flight,
+            replacement,
+        })
     }
 
     /// Announces again every insertion of node `scope` the guest has not answered and asks
@@ -99,14 +160,15 @@ impl MemoryHotplug {
     /// Asks the guest to give back `amount` bytes of node `scope`: the DIMMs cheapest to
     /// remove that add up to it or, when no set does, a set adding up to more, with the excess
     /// plugged back as a new DIMM. That one goes in first when the region has room for it
-    /// beside the set (the guest then has it to migrate into), else once the set is gone.
+    /// beside the set (the guest then has it to migrate into; it is then the `replacement`),
+    /// else once the set is gone.
     fn shrink(
         &self,
         scope: Option<u32>,
         amount: u64,
         timeout: Duration,
         force: bool,
-    ) -> Result<Vec<Pending>, HotplugError> {
+    ) -> Result<Steered, HotplugError> {
         let removable = self.removable(scope)?;
         let (remove, excess) = match plan_shrink(&removable, amount, MEMORY_BLOCK_SIZE) {
             Some(Shrink::Exact(remove)) => (remove, 0),
@@ -114,7 +176,7 @@ impl MemoryHotplug {
             None => return Err(HotplugError::Unplanned),
         };
         if excess == 0 {
-            return self.request_removals(&remove);
+            return self.request_removals(&remove).map(Steered::removals);
         }
         let node = scope.unwrap_or_else(|| self.node_to_grow(excess));
         if self.room_for(node, excess) {
@@ -126,7 +188,10 @@ impl MemoryHotplug {
                     dimm_id(replacement.slot)
                 ))
             })?;
-            return self.request_removals(&remove);
+            return Ok(Steered {
+                in_flight: self.request_removals(&remove)?,
+                replacement: Some(replacement),
+            });
         }
         let removing = self.request_removals(&remove)?;
         self.notify_guest();
@@ -140,7 +205,7 @@ impl MemoryHotplug {
                     .to_owned(),
             )
         })?;
-        Ok(vec![replacement])
+        Ok(Steered::removals(vec![replacement]))
     }
 
     /// The DIMMs of node `scope` a shrink may take, newest first, with their resident memory.
@@ -250,6 +315,22 @@ impl MemoryHotplug {
                 Ok(())
             }
             _ => Ok(()),
+        }
+    }
+}
+
+/// What a resize set going: the DIMMs the guest has still to answer for, and the DIMM a shrink
+/// plugged first to keep what its removals overshoot.
+struct Steered {
+    in_flight: Vec<Pending>,
+    replacement: Option<Pending>,
+}
+
+impl Steered {
+    fn removals(in_flight: Vec<Pending>) -> Self {
+        Self {
+            in_flight,
+            replacement: None,
         }
     }
 }
