@@ -7,8 +7,9 @@
 //! The shim and the init speak in lines. On `ttyS0` (the kernel's console, a file of the
 //! shim's) the init writes [`READY_LINE`] once it is set up, and waits for [`START_LINE`] on
 //! `ttyS1`'s input: the shim first grows the VM to the container's memory, so the process
-//! never starts small. Then the shim writes `signal N` lines there, and the init writes
-//! [`EXIT_LINE`] and the process's status on `ttyS0`.
+//! never starts small. Then the shim writes `signal N` lines there, and `memory N` lines, which
+//! the init answers with [`MEMORY_LINE`] on `ttyS0`; at the end the init writes [`EXIT_LINE`]
+//! and the process's status there.
 
 use std::path::Path;
 
@@ -23,6 +24,10 @@ pub const READY_LINE: &str = "tidal-init: ready";
 
 /// The line that lets the init start the container's process.
 pub const START_LINE: &str = "start";
+
+/// Starts the console line that answers `memory N`: then N, and the guest's `MemTotal` and
+/// `MemAvailable` in KiB.
+pub const MEMORY_LINE: &str = "tidal-init: memory ";
 
 /// Starts the console line that gives the process's exit status, as `wait` returns it (128 +
 /// the signal's number for a process a signal ended).
@@ -51,7 +56,11 @@ cd {cwd} || {{ echo "tidal-init: no working directory {cwd}" > /dev/ttyS0; $b po
 $b env -i {env} {args} < /dev/null > /dev/ttyS1 2>&1 &
 pid=$!
 while read -r what number; do
-    [ "$what" = signal ] && $b kill -"$number" "$pid"
+    case "$what" in
+        signal) $b kill -"$number" "$pid" ;;
+        memory) m=$($b awk '/^(MemTotal|MemAvailable):/ {{ printf " %s", $2 }}' /proc/meminfo)
+                echo "{MEMORY_LINE}$number$m" > /dev/ttyS0 ;;
+    esac
 done < /dev/ttyS1 &
 wait "$pid"
 echo "{EXIT_LINE}$?" > /dev/ttyS0
@@ -69,6 +78,20 @@ pub fn exit_status(text: &str) -> Option<u32> {
     text.lines()
         .rev()
         .find_map(|line| line.trim_end().strip_prefix(EXIT_LINE)?.parse().ok())
+}
+
+/// What the guest said of its memory: `(MemTotal, MemAvailable)` in bytes, from the answer to
+/// `memory {request}` in the kernel console's `text`.
+pub fn memory_report(text: &str, request: u64) -> Option<(u64, u64)> {
+    text.lines().rev().find_map(|line| {
+        let mut words = line.trim_end().strip_prefix(MEMORY_LINE)?.split(' ');
+        if words.next()?.parse::<u64>().ok()? != request {
+            return None;
+        }
+        let mut kib = || words.next()?.parse::<u64>().ok().map(|k| k * 1024);
+        let total = kib()?;
+        Some((total, kib()?))
+    })
 }
 
 /// `word` as one shell word, in single quotes.
@@ -149,6 +172,49 @@ mod tests {
         assert_eq!(exit_status(&console), Some(137));
         assert_eq!(exit_status("no such line\n"), None);
         assert_eq!(exit_status(&format!("{EXIT_LINE}x\n")), None);
+    }
+
+    #[test]
+    fn the_memory_report_is_the_answer_to_its_own_request() {
+        let console = format!(
+            "{MEMORY_LINE}1 600000 500000\n[ 2.0] x\n{MEMORY_LINE}2 650000 100000\r\n\
+             {MEMORY_LINE}3 65000"
+        );
+        assert_eq!(
+            memory_report(&console, 2),
+            Some((650_000 * 1024, 100_000 * 1024))
+        );
+        assert_eq!(
+            memory_report(&console, 1),
+            Some((600_000 * 1024, 500_000 * 1024))
+        );
+        // Cut off, or never answered.
+        assert_eq!(memory_report(&console, 3), None);
+        assert_eq!(memory_report(&console, 4), None);
+    }
+
+    /// The init's answer to `memory N`: its awk program, run by the host's awk.
+    #[test]
+    fn the_init_reports_the_meminfo_fields_in_kib() {
+        let meminfo = "MemTotal:        1000 kB\nMemFree:  10 kB\nMemAvailable:     400 kB\n";
+        let out = std::process::Command::new("awk")
+            .arg("/^(MemTotal|MemAvailable):/ { printf \" %s\", $2 }")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .expect("stdin")
+                    .write_all(meminfo.as_bytes())?;
+                child.wait_with_output()
+            })
+            .expect("awk runs");
+        let line = format!("{MEMORY_LINE}7{}", String::from_utf8_lossy(&out.stdout));
+        assert_eq!(memory_report(&line, 7), Some((1000 * 1024, 400 * 1024)));
+        assert!(script(&process(&["true"], &[])).contains("/^(MemTotal|MemAvailable):/ { printf"));
     }
 
     #[test]

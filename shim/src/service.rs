@@ -6,8 +6,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use containerd_shim::api::{
     ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
@@ -30,7 +31,7 @@ use crate::guest_init::{self, BUSYBOX_PATH, INIT_PATH};
 use crate::initramfs::{self, Extra, InitramfsError};
 use crate::options::{self, OptionsError, RuntimeOptions};
 use crate::stats::{self, ProcessFigures};
-use crate::vm::{TidalVm, VmError, VmFiles, VmMemory};
+use crate::vm::{self, TidalVm, VmError, VmFiles, VmMemory};
 
 /// The runtime's name, as containerd's configuration gives it.
 pub const RUNTIME_ID: &str = "io.containerd.tidal.v2";
@@ -76,14 +77,36 @@ pub enum ShimError {
     },
     #[error("{0} is not supported: a Tidal container has a single process")]
     Unsupported(&'static str),
+    #[error(
+        "container {id} cannot give back {giving} MiB: its guest has {available} MiB available \
+         of {total} MiB and must keep {ROOM_LEFT_MIB} MiB; the VM stays at {current} MiB"
+    )]
+    InUse {
+        id: String,
+        giving: u64,
+        available: u64,
+        total: u64,
+        current: u64,
+    },
 }
+
+/// What a guest keeps available after it gives memory back (MiB): room for the kernel's own
+/// allocations and the container's next steps. A guest asked to give back more than it has
+/// available would try to migrate its pages for good (Linux retries while it cannot).
+const ROOM_LEFT_MIB: u64 = 64;
+
+/// How long the shim waits before it asks a guest again that seemed to have too little room.
+const RECHECK_AFTER: Duration = Duration::from_secs(1);
+
+/// How long the init may take to say what the guest's memory is.
+const MEMORY_REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl From<ShimError> for ttrpc::Error {
     fn from(error: ShimError) -> Self {
         let code = match &error {
             ShimError::NotFound(_) => Code::NOT_FOUND,
             ShimError::Exists(_) => Code::ALREADY_EXISTS,
-            ShimError::State { .. } => Code::FAILED_PRECONDITION,
+            ShimError::State { .. } | ShimError::InUse { .. } => Code::FAILED_PRECONDITION,
             ShimError::Unsupported(_) => Code::UNIMPLEMENTED,
             ShimError::NotRoot(_) | ShimError::NoProgram(_) | ShimError::Resources(_) => {
                 Code::INVALID_ARGUMENT
@@ -142,6 +165,7 @@ impl containerd_shim::Shim for Runtime {
             namespace: self.namespace.clone(),
             publisher: Arc::new(publisher),
             containers: Arc::new(Mutex::new(HashMap::new())),
+            memory_requests: Arc::new(AtomicU64::new(1)),
         }
     }
 }
@@ -220,6 +244,8 @@ pub struct TaskService {
     namespace: String,
     publisher: Arc<RemotePublisher>,
     containers: Arc<Mutex<HashMap<String, Arc<Container>>>>,
+    /// The number of the next `memory N` question to an init.
+    memory_requests: Arc<AtomicU64>,
 }
 
 impl TaskService {
@@ -367,6 +393,10 @@ impl TaskService {
                 return Err(container.state_error(&phase, "update", "created or running"));
             }
         }
+        let current = *plan.memory();
+        if memory < current {
+            self.check_room(container.as_ref(), plan, current - memory)?;
+        }
         VmMemory::new(&plan.files).resize(memory)?;
         *plan.memory() = memory;
         log::info!(
@@ -404,6 +434,63 @@ fn boot(
         vm.pid()
     );
     Ok((vm, watch))
+}
+
+impl TaskService {
+    /// Refuses to take `giving` bytes from a running container whose guest has less than that
+    /// (and [`ROOM_LEFT_MIB`]) available, as its init says, twice [`RECHECK_AFTER`] apart
+    /// (`MemAvailable` is an estimate, and moves); a guest that does not say in time is
+    /// resized unchecked (it can still refuse the ejects itself).
+    fn check_room(
+        &self,
+        container: &Container,
+        plan: &VmPlan,
+        giving: u64,
+    ) -> Result<(), ShimError> {
+        for attempt in 1.. {
+            let Some((total, available)) = self.guest_memory(container, plan)? else {
+                log::warn!(
+                    "container {}: its guest did not say what memory it has within \
+                     {MEMORY_REPORT_TIMEOUT:?}; resizing without that check",
+                    container.id
+                );
+                return Ok(());
+            };
+            if available >> 20 >= (giving >> 20) + ROOM_LEFT_MIB {
+                return Ok(());
+            }
+            if attempt == 2 {
+                return Err(ShimError::InUse {
+                    id: container.id.clone(),
+                    giving: giving >> 20,
+                    available: available >> 20,
+                    total: total >> 20,
+                    current: *plan.memory() >> 20,
+                });
+            }
+            std::thread::sleep(RECHECK_AFTER);
+        }
+        Ok(())
+    }
+
+    /// The guest's `(MemTotal, MemAvailable)`, as its init answers; None if it does not in
+    /// time, or the container is not running.
+    fn guest_memory(
+        &self,
+        container: &Container,
+        plan: &VmPlan,
+    ) -> Result<Option<(u64, u64)>, ShimError> {
+        let request = self.memory_requests.fetch_add(1, Ordering::Relaxed);
+        match &mut *container.phase() {
+            Phase::Running(vm) => vm.ask_memory(request)?,
+            _ => return Ok(None),
+        }
+        Ok(vm::memory_report(
+            &plan.files.console,
+            request,
+            MEMORY_REPORT_TIMEOUT,
+        ))
+    }
 }
 
 /// Mounts what containerd gave as the container's root filesystem on `target`; whether it

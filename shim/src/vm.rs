@@ -214,6 +214,12 @@ impl TidalVm {
         self.tell(&format!("signal {signal}"))
     }
 
+    /// Asks the init what the guest's memory is (`memory N`); it answers on the kernel's
+    /// console, which [`memory_report`] reads.
+    pub fn ask_memory(&mut self, request: u64) -> Result<(), VmError> {
+        self.tell(&format!("memory {request}"))
+    }
+
     /// Ends Tidal at once (SIGKILL): the container's status is then 137.
     pub fn kill(&mut self) {
         // An error means it has already gone.
@@ -253,6 +259,22 @@ impl TidalVm {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// The guest's `(MemTotal, MemAvailable)` in bytes, as the init answers `memory {request}` on
+/// the kernel's console (the file `console`) within `timeout`; None if it does not.
+pub fn memory_report(console: &Path, request: u64, timeout: Duration) -> Option<(u64, u64)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(console).unwrap_or_default();
+        if let Some(report) = guest_init::memory_report(&text, request) {
+            return Some(report);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1::ContainerState;
-use tidal_api::ApiClient;
+use tidal_api::{ApiClient, DimmState};
 use tidal_tests::containerd::{
     tidal_processes_naming, Containerd, BUSYBOX_IMAGE, CONFIGURED_HOTPLUG_SIZE, CRI_HANDLER,
     CRI_NAMESPACE, RUNTIME,
@@ -258,7 +258,7 @@ fn shims_of(containerd: &Containerd) -> Vec<u32> {
 }
 
 #[test]
-fn a_pods_container_is_resized_in_place_through_cri_and_a_refused_decrease_changes_nothing() {
+fn a_pods_container_is_resized_in_place_through_cri_and_a_decrease_it_cannot_take_is_refused() {
     require_kvm_for_linux_guests();
     let containerd = Containerd::start_with_cri();
     let mut cri = Cri::connect(&containerd.socket());
@@ -271,9 +271,13 @@ fn a_pods_container_is_resized_in_place_through_cri_and_a_refused_decrease_chang
         tidal_processes_naming(&containerd.bundle_in(CRI_NAMESPACE, &pod.id)).is_empty(),
         "the pod's sandbox got a VM"
     );
-    // MemTotal every second; SIGUSR1 makes the guest refuse ejects, SIGTERM ends with 7.
-    let script = "trap 'echo 0 > /sys/firmware/acpi/hotplug/memory/enabled && \
-                  echo ejects refused' USR1; trap 'echo stopping; exit 7' TERM; \
+    // 200 MiB of checksummed data in the container's tmpfs (let grow past half the memory),
+    // MemTotal every second; SIGUSR1 makes the guest refuse ejects; SIGTERM checks the data
+    // and ends with status 7.
+    let script = "mount -o remount,size=90% /tmp && \
+                  head -c 209715200 /dev/urandom > /tmp/data && md5sum /tmp/data > /tmp/sum && \
+                  trap 'echo 0 > /sys/firmware/acpi/hotplug/memory/enabled && \
+                  echo ejects refused' USR1; trap 'md5sum -c /tmp/sum; exit 7' TERM; \
                   while true; do grep MemTotal /proc/meminfo; sleep 1; done";
     let id = cri.create_container(&pod, "app", BUSYBOX_IMAGE, &["sh", "-c", script], 512 * MIB);
     cri.start_container(&id).unwrap_or_else(|e| {
@@ -284,29 +288,52 @@ fn a_pods_container_is_resized_in_place_through_cri_and_a_refused_decrease_chang
     let bundle = containerd.bundle_in(CRI_NAMESPACE, &id);
     let socket = containerd.api_socket(CRI_NAMESPACE, &id);
     let api = ApiClient::new(&socket);
-    let memory = || api.info().expect("vm.info").memory_actual_size;
-    assert_eq!(memory(), 512 * MIB);
-    // The runtime's configuration file, named by the CRI configuration, sized the region.
     let info = api.info().expect("vm.info");
+    assert_eq!(info.memory_actual_size, 512 * MIB);
+    // The runtime's configuration file, named by the CRI configuration, sized the region.
     assert_eq!(info.memory.hotplug_size, CONFIGURED_HOTPLUG_SIZE);
+    let boot = info.memory.boot;
     let status = cri.container_status(&id);
     assert_eq!(
         status.state(),
         ContainerState::ContainerRunning,
         "{status:?}"
     );
+    let tidal = tidal_processes_naming(&bundle);
+    assert_eq!(tidal.len(), 1, "one tidal process for the container");
+    let memory = || api.info().expect("vm.info").memory_actual_size;
+    let plugged = || -> u64 {
+        let dimms = api.memory().expect("vm.memory");
+        dimms
+            .iter()
+            .filter(|d| d.state == DimmState::Added)
+            .map(|d| d.size)
+            .sum()
+    };
 
-    // An in-place pod resize, up and then down: the guest sees exactly the change.
-    for mib in [1024, 640] {
-        cri.update_memory(&id, mib * MIB)
-            .unwrap_or_else(|e| panic!("UpdateContainerResources to {mib} MiB: {e}"));
+    // An in-place pod resize, up, down, and down again to the same size (the kubelet repeats
+    // itself): the guest sees exactly each change, the DIMMs add up, and the host has what
+    // the VM has, no more.
+    for mib in [1536, 768, 768] {
+        cri.update_memory(&id, mib * MIB).unwrap_or_else(|e| {
+            let logs = containerd.vm_logs(&id);
+            panic!("UpdateContainerResources to {mib} MiB: {e}\n{logs}")
+        });
         wait_for_memtotal(&containerd, &id, &log, first + (mib - 512) * 1024);
         assert_eq!(memory(), mib * MIB);
+        assert_eq!(
+            boot + plugged(),
+            mib * MIB,
+            "vm.memory's DIMMs at {mib} MiB"
+        );
+        assert_eq!(
+            guest_ram_mappings(tidal[0]).iter().sum::<u64>(),
+            mib * MIB,
+            "tidal's guest RAM mappings at {mib} MiB"
+        );
     }
 
     // The kubelet's container stats: the working set is what the VM holds on the host.
-    let tidal = tidal_processes_naming(&bundle);
-    assert_eq!(tidal.len(), 1, "one tidal process for the container");
     let before = resident_bytes(tidal[0]);
     let stats = cri.container_stats(&id);
     let after = resident_bytes(tidal[0]);
@@ -320,7 +347,19 @@ fn a_pods_container_is_resized_in_place_through_cri_and_a_refused_decrease_chang
         "working set {working_set} B, tidal's RSS {before} then {after} B"
     );
 
-    // A decrease the guest refuses fails the update and leaves the VM as it was.
+    // Down to the boot memory would leave the guest less than its 200 MiB of data: refused
+    // at once, the VM unchanged.
+    let refused = cri
+        .update_memory(&id, boot)
+        .expect_err("a decrease below what the container uses fails");
+    println!("the decrease below the container's use: {refused}");
+    assert!(
+        refused.message().contains("cannot give back"),
+        "the error should say the guest cannot give the memory back: {refused}"
+    );
+    assert_eq!((memory(), boot + plugged()), (768 * MIB, 768 * MIB));
+
+    // A decrease the guest itself refuses fails too, and changes nothing either.
     containerd.ctr_ok(
         &[
             "--namespace",
@@ -339,17 +378,17 @@ fn a_pods_container_is_resized_in_place_through_cri_and_a_refused_decrease_chang
     let refused = cri
         .update_memory(&id, 512 * MIB)
         .expect_err("a decrease the guest refuses fails");
-    println!("the refused decrease: {refused}");
+    println!("the decrease the guest refused: {refused}");
     assert!(
         refused.message().contains("refused"),
         "the error should say the guest refused: {refused}"
     );
-    assert_eq!(memory(), 640 * MIB);
+    assert_eq!((memory(), boot + plugged()), (768 * MIB, 768 * MIB));
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let newest = memtotals(&text).last().copied();
     assert_eq!(
         newest,
-        Some(first + 128 * 1024),
+        Some(first + 256 * 1024),
         "the guest's MemTotal changed"
     );
     let status = cri.container_status(&id);
@@ -359,7 +398,11 @@ fn a_pods_container_is_resized_in_place_through_cri_and_a_refused_decrease_chang
         "{status:?}"
     );
 
+    // The stop signal reaches the process, whose data is intact.
     cri.stop_container(&id, Duration::from_secs(60));
+    wait_for_line(&containerd, &id, &log, "the data checked", |line| {
+        line.ends_with("/tmp/data: OK")
+    });
     let status = cri.container_status(&id);
     assert_eq!(
         (status.state(), status.exit_code),
@@ -375,11 +418,12 @@ fn a_pods_container_is_resized_in_place_through_cri_and_a_refused_decrease_chang
     );
     assert!(!socket.exists(), "the API socket was left behind");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !shims_of(&containerd).is_empty() {
+    while !shims_of(&containerd).is_empty() || bundle.exists() {
         assert!(
             Instant::now() < deadline,
-            "shims still run after the pod was removed: {:?}",
-            shims_of(&containerd)
+            "after the pod was removed, shims {:?} still run, or its bundle is there: {}",
+            shims_of(&containerd),
+            bundle.exists()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
