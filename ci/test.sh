@@ -25,7 +25,7 @@ repo=$(pwd)
 # Integration test targets (tests/tests/*.rs) that run on the host: command-line errors, the
 # ACPI tables, and signals sent to a tidal whose guest is still booting (any /dev/kvm will do,
 # KVM-PVM too). Every other target boots guests.
-host_tests=(cli acpi_tables)
+host_tests=(cli acpi_tables pool)
 
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}

@@ -1,0 +1,379 @@
+//! The pool's books: a budget of host memory and, for every VM registered, what it holds (its
+//! boot RAM and plugged DIMMs) and what it has reserved for hot-adds under way. Every change
+//! is checked against the budget here, under one lock in the caller, so two VMs racing for
+//! the last bytes cannot both get them: the pool never promises more than its budget.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+const MIB: u64 = 1 << 20;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum LedgerError {
+    #[error(
+        "the pool has {free} MiB free of its budget of {budget} MiB; {vm} asks for {asked} MiB",
+        free = .free / MIB, budget = .budget / MIB, asked = .asked / MIB
+    )]
+    Short {
+        vm: String,
+        asked: u64,
+        free: u64,
+        budget: u64,
+    },
+    #[error(
+        "{vm} would hold {would} MiB, above its max of {max} MiB",
+        would = .would / MIB, max = .max / MIB
+    )]
+    AboveMax { vm: String, would: u64, max: u64 },
+    #[error("no VM {0} in the pool")]
+    Unknown(String),
+    #[error("{vm} has {has} MiB {what}, not the {asked} MiB given back", has = .has / MIB, asked = .asked / MIB)]
+    Underflow {
+        vm: String,
+        what: &'static str,
+        has: u64,
+        asked: u64,
+    },
+    #[error(
+        "a budget of {budget} MiB is below the {held} MiB the VMs hold",
+        budget = .budget / MIB, held = .held / MIB
+    )]
+    BudgetBelowHeld { budget: u64, held: u64 },
+    #[error("{vm}: min {min} MiB is above max {max} MiB", min = .min / MIB, max = .max / MIB)]
+    Bounds { vm: String, min: u64, max: u64 },
+}
+
+/// What a VM tells the pool when it registers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub name: String,
+    /// Its API socket, where the pool reaches it.
+    pub socket: PathBuf,
+    /// Its process, whose end releases everything it holds.
+    pub pid: u32,
+    /// The least it is shrunk to for others, and the most it may hold (bytes).
+    pub min: u64,
+    pub max: u64,
+    /// Higher takes from lower.
+    pub priority: i32,
+    /// Its boot RAM and the DIMMs it already has plugged (bytes).
+    pub boot: u64,
+    pub plugged: u64,
+}
+
+/// A registered VM's standing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub registration: Registration,
+    /// DIMMs plugged since registration count here too (bytes).
+    pub plugged: u64,
+    /// Hot-adds under way: taken from the budget, not yet plugged.
+    pub reserved: u64,
+    /// When its process started (clock ticks after the host's boot): a pid reused by another
+    /// process is not the VM.
+    pub started: u64,
+}
+
+impl Member {
+    /// What the VM holds of the budget.
+    pub fn held(&self) -> u64 {
+        self.registration.boot + self.plugged + self.reserved
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ledger {
+    budget: u64,
+    members: BTreeMap<String, Member>,
+}
+
+impl Ledger {
+    pub fn new(budget: u64) -> Self {
+        Self {
+            budget,
+            members: BTreeMap::new(),
+        }
+    }
+
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    /// Makes the budget `budget`, which must hold what the VMs hold now.
+    pub fn set_budget(&mut self, budget: u64) -> Result<(), LedgerError> {
+        if budget < self.held() {
+            return Err(LedgerError::BudgetBelowHeld {
+                budget,
+                held: self.held(),
+            });
+        }
+        self.budget = budget;
+        Ok(())
+    }
+
+    /// What every VM holds together.
+    pub fn held(&self) -> u64 {
+        self.members.values().map(Member::held).sum()
+    }
+
+    pub fn free(&self) -> u64 {
+        self.budget.saturating_sub(self.held())
+    }
+
+    pub fn members(&self) -> impl Iterator<Item = (&String, &Member)> {
+        self.members.iter()
+    }
+
+    pub fn member(&self, name: &str) -> Result<&Member, LedgerError> {
+        self.members
+            .get(name)
+            .ok_or_else(|| LedgerError::Unknown(name.to_owned()))
+    }
+
+    /// Counts a VM's boot RAM and plugged DIMMs; a VM registering again (its Tidal restarted
+    /// the registration, or the pool reconciles) replaces what it held before.
+    pub fn register(
+        &mut self,
+        registration: Registration,
+        started: u64,
+    ) -> Result<(), LedgerError> {
+        let name = registration.name.clone();
+        if registration.min > registration.max {
+            return Err(LedgerError::Bounds {
+                vm: name,
+                min: registration.min,
+                max: registration.max,
+            });
+        }
+        let asked = registration.boot + registration.plugged;
+        if asked > registration.max {
+            return Err(LedgerError::AboveMax {
+                vm: name,
+                would: asked,
+                max: registration.max,
+            });
+        }
+        let before = self.members.get(&name).map_or(0, Member::held);
+        let free = self.free() + before;
+        if asked > free {
+            return Err(self.short(&name, asked, free));
+        }
+        let plugged = registration.plugged;
+        self.members.insert(
+            name,
+            Member {
+                registration,
+                plugged,
+                reserved: 0,
+                started,
+            },
+        );
+        Ok(())
+    }
+
+    /// Forgets VM `name`, and everything it held goes back to the budget.
+    pub fn unregister(&mut self, name: &str) -> Result<Member, LedgerError> {
+        self.members
+            .remove(name)
+            .ok_or_else(|| LedgerError::Unknown(name.to_owned()))
+    }
+
+    /// Takes `size` bytes from the budget for a hot-add of VM `name`, or refuses with what is
+    /// free; the VM's max bounds it too.
+    pub fn reserve(&mut self, name: &str, size: u64) -> Result<(), LedgerError> {
+        let free = self.free();
+        let budget = self.budget;
+        let member = self.member_mut(name)?;
+        let would = member.held() + size;
+        if would > member.registration.max {
+            return Err(LedgerError::AboveMax {
+                vm: name.to_owned(),
+                would,
+                max: member.registration.max,
+            });
+        }
+        if size > free {
+            return Err(LedgerError::Short {
+                vm: name.to_owned(),
+                asked: size,
+                free,
+                budget,
+            });
+        }
+        member.reserved += size;
+        Ok(())
+    }
+
+    /// The hot-add of `size` bytes that VM `name` reserved is plugged.
+    pub fn commit(&mut self, name: &str, size: u64) -> Result<(), LedgerError> {
+        let member = self.member_mut(name)?;
+        take(&mut member.reserved, size, name, "reserved")?;
+        member.plugged += size;
+        Ok(())
+    }
+
+    /// The hot-add of `size` bytes that VM `name` reserved did not happen.
+    pub fn cancel(&mut self, name: &str, size: u64) -> Result<(), LedgerError> {
+        let member = self.member_mut(name)?;
+        take(&mut member.reserved, size, name, "reserved")
+    }
+
+    /// VM `name` gave `size` bytes of DIMMs back, and the host has them.
+    pub fn release(&mut self, name: &str, size: u64) -> Result<(), LedgerError> {
+        let member = self.member_mut(name)?;
+        take(&mut member.plugged, size, name, "plugged")
+    }
+
+    fn member_mut(&mut self, name: &str) -> Result<&mut Member, LedgerError> {
+        self.members
+            .get_mut(name)
+            .ok_or_else(|| LedgerError::Unknown(name.to_owned()))
+    }
+
+    fn short(&self, name: &str, asked: u64, free: u64) -> LedgerError {
+        LedgerError::Short {
+            vm: name.to_owned(),
+            asked,
+            free,
+            budget: self.budget,
+        }
+    }
+}
+
+/// Takes `size` from `from`, which must hold it.
+fn take(from: &mut u64, size: u64, vm: &str, what: &'static str) -> Result<(), LedgerError> {
+    *from = from.checked_sub(size).ok_or(LedgerError::Underflow {
+        vm: vm.to_owned(),
+        what,
+        has: *from,
+        asked: size,
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn vm(name: &str, boot: u64, max: u64) -> Registration {
+        Registration {
+            name: name.to_owned(),
+            socket: format!("/run/{name}.sock").into(),
+            pid: 1,
+            min: boot,
+            max,
+            priority: 0,
+            boot,
+            plugged: 0,
+        }
+    }
+
+    #[test]
+    fn the_last_gib_goes_to_one_vm_and_the_other_learns_what_is_free() {
+        let mut ledger = Ledger::new(4 * GIB);
+        ledger.register(vm("a", GIB, 4 * GIB), 0).expect("a fits");
+        ledger.register(vm("b", GIB, 4 * GIB), 0).expect("b fits");
+        ledger.reserve("a", GIB).expect("a gets a GiB");
+        ledger.reserve("b", GIB / 2).expect("b gets half");
+        let refused = ledger
+            .reserve("a", GIB)
+            .expect_err("only half a GiB is left");
+        assert_eq!(
+            refused.to_string(),
+            "the pool has 512 MiB free of its budget of 4096 MiB; a asks for 1024 MiB"
+        );
+        ledger.commit("a", GIB).expect("a's hot-add landed");
+        ledger.cancel("b", GIB / 2).expect("b's did not");
+        assert_eq!(ledger.free(), GIB);
+        ledger.release("a", GIB).expect("a gave it back");
+        assert_eq!(ledger.free(), 2 * GIB);
+        ledger.unregister("b").expect("b ended");
+        assert_eq!(ledger.free(), 3 * GIB);
+    }
+
+    #[test]
+    fn a_vm_that_does_not_fit_is_not_registered_and_max_bounds_a_vm() {
+        let mut ledger = Ledger::new(2 * GIB);
+        ledger.register(vm("a", GIB, 2 * GIB), 0).expect("a fits");
+        let refused = ledger
+            .register(vm("b", 2 * GIB, 2 * GIB), 0)
+            .expect_err("too big");
+        assert!(matches!(refused, LedgerError::Short { .. }), "{refused}");
+        assert!(ledger.member("b").is_err());
+        assert_eq!(
+            ledger
+                .reserve("a", 2 * GIB)
+                .expect_err("above max")
+                .to_string(),
+            "a would hold 3072 MiB, above its max of 2048 MiB"
+        );
+        // Registering again replaces what the VM held.
+        ledger
+            .register(
+                Registration {
+                    plugged: GIB,
+                    ..vm("a", GIB, 2 * GIB)
+                },
+                0,
+            )
+            .expect("a again, with a DIMM");
+        assert_eq!(ledger.free(), 0);
+        assert!(ledger.release("a", 2 * GIB).is_err());
+        assert!(ledger.commit("a", 1).is_err());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Reserve(usize, u64),
+        Commit(usize, u64),
+        Cancel(usize, u64),
+        Release(usize, u64),
+        Unregister(usize),
+        Register(usize, u64),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let vm = 0..3usize;
+        let size = (0..8u64).prop_map(|n| n * 256 * MIB);
+        prop_oneof![
+            (vm.clone(), size.clone()).prop_map(|(v, s)| Step::Reserve(v, s)),
+            (vm.clone(), size.clone()).prop_map(|(v, s)| Step::Commit(v, s)),
+            (vm.clone(), size.clone()).prop_map(|(v, s)| Step::Cancel(v, s)),
+            (vm.clone(), size.clone()).prop_map(|(v, s)| Step::Release(v, s)),
+            vm.clone().prop_map(Step::Unregister),
+            (vm, size).prop_map(|(v, s)| Step::Register(v, s)),
+        ]
+    }
+
+    proptest! {
+        /// Whatever VMs ask, in whatever order, the pool never holds more than its budget,
+        /// and a refused step changes nothing.
+        #[test]
+        fn the_budget_is_never_overcommitted(steps in prop::collection::vec(step(), 1..60)) {
+            let names = ["a", "b", "c"];
+            let mut ledger = Ledger::new(3 * GIB);
+            for step in steps {
+                let before = ledger.clone();
+                let result = match step {
+                    Step::Reserve(v, s) => ledger.reserve(names[v], s),
+                    Step::Commit(v, s) => ledger.commit(names[v], s),
+                    Step::Cancel(v, s) => ledger.cancel(names[v], s),
+                    Step::Release(v, s) => ledger.release(names[v], s),
+                    Step::Unregister(v) => ledger.unregister(names[v]).map(drop),
+                    Step::Register(v, boot) => ledger.register(vm(names[v], boot, 2 * GIB), 0),
+                };
+                prop_assert!(ledger.held() <= ledger.budget());
+                if result.is_err() {
+                    prop_assert_eq!(&ledger, &before);
+                }
+            }
+        }
+    }
+}

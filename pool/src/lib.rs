@@ -1,0 +1,11 @@
+//! `tidal-pool`: one host's memory budget, shared among the Tidal VMs that register with it.
+//!
+//! - [`ledger`]: the budget and what each VM holds and has reserved; never overcommitted.
+//! - [`store`]: the ledger kept on disk across the pool's restarts.
+//! - [`server`]: the REST API on a Unix socket, and the sweep for VMs that ended.
+//! - [`process`]: whether a VM's process still runs.
+
+pub mod ledger;
+pub mod process;
+pub mod server;
+pub mod store;

@@ -1,0 +1,83 @@
+//! `tidal-pool`: the host memory pool's daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tidal_api::size::parse_size;
+use tidal_pool::ledger::Ledger;
+use tidal_pool::server::{serve, Pool};
+use tidal_pool::store::Store;
+
+#[derive(Debug, Parser)]
+#[command(about = "Shares one host's memory among Tidal VMs without overcommitting it")]
+struct Args {
+    /// The pool's API socket.
+    #[arg(long)]
+    socket: PathBuf,
+    /// Where the pool keeps its ledger across restarts.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// The budget: host memory the VMs may hold together (default: the one kept in the state
+    /// directory, else the host's MemTotal less --reserve).
+    #[arg(long, value_parser = parse_size)]
+    budget: Option<u64>,
+    /// What the host keeps for itself when the budget is not given.
+    #[arg(long, value_parser = parse_size, default_value = "512M")]
+    reserve: u64,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tidal-pool: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    std::fs::create_dir_all(&args.state_dir)
+        .map_err(|e| format!("cannot create {}: {e}", args.state_dir.display()))?;
+    let store = Store::new(&args.state_dir);
+    // A kept ledger keeps its budget unless one is given.
+    let ledger = match (store.load().map_err(|e| e.to_string())?, args.budget) {
+        (Some(mut ledger), Some(budget)) => {
+            ledger.set_budget(budget).map_err(|e| e.to_string())?;
+            ledger
+        }
+        (Some(ledger), None) => ledger,
+        (None, Some(budget)) => Ledger::new(budget),
+        (None, None) => Ledger::new(host_memory()?.saturating_sub(args.reserve)),
+    };
+    log::info!(
+        "budget {} MiB, {} MiB held",
+        ledger.budget() >> 20,
+        ledger.held() >> 20
+    );
+    let pool = Arc::new(Pool::new(ledger, store));
+    // VMs that ended while the pool was down give back what they held.
+    pool.sweep();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the pool's runtime: {e}"))?;
+    runtime
+        .block_on(serve(pool, &args.socket))
+        .map_err(|e| format!("cannot serve {}: {e}", args.socket.display()))
+}
+
+/// The host's MemTotal, in bytes.
+fn host_memory() -> Result<u64, String> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")
+        .map_err(|e| format!("cannot read /proc/meminfo: {e}"))?;
+    meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| "/proc/meminfo has no MemTotal".to_owned())
+}
