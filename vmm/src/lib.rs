@@ -13,7 +13,6 @@ pub mod layout;
 pub mod memory;
 pub mod numa;
 pub mod options;
-pub mod pool_link;
 pub mod reset_vector;
 pub mod resize_plan;
 pub mod seccomp;

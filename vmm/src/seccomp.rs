@@ -10,7 +10,6 @@
 //! | `api`, `api-vm-call` | [`ThreadKind::Api`] | the HTTP server and the hotplug calls it makes |
 //! | `console-in` | [`ThreadKind::ConsoleIn`] | stdin to the UART |
 //! | `console-out` | [`ThreadKind::ConsoleOut`] | the UART's output queue to stdout or a file |
-//! | `pool` | [`ThreadKind::Pool`] | calls to the host memory pool's socket (`--pool`) |
 //!
 //! A system call outside the filter raises SIGSYS (`SECCOMP_RET_TRAP`). Its handler writes one
 //! line naming the thread and the system call number to stderr and ends the process with exit
@@ -63,17 +62,15 @@ pub enum ThreadKind {
     Api,
     ConsoleIn,
     ConsoleOut,
-    Pool,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 6] = [
+    pub const ALL: [ThreadKind; 5] = [
         Self::Main,
         Self::Vcpu,
         Self::Api,
         Self::ConsoleIn,
         Self::ConsoleOut,
-        Self::Pool,
     ];
 }
 
@@ -85,7 +82,6 @@ impl std::fmt::Display for ThreadKind {
             Self::Api => "API",
             Self::ConsoleIn => "console input",
             Self::ConsoleOut => "console output",
-            Self::Pool => "pool",
         })
     }
 }
@@ -382,28 +378,6 @@ fn api_rules(rules: &mut Rules) -> Result<(), seccompiler::BackendError> {
     Ok(())
 }
 
-/// The pool thread: one HTTP exchange on a new Unix socket connection to the pool per call,
-/// each on a runtime of its own (an epoll instance and an eventfd to wake it).
-fn pool_rules(rules: &mut Rules) -> Result<(), seccompiler::BackendError> {
-    use libc::*;
-    rules.allow(&EVENT_LOOP);
-    rules.allow(&[
-        SYS_eventfd2,
-        SYS_connect,
-        SYS_getsockopt,
-        SYS_read,
-        SYS_readv,
-        SYS_recvfrom,
-        SYS_recvmsg,
-        SYS_sendto,
-        SYS_sendmsg,
-        SYS_shutdown,
-        SYS_close,
-    ]);
-    rules.allow_arg(SYS_socket, 0, &[int(AF_UNIX)])?;
-    Ok(())
-}
-
 /// The console input thread: waits for and reads stdin (descriptor 0 only), sleeps while the
 /// UART's FIFO is full, and raises the serial interrupt.
 fn console_in_rules(rules: &mut Rules) -> Result<(), seccompiler::BackendError> {
@@ -445,7 +419,6 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
             rules.allow(&[libc::SYS_ftruncate, libc::SYS_lseek]);
             Ok(())
         }
-        ThreadKind::Pool => pool_rules(&mut rules),
     }
     .map_err(build)?;
     rules.compile(kind)
@@ -502,7 +475,6 @@ pub struct Filters {
     pub api: ThreadFilter,
     pub console_in: ThreadFilter,
     pub console_out: ThreadFilter,
-    pub pool: ThreadFilter,
 }
 
 impl Filters {
@@ -513,7 +485,6 @@ impl Filters {
             api: ThreadFilter::new(ThreadKind::Api)?,
             console_in: ThreadFilter::new(ThreadKind::ConsoleIn)?,
             console_out: ThreadFilter::new(ThreadKind::ConsoleOut)?,
-            pool: ThreadFilter::new(ThreadKind::Pool)?,
         })
     }
 }
