@@ -330,7 +330,7 @@ fn runtime() -> Result<Runtime, ClientError> {
 }
 
 /// [`ClientError::Api`] from an error answer, with the server's message if it sent one.
-fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+pub(crate) fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
     let message = match serde_json::from_slice::<ErrorBody>(body) {
         Ok(ErrorBody { error }) => error,
         Err(_) => format!(

@@ -7,6 +7,7 @@ pub mod endpoints;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod journal;
+pub mod pool;
 mod request_clock;
 mod routes;
 pub mod server;

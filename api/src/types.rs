@@ -321,6 +321,8 @@ pub enum ErrorKind {
     Timeout,
     /// The host has less memory available than the request would add (507).
     HostMemory,
+    /// Something the VMM needs for the request cannot be reached (503): the host memory pool.
+    Unavailable,
     /// Tidal failed (500).
     Internal,
 }
@@ -334,6 +336,7 @@ impl ErrorKind {
             ErrorKind::GuestRefused => 422,
             ErrorKind::Timeout => 504,
             ErrorKind::HostMemory => 507,
+            ErrorKind::Unavailable => 503,
             ErrorKind::Internal => 500,
         }
     }

@@ -4,10 +4,10 @@
 //! the last bytes cannot both get them: the pool never promises more than its budget.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+pub use tidal_api::pool::Registration;
 
 const MIB: u64 = 1 << 20;
 
@@ -44,24 +44,6 @@ pub enum LedgerError {
     BudgetBelowHeld { budget: u64, held: u64 },
     #[error("{vm}: min {min} MiB is above max {max} MiB", min = .min / MIB, max = .max / MIB)]
     Bounds { vm: String, min: u64, max: u64 },
-}
-
-/// What a VM tells the pool when it registers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Registration {
-    pub name: String,
-    /// Its API socket, where the pool reaches it.
-    pub socket: PathBuf,
-    /// Its process, whose end releases everything it holds.
-    pub pid: u32,
-    /// The least it is shrunk to for others, and the most it may hold (bytes).
-    pub min: u64,
-    pub max: u64,
-    /// Higher takes from lower.
-    pub priority: i32,
-    /// Its boot RAM and the DIMMs it already has plugged (bytes).
-    pub boot: u64,
-    pub plugged: u64,
 }
 
 /// A registered VM's standing.

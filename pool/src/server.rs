@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use tidal_api::pool::{PoolView, PoolVmView, SizeRequest};
 
 use crate::ledger::{Ledger, LedgerError, Member, Registration};
 use crate::process;
@@ -76,49 +76,20 @@ impl Pool {
     }
 }
 
-/// What `GET /pool` shows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PoolView {
-    pub budget: u64,
-    pub held: u64,
-    pub free: u64,
-    pub vms: Vec<VmView>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VmView {
-    pub name: String,
-    pub socket: String,
-    pub pid: u32,
-    pub boot: u64,
-    pub plugged: u64,
-    pub reserved: u64,
-    pub min: u64,
-    pub max: u64,
-    pub priority: i32,
-}
-
-impl VmView {
-    fn of(member: &Member) -> Self {
-        let r = &member.registration;
-        Self {
-            name: r.name.clone(),
-            socket: r.socket.display().to_string(),
-            pid: r.pid,
-            boot: r.boot,
-            plugged: member.plugged,
-            reserved: member.reserved,
-            min: r.min,
-            max: r.max,
-            priority: r.priority,
-        }
+/// One VM as `GET /pool` shows it.
+fn view(member: &Member) -> PoolVmView {
+    let r = &member.registration;
+    PoolVmView {
+        name: r.name.clone(),
+        socket: r.socket.display().to_string(),
+        pid: r.pid,
+        boot: r.boot,
+        plugged: member.plugged,
+        reserved: member.reserved,
+        min: r.min,
+        max: r.max,
+        priority: r.priority,
     }
-}
-
-/// The body of a reservation, commit, cancellation or release.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SizeRequest {
-    pub size: u64,
 }
 
 /// Why a request failed, as its answer says.
@@ -166,7 +137,7 @@ async fn show(State(pool): State<Arc<Pool>>) -> Json<PoolView> {
         budget: ledger.budget(),
         held: ledger.held(),
         free: ledger.free(),
-        vms: ledger.members().map(|(_, m)| VmView::of(m)).collect(),
+        vms: ledger.members().map(|(_, m)| view(m)).collect(),
     })
 }
 

@@ -38,6 +38,7 @@ pub mod bench;
 pub mod containerd;
 pub mod cri;
 pub mod elastic;
+pub mod pool;
 pub mod threads;
 
 /// The one line the guest's `/init` prints when userspace is up.

@@ -4,115 +4,14 @@
 //! outlives the daemon. No guest: the VMs here are processes of the test's (`sleep`) that
 //! register as a Tidal would; the pool knows a VM only by its pid and its word.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tidal_api::ApiClient;
-use tidal_tests::tidal_binary;
+use tidal_tests::pool::PoolDaemon;
 
 const GIB: u64 = 1 << 30;
-
-/// A `tidal-pool` of the test's own, with its socket and state in a temporary directory.
-struct PoolDaemon {
-    dir: PathBuf,
-    child: Child,
-}
-
-impl PoolDaemon {
-    fn start(dir: &Path, budget: &str) -> Self {
-        let pool = tidal_binary().with_file_name("tidal-pool");
-        let child = Command::new(&pool)
-            .arg("--socket")
-            .arg(dir.join("pool.sock"))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--budget")
-            .arg(budget)
-            .stdin(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("pool.log")).expect("the pool's log"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", pool.display()));
-        let daemon = Self {
-            dir: dir.to_owned(),
-            child,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while daemon
-            .client()
-            .send("GET".parse().expect("GET"), "/pool", None)
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "tidal-pool did not serve its socket"
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-        daemon
-    }
-
-    fn client(&self) -> ApiClient {
-        ApiClient::new(self.dir.join("pool.sock")).with_timeout(Duration::from_secs(10))
-    }
-
-    /// `METHOD PATH` with a JSON body; the status and the body.
-    fn call(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> (u16, String) {
-        let body = body.map(|b| b.to_string().into_bytes());
-        let answer = self
-            .client()
-            .send(method.parse().expect("an HTTP method"), path, body)
-            .unwrap_or_else(|e| panic!("{path}: {e}"));
-        (
-            answer.status.as_u16(),
-            String::from_utf8_lossy(&answer.body).into_owned(),
-        )
-    }
-
-    fn show(&self) -> serde_json::Value {
-        let (status, body) = self.call("GET", "/pool", None);
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str(&body).expect("GET /pool is JSON")
-    }
-
-    fn register(&self, name: &str, pid: u32, boot: u64) -> (u16, String) {
-        let registration = serde_json::json!({
-            "name": name, "socket": format!("/run/{name}.sock"), "pid": pid,
-            "min": boot, "max": 4 * GIB, "priority": 0, "boot": boot, "plugged": 0,
-        });
-        self.call("POST", "/pool/vms", Some(registration))
-    }
-
-    /// Stops the daemon with SIGTERM and waits for it.
-    fn stop(mut self) {
-        // SAFETY: kill(2) on the pid of a child this value owns and has not reaped.
-        unsafe {
-            libc::kill(
-                i32::try_from(self.child.id()).unwrap_or(i32::MAX),
-                libc::SIGTERM,
-            );
-        }
-        let status = self.child.wait().expect("tidal-pool is reaped");
-        assert!(
-            status.success(),
-            "tidal-pool ended with {status} after SIGTERM"
-        );
-    }
-}
-
-impl Drop for PoolDaemon {
-    /// Stops the daemon; after a failed test, first shows its log.
-    fn drop(&mut self) {
-        if thread::panicking() {
-            let log = std::fs::read_to_string(self.dir.join("pool.log")).unwrap_or_default();
-            eprintln!("---- tidal-pool's log ----\n{log}---- end ----");
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A process standing for a VM; it ends when dropped.
 struct VmProcess(Child);
@@ -143,17 +42,26 @@ impl Drop for VmProcess {
     }
 }
 
+/// Registers VM `name`, process `pid`, with `boot` bytes of boot RAM: the status and body.
+fn register(pool: &PoolDaemon, name: &str, pid: u32, boot: u64) -> (u16, String) {
+    let registration = serde_json::json!({
+        "name": name, "socket": format!("/run/{name}.sock"), "pid": pid,
+        "min": boot, "max": 4 * GIB, "priority": 0, "boot": boot, "plugged": 0,
+    });
+    pool.call("POST", "/pool/vms", Some(registration))
+}
+
 #[test]
 fn a_race_for_the_last_gib_has_one_winner_and_an_ended_vm_gives_back_what_it_held() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let pool = Arc::new(PoolDaemon::start(dir.path(), "3G"));
     let mut a = VmProcess::start();
     let mut b = VmProcess::start();
-    assert_eq!(pool.register("a", a.id(), GIB).0, 204);
-    assert_eq!(pool.register("b", b.id(), GIB).0, 204);
+    assert_eq!(register(&pool, "a", a.id(), GIB).0, 204);
+    assert_eq!(register(&pool, "b", b.id(), GIB).0, 204);
     // A third VM whose boot RAM does not fit in what is left is not registered.
     let mut c = VmProcess::start();
-    let (status, body) = pool.register("c", c.id(), 2 * GIB);
+    let (status, body) = register(&pool, "c", c.id(), 2 * GIB);
     assert_eq!(status, 507, "{body}");
     assert!(
         body.contains("has 1024 MiB free of its budget of 3072 MiB"),
@@ -189,18 +97,15 @@ fn a_race_for_the_last_gib_has_one_winner_and_an_ended_vm_gives_back_what_it_hel
         "{answers:?}"
     );
     let shown = pool.show();
-    assert_eq!(
-        (shown["held"].as_u64(), shown["free"].as_u64()),
-        (Some(3 * GIB), Some(0))
-    );
+    assert_eq!((shown.held, shown.free), (3 * GIB, 0));
 
     // The winner's hot-add lands; then its process ends, and the pool gets all of it back.
-    let winner = shown["vms"]
-        .as_array()
-        .and_then(|vms| vms.iter().find(|vm| vm["reserved"].as_u64() == Some(GIB)))
-        .and_then(|vm| vm["name"].as_str())
-        .expect("the winner has the GiB reserved")
-        .to_owned();
+    let winner = shown
+        .vms
+        .iter()
+        .find(|vm| vm.reserved == GIB)
+        .map(|vm| vm.name.clone())
+        .expect("the winner has the GiB reserved");
     let (status, body) = pool.call(
         "PUT",
         &format!("/pool/vms/{winner}/commit"),
@@ -213,10 +118,10 @@ fn a_race_for_the_last_gib_has_one_winner_and_an_ended_vm_gives_back_what_it_hel
         b.end()
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while pool.show()["free"].as_u64() != Some(2 * GIB) {
+    while pool.show().free != 2 * GIB {
         assert!(
             Instant::now() < deadline,
-            "an ended VM's memory never came back: {}",
+            "an ended VM's memory never came back: {:?}",
             pool.show()
         );
         thread::sleep(Duration::from_millis(100));
@@ -234,7 +139,7 @@ fn the_ledger_outlives_the_daemon() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut vm = VmProcess::start();
     let pool = PoolDaemon::start(dir.path(), "4G");
-    assert_eq!(pool.register("a", vm.id(), GIB).0, 204);
+    assert_eq!(register(&pool, "a", vm.id(), GIB).0, 204);
     let (status, body) = pool.call(
         "PUT",
         "/pool/vms/a/reserve",
@@ -248,15 +153,7 @@ fn the_ledger_outlives_the_daemon() {
     let pool = PoolDaemon::start(dir.path(), "4G");
     assert_eq!(pool.show(), before);
     pool.stop();
-    let refused = Command::new(tidal_binary().with_file_name("tidal-pool"))
-        .arg("--socket")
-        .arg(dir.path().join("pool.sock"))
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--budget")
-        .arg("2G")
-        .output()
-        .expect("tidal-pool runs");
+    let refused = PoolDaemon::refused(dir.path(), "2G");
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(

@@ -18,6 +18,7 @@ use crate::numa::{
     check_boot_pages, check_nodes, parse_node, split_boot_ranges, NodeConfig, NumaError,
 };
 use crate::options::{KeyValues, OptionError};
+use crate::pool_link::PoolOptions;
 use tidal_api::size::{format_size, parse_size};
 use tidal_api::{ConsoleInfo, CpusConfigInfo, MemoryConfigInfo, PayloadInfo, VmConfigInfo};
 
@@ -116,6 +117,15 @@ pub struct Cli {
     /// Serve the REST API (and tidalctl) on this Unix socket, created owner-only (0600).
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
+    /// Join the host memory pool (tidal-pool) on this socket: the boot RAM is counted against
+    /// its budget, and every hot-add first takes a reservation from it. name defaults to the
+    /// API socket's file name (else tidal-PID), min to the boot RAM, max to boot RAM plus the
+    /// hotplug region, priority to 0.
+    #[arg(
+        long,
+        value_name = "socket=PATH[,name=NAME][,min=SIZE][,max=SIZE][,priority=N]"
+    )]
+    pub pool: Option<String>,
     /// Write the generated ACPI tables as DIR/<SIGNATURE>.dat and exit without booting.
     #[arg(long, value_name = "DIR")]
     pub dump_acpi: Option<PathBuf>,
@@ -181,6 +191,14 @@ pub enum ConfigError {
     SerialFileLimit { flag: &'static str, limit: u64 },
     #[error("--serial and --serial2 cannot both be stdio: Tidal has one stdin and one stdout")]
     TwoStdioSerials,
+    #[error("--pool: name '{0}' is empty or has a '/'")]
+    PoolName(String),
+    #[error("--pool needs a hotplug region: give --memory hotplug_size=SIZE")]
+    PoolWithoutHotplug,
+    #[error(
+        "--pool and --user cannot go together: the pool's socket is not in the user's empty root"
+    )]
+    PoolAsUser,
     #[error("cannot read {what} {path}: {source}")]
     Unreadable {
         what: &'static str,
@@ -228,6 +246,8 @@ pub struct VmConfig {
     /// COM2, when not `Off`.
     pub serial2: SerialMode,
     pub api_socket: Option<PathBuf>,
+    /// The host memory pool this VM joins.
+    pub pool: Option<PoolOptions>,
     pub hotplug_timeout: Duration,
     pub seccomp: SeccompMode,
     /// Who Tidal becomes once set up (`crate::contain`).
@@ -319,6 +339,19 @@ impl TryFrom<&Cli> for VmConfig {
         if serial == SerialMode::Stdio && serial2 == SerialMode::Stdio {
             return Err(ConfigError::TwoStdioSerials);
         }
+        let pool = cli
+            .pool
+            .as_deref()
+            .map(|text| parse_pool(text, cli.api_socket.as_deref()))
+            .transpose()?;
+        if pool.is_some() {
+            if memory.slots == 0 {
+                return Err(ConfigError::PoolWithoutHotplug);
+            }
+            if cli.user.is_some() {
+                return Err(ConfigError::PoolAsUser);
+            }
+        }
         Ok(Self {
             kernel: cli.kernel.clone(),
             initramfs: cli.initramfs.clone(),
@@ -333,6 +366,7 @@ impl TryFrom<&Cli> for VmConfig {
             serial,
             serial2,
             api_socket: cli.api_socket.clone(),
+            pool,
             hotplug_timeout: Duration::from_secs(cli.hotplug_timeout),
             seccomp: cli.seccomp,
             user: cli.user,
@@ -476,6 +510,39 @@ fn memory_config(
         size,
         hotplug_size,
         slots,
+    })
+}
+
+/// The keys `--pool` takes.
+const POOL_KEYS: [&str; 5] = ["socket", "name", "min", "max", "priority"];
+
+/// `--pool`'s `text`; the VM's name defaults to its API socket's file name (`api_socket`).
+pub fn parse_pool(text: &str, api_socket: Option<&Path>) -> Result<PoolOptions, ConfigError> {
+    let kv = KeyValues::parse("pool", text, &POOL_KEYS)?;
+    let socket = kv
+        .get("socket")
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .ok_or(OptionError::Missing {
+            flag: "pool",
+            key: "socket",
+        })?;
+    let name = match kv.get("name") {
+        Some(name) if name.is_empty() || name.contains('/') => {
+            return Err(ConfigError::PoolName(name.to_owned()))
+        }
+        Some(name) => name.to_owned(),
+        None => api_socket.and_then(Path::file_stem).map_or_else(
+            || format!("tidal-{}", std::process::id()),
+            |stem| stem.to_string_lossy().into_owned(),
+        ),
+    };
+    Ok(PoolOptions {
+        socket,
+        name,
+        min: kv.size("min")?,
+        max: kv.size("max")?,
+        priority: kv.number("priority")?.unwrap_or(0),
     })
 }
 
@@ -627,6 +694,48 @@ mod tests {
             parse_serial("--serial2", "tty").unwrap_err().to_string(),
             "--serial2: 'tty' is not stdio, off or file=PATH[,max=SIZE]"
         );
+    }
+
+    #[test]
+    fn pool_options() {
+        let api = Path::new("/run/vms/web-1.sock");
+        let options = parse_pool("socket=/run/pool.sock", Some(api)).unwrap();
+        assert_eq!(
+            options,
+            PoolOptions {
+                socket: "/run/pool.sock".into(),
+                name: "web-1".into(),
+                min: None,
+                max: None,
+                priority: 0,
+            }
+        );
+        let options = parse_pool("socket=/p.sock,name=db,min=1G,max=8G,priority=-2", None).unwrap();
+        assert_eq!(
+            (
+                options.name.as_str(),
+                options.min,
+                options.max,
+                options.priority
+            ),
+            ("db", Some(1 << 30), Some(8 << 30), -2)
+        );
+        assert!(parse_pool("socket=/p.sock", None)
+            .unwrap()
+            .name
+            .starts_with("tidal-"));
+        assert_eq!(
+            parse_pool("name=db", None).unwrap_err().to_string(),
+            "--pool: missing required key 'socket'"
+        );
+        assert_eq!(
+            parse_pool("socket=/p,name=a/b", None)
+                .unwrap_err()
+                .to_string(),
+            "--pool: name 'a/b' is empty or has a '/'"
+        );
+        assert!(parse_pool("socket=/p,size=1G", None).is_err());
+        assert!(parse_pool("socket=/p,priority=high", None).is_err());
     }
 
     #[test]

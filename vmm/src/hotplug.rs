@@ -26,6 +26,7 @@ use crate::memory::host::HostMemory;
 use crate::memory::kvm_slot::{KvmSlot, KvmSlotError};
 use crate::memory::ram::{GuestMemory, RamError, RamRegion};
 use crate::numa::BootDimm;
+use crate::pool_link::PoolLink;
 use tidal_api::size::format_size;
 
 mod error;
@@ -45,6 +46,8 @@ struct Ejected {
     kvm_slot: Option<KvmSlot>,
     /// The guest memory map's reference, let go once the KVM slot is deleted.
     region: Arc<RamRegion>,
+    /// The host memory pool counts the DIMM as plugged, and hears when the host has it back.
+    pooled: bool,
 }
 
 /// Host memory behind the DIMMs: the region's allocator, the KVM slots and the guest memory
@@ -61,6 +64,8 @@ struct DimmMemory {
     kvm_slots: BTreeMap<u32, KvmSlot>,
     /// DIMMs ejected and not yet retired.
     ejected: Vec<Ejected>,
+    /// The host memory pool this VM is in (`--pool`).
+    pool: Option<Arc<PoolLink>>,
 }
 
 impl DimmMemory {
@@ -126,8 +131,9 @@ impl DimmMemory {
     }
 
     /// Takes a DIMM out of the guest memory map, for [`DimmMemory::retire`] to delete its KVM
-    /// slot and unmap it. A DIMM that is not in the map keeps its slot.
-    fn detach(&mut self, slot: u32, dimm: Dimm) -> Result<(), MapError> {
+    /// slot and unmap it (and tell the pool, when it is `pooled`). A DIMM that is not in the
+    /// map keeps its slot.
+    fn detach(&mut self, slot: u32, dimm: Dimm, pooled: bool) -> Result<(), MapError> {
         let guard = self
             .memory
             .lock()
@@ -147,6 +153,7 @@ impl DimmMemory {
             dimm,
             kvm_slot: self.kvm_slots.remove(&slot),
             region,
+            pooled,
         });
         Ok(())
     }
@@ -161,6 +168,7 @@ impl DimmMemory {
                 dimm,
                 kvm_slot,
                 region,
+                pooled,
             } = ejected;
             let started = Instant::now();
             if let Some(kvm_slot) = kvm_slot {
@@ -173,6 +181,7 @@ impl DimmMemory {
                             dimm,
                             kvm_slot: Some(kvm_slot),
                             region,
+                            pooled,
                         });
                         continue;
                     }
@@ -191,13 +200,16 @@ impl DimmMemory {
                 "memory slot {slot}: {} returned to the host",
                 format_size(dimm.size)
             );
+            if let Some(pool) = self.pool.as_ref().filter(|_| pooled) {
+                pool.release(dimm.size);
+            }
         }
     }
 
-    /// Takes a DIMM's memory away at once ([`DimmMemory::detach`], then
-    /// [`DimmMemory::retire`]).
+    /// Takes away at once the memory of a DIMM the guest never had ([`DimmMemory::detach`],
+    /// then [`DimmMemory::retire`]): the pool never counted it as plugged.
     fn unmap(&mut self, slot: u32, dimm: Dimm) -> Result<(), MapError> {
-        self.detach(slot, dimm)?;
+        self.detach(slot, dimm, false)?;
         self.retire();
         Ok(())
     }
@@ -256,7 +268,7 @@ impl EjectHandler for Ejector {
         self.dimms
             .lock()
             .map_err(|_| MapError::Poisoned("DIMM memory"))?
-            .detach(slot, dimm)?;
+            .detach(slot, dimm, true)?;
         if let Err(e) = self.retire.write(1) {
             // The next hotplug operation retires it instead.
             log::error!(
@@ -292,6 +304,8 @@ pub struct MemoryHotplug {
     timeout: Duration,
     /// Why the VM is stopping, once it is: waits for the guest end, and no operation starts.
     stopping: OnceLock<String>,
+    /// The host memory pool, which grants each hot-add first (`--pool`).
+    pool: Option<Arc<PoolLink>>,
 }
 
 /// What `Vm::new` hands over to build the hotplug side.
@@ -312,6 +326,8 @@ pub struct HotplugParts {
     pub ged: Arc<Ged>,
     /// How long to wait for the guest's answer by default.
     pub timeout: Duration,
+    /// The host memory pool this VM joined (`--pool`).
+    pub pool: Option<Arc<PoolLink>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -351,6 +367,7 @@ impl MemoryHotplug {
             first_kvm_slot: parts.first_kvm_slot,
             kvm_slots: BTreeMap::new(),
             ejected: Vec::new(),
+            pool: parts.pool.clone(),
         }));
         let retire = EventFd::new(libc::EFD_NONBLOCK).map_err(HotplugSetupError::RetireEvent)?;
         let ejector = Ejector {
@@ -374,6 +391,7 @@ impl MemoryHotplug {
             plug_order: Mutex::new(Vec::new()),
             timeout: parts.timeout,
             stopping: OnceLock::new(),
+            pool: parts.pool,
         })
     }
 
@@ -646,12 +664,33 @@ impl MemoryHotplug {
 
     /// Plugs one DIMM of `size` bytes into node `node`, for the guest's next scan (see
     /// [`MemoryHotplug::notify_guest`]). Unless `force`, refuses when the host has less memory
-    /// available than `size`.
+    /// available than `size`; in a host memory pool, refuses (even with `force`) what the
+    /// pool's budget does not grant.
     fn plug(&self, size: u64, node: u32, force: bool) -> Result<Pending, HotplugError> {
         let region = self.check_size(size, node)?;
         if !force {
             self.check_host_memory(size, node)?;
         }
+        let Some(pool) = &self.pool else {
+            return self.map_dimm(size, node, region);
+        };
+        pool.reserve(size).map_err(HotplugError::Pool)?;
+        let plugged = self.map_dimm(size, node, region);
+        match &plugged {
+            Ok(_) => pool.commit(size),
+            Err(_) => pool.cancel(size),
+        }
+        plugged
+    }
+
+    /// Maps a DIMM of `size` bytes in node `node`'s share of the hotplug region (`region`) and
+    /// puts it in a free slot; nothing of it stays behind when that fails.
+    fn map_dimm(
+        &self,
+        size: u64,
+        node: u32,
+        region: HotplugRegion,
+    ) -> Result<Pending, HotplugError> {
         let slot = self
             .controller()?
             .free_slot()

@@ -13,6 +13,7 @@ pub mod layout;
 pub mod memory;
 pub mod numa;
 pub mod options;
+pub mod pool_link;
 pub mod reset_vector;
 pub mod resize_plan;
 pub mod seccomp;

@@ -10,6 +10,7 @@
 //! | `api`, `api-vm-call` | [`ThreadKind::Api`] | the HTTP server and the hotplug calls it makes |
 //! | `console-in` | [`ThreadKind::ConsoleIn`] | stdin to the UART |
 //! | `console-out` | [`ThreadKind::ConsoleOut`] | the UART's output queue to stdout or a file |
+//! | `pool` | [`ThreadKind::Pool`] | calls to the host memory pool's socket (`--pool`) |
 //!
 //! A system call outside the filter raises SIGSYS (`SECCOMP_RET_TRAP`). Its handler writes one
 //! line naming the thread and the system call number to stderr and ends the process with exit
@@ -62,15 +63,17 @@ pub enum ThreadKind {
     Api,
     ConsoleIn,
     ConsoleOut,
+    Pool,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 5] = [
+    pub const ALL: [ThreadKind; 6] = [
         Self::Main,
         Self::Vcpu,
         Self::Api,
         Self::ConsoleIn,
         Self::ConsoleOut,
+        Self::Pool,
     ];
 }
 
@@ -82,6 +85,7 @@ impl std::fmt::Display for ThreadKind {
             Self::Api => "API",
             Self::ConsoleIn => "console input",
             Self::ConsoleOut => "console output",
+            Self::Pool => "pool",
         })
     }
 }
@@ -378,6 +382,30 @@ fn api_rules(rules: &mut Rules) -> Result<(), seccompiler::BackendError> {
     Ok(())
 }
 
+/// The pool thread: one HTTP exchange on a new Unix socket connection to the pool per call,
+/// each on a runtime of its own (an epoll instance and an eventfd to wake it).
+fn pool_rules(rules: &mut Rules) -> Result<(), seccompiler::BackendError> {
+    use libc::*;
+    rules.allow(&EVENT_LOOP);
+    rules.allow(&[
+        SYS_eventfd2,
+        SYS_connect,
+        SYS_getsockopt,
+        SYS_read,
+        SYS_readv,
+        SYS_recvfrom,
+        SYS_recvmsg,
+        SYS_sendto,
+        SYS_sendmsg,
+        SYS_shutdown,
+        SYS_close,
+    ]);
+    rules.allow_arg(SYS_socket, 0, &[int(AF_UNIX)])?;
+    // Each call's tokio runtime hands its I/O driver a duplicate of its epoll descriptor.
+    rules.allow_arg(SYS_fcntl, 1, &[int(F_DUPFD_CLOEXEC)])?;
+    Ok(())
+}
+
 /// The console input thread: waits for and reads stdin (descriptor 0 only), sleeps while the
 /// UART's FIFO is full, and raises the serial interrupt.
 fn console_in_rules(rules: &mut Rules) -> Result<(), seccompiler::BackendError> {
@@ -419,6 +447,7 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
             rules.allow(&[libc::SYS_ftruncate, libc::SYS_lseek]);
             Ok(())
         }
+        ThreadKind::Pool => pool_rules(&mut rules),
     }
     .map_err(build)?;
     rules.compile(kind)
@@ -475,6 +504,7 @@ pub struct Filters {
     pub api: ThreadFilter,
     pub console_in: ThreadFilter,
     pub console_out: ThreadFilter,
+    pub pool: ThreadFilter,
 }
 
 impl Filters {
@@ -485,6 +515,7 @@ impl Filters {
             api: ThreadFilter::new(ThreadKind::Api)?,
             console_in: ThreadFilter::new(ThreadKind::ConsoleIn)?,
             console_out: ThreadFilter::new(ThreadKind::ConsoleOut)?,
+            pool: ThreadFilter::new(ThreadKind::Pool)?,
         })
     }
 }

@@ -47,6 +47,7 @@ use crate::memory::guest::{GuestMemoryLayout, GuestRam, MemoryError};
 use crate::memory::host::HostMemory;
 use crate::memory::ram::GuestMemory;
 use crate::numa;
+use crate::pool_link::PoolLink;
 use crate::reset_vector;
 use crate::seccomp::{self, Filters, SeccompError};
 use crate::serial_output;
@@ -114,6 +115,8 @@ pub enum VmError {
     Signals(#[from] SignalError),
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    #[error(transparent)]
+    Pool(#[from] crate::pool_link::PoolError),
     #[error(transparent)]
     Contain(#[from] ContainError),
 }
@@ -232,6 +235,8 @@ pub struct Vm {
     user: Option<UserIds>,
     /// Made before `run` starts (and confines) any thread; read by its event loop.
     stop_signals: StopSignals,
+    /// The host memory pool the VM joined (`--pool`); dropped last, when it leaves.
+    pool: Option<Arc<PoolLink>>,
 }
 
 /// Why [`Vm::run`] returned.
@@ -262,6 +267,27 @@ impl Vm {
     /// Builds the VM in the order each part needs the ones before: the KVM VM, guest memory,
     /// what the guest boots from, the devices, memory hotplug, the vCPUs.
     pub fn new(config: &VmConfig) -> Result<Self, VmError> {
+        // In a host memory pool, the boot RAM must fit in its budget before any is mapped.
+        let pool = config
+            .pool
+            .as_ref()
+            .map(|options| {
+                let removable: u64 = config
+                    .nodes
+                    .iter()
+                    .filter(|node| node.hotpluggable)
+                    .map(|node| node.memory)
+                    .sum();
+                PoolLink::join(
+                    options,
+                    config.api_socket.as_deref(),
+                    config.memory.size - removable,
+                    removable,
+                    config.memory.hotplug_size,
+                )
+                .map(Arc::new)
+            })
+            .transpose()?;
         let (kvm, vm) = create_kvm_vm(config)?;
         let layout = GuestMemoryLayout::new(config.memory.size);
         // Hotpluggable nodes' boot memory is mapped as DIMMs present from boot, below.
@@ -288,6 +314,7 @@ impl Vm {
             boot_kvm_slots,
             &mut io,
             ged,
+            pool.clone(),
         )?)?);
         hotplug.plug_boot_memory(&removable_ram)?;
         let control = Arc::new(VmHandle::new(
@@ -318,6 +345,7 @@ impl Vm {
             stop_signals: StopSignals::new()?,
             seccomp: config.seccomp,
             user: config.user,
+            pool,
         })
     }
 
@@ -335,6 +363,9 @@ impl Vm {
             }
             SeccompMode::Off => None,
         };
+        if let Some(pool) = &self.pool {
+            pool.confine(filters.as_ref().map(|f| f.pool.clone()));
+        }
         let api_thread_start: tidal_api::ThreadStart = match &filters {
             Some(filters) => {
                 let filter = filters.api.clone();
@@ -540,6 +571,7 @@ fn hotplug_parts(
     first_kvm_slot: u32,
     io: &mut IoManager,
     ged: Arc<Ged>,
+    pool: Option<Arc<PoolLink>>,
 ) -> Result<HotplugParts, VmError> {
     let changed = Arc::new(Condvar::new());
     let controller = Arc::new(Mutex::new(MemoryHotplugController::new(
@@ -571,6 +603,7 @@ fn hotplug_parts(
         changed,
         ged,
         timeout: config.hotplug_timeout,
+        pool,
     })
 }
 
@@ -787,6 +820,7 @@ mod tests {
             serial: SerialMode::Off,
             serial2: SerialMode::Off,
             api_socket: None,
+            pool: None,
             hotplug_timeout: std::time::Duration::from_secs(1),
             seccomp: crate::config::SeccompMode::On,
             user: None,

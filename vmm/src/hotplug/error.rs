@@ -56,6 +56,9 @@ pub enum HotplugError {
     /// The host has less memory available (or fewer free huge pages) than the request adds.
     #[error("{0}")]
     HostShort(String),
+    /// The host memory pool did not grant the DIMM (`--pool`).
+    #[error(transparent)]
+    Pool(crate::pool_link::PoolError),
     #[error(transparent)]
     Map(#[from] MapError),
     #[error(
@@ -131,6 +134,8 @@ impl HotplugError {
                 ErrorKind::NotFound
             }
             Self::HostShort(_) => ErrorKind::HostMemory,
+            Self::Pool(e) if e.is_shortage() => ErrorKind::HostMemory,
+            Self::Pool(_) => ErrorKind::Unavailable,
             Self::Map(e) if e.is_host_shortage() => ErrorKind::HostMemory,
             Self::Busy(_) | Self::NotRemovable { .. } => ErrorKind::Conflict,
             Self::Timeout { .. } => ErrorKind::Timeout,

@@ -1,0 +1,144 @@
+//! The host memory pool's API (`tidal-pool`, docs/pool.md): its request and answer types,
+//! which the pool serves and Tidal's `--pool` and the tests send, and a blocking client.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use crate::client::{ApiClient, ClientError};
+
+/// What a VM tells the pool when it registers (`POST /pool/vms`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub name: String,
+    /// Its API socket, where the pool reaches it.
+    pub socket: PathBuf,
+    /// Its process, whose end releases everything it holds.
+    pub pid: u32,
+    /// The least it is shrunk to for others, and the most it may hold (bytes).
+    pub min: u64,
+    pub max: u64,
+    /// Higher takes from lower.
+    pub priority: i32,
+    /// Its fixed boot RAM, and the DIMMs (or removable boot RAM) it has plugged (bytes).
+    pub boot: u64,
+    pub plugged: u64,
+}
+
+/// The body of a reservation, commit, cancellation or release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SizeRequest {
+    pub size: u64,
+}
+
+/// What `GET /pool` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolView {
+    pub budget: u64,
+    pub held: u64,
+    pub free: u64,
+    pub vms: Vec<PoolVmView>,
+}
+
+/// One VM in [`PoolView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolVmView {
+    pub name: String,
+    pub socket: String,
+    pub pid: u32,
+    pub boot: u64,
+    pub plugged: u64,
+    pub reserved: u64,
+    pub min: u64,
+    pub max: u64,
+    pub priority: i32,
+}
+
+/// What a VM does with part of the pool's budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Takes it for a hot-add.
+    Reserve,
+    /// The reserved hot-add is plugged.
+    Commit,
+    /// The reserved hot-add did not happen.
+    Cancel,
+    /// A DIMM is back with the host.
+    Release,
+}
+
+impl Claim {
+    fn action(self) -> &'static str {
+        match self {
+            Claim::Reserve => "reserve",
+            Claim::Commit => "commit",
+            Claim::Cancel => "cancel",
+            Claim::Release => "release",
+        }
+    }
+}
+
+/// Talks to the pool on one socket, each call bounded by a timeout.
+#[derive(Debug, Clone)]
+pub struct PoolClient {
+    api: ApiClient,
+}
+
+impl PoolClient {
+    pub fn new(socket: impl Into<PathBuf>, timeout: Duration) -> Self {
+        Self {
+            api: ApiClient::new(socket).with_timeout(timeout),
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        self.api.socket()
+    }
+
+    /// `GET /pool`.
+    pub fn show(&self) -> Result<PoolView, ClientError> {
+        let body = self.exchange(Method::GET, "/pool", None)?;
+        serde_json::from_slice(&body).map_err(ClientError::Decode)
+    }
+
+    /// `POST /pool/vms`.
+    pub fn register(&self, registration: &Registration) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(registration).map_err(ClientError::Encode)?;
+        self.exchange(Method::POST, "/pool/vms", Some(body))
+            .map(drop)
+    }
+
+    /// `DELETE /pool/vms/{name}`.
+    pub fn leave(&self, name: &str) -> Result<(), ClientError> {
+        self.exchange(Method::DELETE, &format!("/pool/vms/{name}"), None)
+            .map(drop)
+    }
+
+    /// `PUT /pool/vms/{name}/{reserve|commit|cancel|release}` of `size` bytes.
+    pub fn claim(&self, name: &str, claim: Claim, size: u64) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(&SizeRequest { size }).map_err(ClientError::Encode)?;
+        let path = format!("/pool/vms/{name}/{}", claim.action());
+        self.exchange(Method::PUT, &path, Some(body)).map(drop)
+    }
+
+    fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<hyper::body::Bytes, ClientError> {
+        let answer = self.api.send(method, path, body)?;
+        if answer.status.is_success() {
+            Ok(answer.body)
+        } else {
+            Err(crate::client::api_error(answer.status, &answer.body))
+        }
+    }
+}
+
+/// Whether `error` is the pool's 507: its budget is short.
+pub fn is_shortage(error: &ClientError) -> bool {
+    matches!(error, ClientError::Api { status, .. } if *status == StatusCode::INSUFFICIENT_STORAGE)
+}
