@@ -33,6 +33,29 @@ pub struct SizeRequest {
     pub size: u64,
 }
 
+/// `PUT /pool/move`: `size` bytes from VM `from` to VM `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveRequest {
+    pub from: String,
+    pub to: String,
+    pub size: u64,
+    /// Each VM's `timeout_secs` for its resize (seconds for its guest to answer each DIMM);
+    /// absent: each VM's own default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+/// A move's answer: both VMs' guest RAM after it (their `vm.info`), and how long it took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveReport {
+    pub from: String,
+    pub to: String,
+    pub size: u64,
+    pub from_ram: u64,
+    pub to_ram: u64,
+    pub millis: u64,
+}
+
 /// What `GET /pool` shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolView {
@@ -51,6 +74,8 @@ pub struct PoolVmView {
     pub boot: u64,
     pub plugged: u64,
     pub reserved: u64,
+    /// Set aside for it by a move under way.
+    pub promised: u64,
     pub min: u64,
     pub max: u64,
     pub priority: i32,
@@ -121,6 +146,13 @@ impl PoolClient {
         let body = serde_json::to_vec(&SizeRequest { size }).map_err(ClientError::Encode)?;
         let path = format!("/pool/vms/{name}/{}", claim.action());
         self.exchange(Method::PUT, &path, Some(body)).map(drop)
+    }
+
+    /// `PUT /pool/move`.
+    pub fn move_memory(&self, request: &MoveRequest) -> Result<MoveReport, ClientError> {
+        let body = serde_json::to_vec(request).map_err(ClientError::Encode)?;
+        let answer = self.exchange(Method::PUT, "/pool/move", Some(body))?;
+        serde_json::from_slice(&answer).map_err(ClientError::Decode)
     }
 
     fn exchange(

@@ -44,6 +44,15 @@ pub enum LedgerError {
     BudgetBelowHeld { budget: u64, held: u64 },
     #[error("{vm}: min {min} MiB is above max {max} MiB", min = .min / MIB, max = .max / MIB)]
     Bounds { vm: String, min: u64, max: u64 },
+    #[error(
+        "{vm} would keep {would} MiB, below its min of {min} MiB",
+        would = .would / MIB, min = .min / MIB
+    )]
+    BelowMin { vm: String, would: u64, min: u64 },
+    #[error("{0} is already in a move")]
+    Moving(String),
+    #[error("a move needs two VMs and a size above 0")]
+    BadMove,
 }
 
 /// A registered VM's standing.
@@ -57,12 +66,32 @@ pub struct Member {
     /// When its process started (clock ticks after the host's boot): a pid reused by another
     /// process is not the VM.
     pub started: u64,
+    /// Budget set aside for this VM's hot-adds alone: what a move's donor has given back so far.
+    #[serde(default)]
+    pub promised: u64,
+    /// The move this VM is the donor of: what it releases goes to the receiver's promise.
+    #[serde(default)]
+    pub giving: Option<Giving>,
+}
+
+/// A donor's side of a move under way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Giving {
+    pub to: String,
+    /// Of the move's size, what the donor has yet to give back, and what it already has.
+    pub left: u64,
+    pub given: u64,
 }
 
 impl Member {
-    /// What the VM holds of the budget.
-    pub fn held(&self) -> u64 {
+    /// What the VM has: its boot RAM, its DIMMs and its hot-adds under way.
+    pub fn has(&self) -> u64 {
         self.registration.boot + self.plugged + self.reserved
+    }
+
+    /// What the VM holds of the budget: what it has and what is promised to it.
+    pub fn held(&self) -> u64 {
+        self.has() + self.promised
     }
 }
 
@@ -151,6 +180,8 @@ impl Ledger {
                 plugged,
                 reserved: 0,
                 started,
+                promised: 0,
+                giving: None,
             },
         );
         Ok(())
@@ -163,13 +194,14 @@ impl Ledger {
             .ok_or_else(|| LedgerError::Unknown(name.to_owned()))
     }
 
-    /// Takes `size` bytes from the budget for a hot-add of VM `name`, or refuses with what is
-    /// free; the VM's max bounds it too.
+    /// Takes `size` bytes for a hot-add of VM `name`: first from what is promised to it, then
+    /// from what a move it is giving in has passed on (a donor taking back), then from the free
+    /// budget; or refuses with what is free. The VM's max bounds it too.
     pub fn reserve(&mut self, name: &str, size: u64) -> Result<(), LedgerError> {
         let free = self.free();
         let budget = self.budget;
-        let member = self.member_mut(name)?;
-        let would = member.held() + size;
+        let member = self.member(name)?;
+        let would = member.has() + size;
         if would > member.registration.max {
             return Err(LedgerError::AboveMax {
                 vm: name.to_owned(),
@@ -177,7 +209,16 @@ impl Ledger {
                 max: member.registration.max,
             });
         }
-        if size > free {
+        let promised = member.promised.min(size);
+        let taken_back = match &member.giving {
+            Some(giving) => giving
+                .given
+                .min(size - promised)
+                .min(self.member(&giving.to).map_or(0, |to| to.promised)),
+            None => 0,
+        };
+        let from_free = size - promised - taken_back;
+        if from_free > free {
             return Err(LedgerError::Short {
                 vm: name.to_owned(),
                 asked: size,
@@ -185,6 +226,14 @@ impl Ledger {
                 budget,
             });
         }
+        if let Some(giving) = self.member_mut(name)?.giving.as_mut() {
+            giving.given -= taken_back;
+            giving.left += taken_back;
+            let to = giving.to.clone();
+            self.member_mut(&to)?.promised -= taken_back;
+        }
+        let member = self.member_mut(name)?;
+        member.promised -= promised;
         member.reserved += size;
         Ok(())
     }
@@ -203,10 +252,114 @@ impl Ledger {
         take(&mut member.reserved, size, name, "reserved")
     }
 
-    /// VM `name` gave `size` bytes of DIMMs back, and the host has them.
+    /// VM `name` gave `size` bytes of DIMMs back, and the host has them: free, or promised to
+    /// the receiver of a move it is giving in.
     pub fn release(&mut self, name: &str, size: u64) -> Result<(), LedgerError> {
         let member = self.member_mut(name)?;
-        take(&mut member.plugged, size, name, "plugged")
+        take(&mut member.plugged, size, name, "plugged")?;
+        let Some(giving) = member.giving.as_mut() else {
+            return Ok(());
+        };
+        let passed = giving.left.min(size);
+        giving.left -= passed;
+        giving.given += passed;
+        let to = giving.to.clone();
+        match self.members.get_mut(&to) {
+            Some(receiver) => receiver.promised += passed,
+            None => self.member_mut(name)?.giving = None,
+        }
+        Ok(())
+    }
+
+    /// Starts a move of `size` bytes from VM `from` to VM `to`: both must be in the pool and in
+    /// no other move, `from` must keep its min and `to` stay within its max.
+    pub fn start_move(&mut self, from: &str, to: &str, size: u64) -> Result<(), LedgerError> {
+        if from == to || size == 0 {
+            return Err(LedgerError::BadMove);
+        }
+        let (donor, receiver) = (self.member(from)?, self.member(to)?);
+        for (name, member) in [(from, donor), (to, receiver)] {
+            if member.giving.is_some() || member.promised > 0 || self.giving_to(name) {
+                return Err(LedgerError::Moving(name.to_owned()));
+            }
+        }
+        if donor.plugged < size {
+            return Err(LedgerError::Underflow {
+                vm: from.to_owned(),
+                what: "plugged",
+                has: donor.plugged,
+                asked: size,
+            });
+        }
+        let would = donor.has() - size;
+        if would < donor.registration.min {
+            return Err(LedgerError::BelowMin {
+                vm: from.to_owned(),
+                would,
+                min: donor.registration.min,
+            });
+        }
+        let would = receiver.has() + size;
+        if would > receiver.registration.max {
+            return Err(LedgerError::AboveMax {
+                vm: to.to_owned(),
+                would,
+                max: receiver.registration.max,
+            });
+        }
+        self.member_mut(from)?.giving = Some(Giving {
+            to: to.to_owned(),
+            left: size,
+            given: 0,
+        });
+        Ok(())
+    }
+
+    /// What VM `from`'s move has passed on to its receiver so far (0 when it is in none).
+    pub fn given(&self, from: &str) -> u64 {
+        self.member(from)
+            .ok()
+            .and_then(|m| m.giving.as_ref())
+            .map_or(0, |g| g.given)
+    }
+
+    /// Turns VM `from`'s move around: what its receiver was promised is promised back to it,
+    /// for the hot-add that undoes its shrink.
+    pub fn reverse_move(&mut self, from: &str) -> Result<(), LedgerError> {
+        let Some(giving) = self.member_mut(from)?.giving.take() else {
+            return Ok(());
+        };
+        let promised = self
+            .members
+            .get_mut(&giving.to)
+            .map_or(0, |to| std::mem::take(&mut to.promised));
+        self.member_mut(from)?.promised += promised;
+        Ok(())
+    }
+
+    /// Ends VM `from`'s move, whichever way it went: what is still promised to either VM goes
+    /// back to the free budget.
+    pub fn end_move(&mut self, from: &str, to: &str) {
+        for name in [from, to] {
+            if let Some(member) = self.members.get_mut(name) {
+                member.giving = None;
+                member.promised = 0;
+            }
+        }
+    }
+
+    /// Ends every move (a restarted pool has none under way).
+    pub fn end_moves(&mut self) {
+        for member in self.members.values_mut() {
+            member.giving = None;
+            member.promised = 0;
+        }
+    }
+
+    fn giving_to(&self, name: &str) -> bool {
+        self.members
+            .values()
+            .any(|m| m.giving.as_ref().is_some_and(|g| g.to == name))
     }
 
     fn member_mut(&mut self, name: &str) -> Result<&mut Member, LedgerError> {
@@ -311,6 +464,97 @@ mod tests {
         assert!(ledger.commit("a", 1).is_err());
     }
 
+    #[test]
+    fn a_move_passes_what_the_donor_gives_back_to_the_receiver_alone() {
+        let mut ledger = Ledger::new(4 * GIB);
+        for name in ["a", "b", "c"] {
+            ledger.register(vm(name, GIB, 3 * GIB), 0).expect("fits");
+        }
+        ledger
+            .reserve("a", GIB)
+            .and_then(|()| ledger.commit("a", GIB))
+            .expect("a grows");
+        assert_eq!(ledger.free(), 0);
+        assert_eq!(
+            ledger
+                .start_move("a", "b", 2 * GIB)
+                .expect_err("a has one DIMM")
+                .to_string(),
+            "a has 1024 MiB plugged, not the 2048 MiB given back"
+        );
+        ledger.start_move("a", "b", GIB).expect("a move");
+        assert_eq!(
+            ledger
+                .start_move("c", "b", GIB)
+                .expect_err("b is in a move"),
+            LedgerError::Moving("b".to_owned())
+        );
+        ledger.release("a", GIB).expect("a's DIMM is back");
+        assert_eq!((ledger.given("a"), ledger.free()), (GIB, 0));
+        assert!(matches!(
+            ledger.reserve("c", GIB),
+            Err(LedgerError::Short { .. })
+        ));
+        ledger
+            .reserve("b", GIB)
+            .and_then(|()| ledger.commit("b", GIB))
+            .expect("b grows");
+        ledger.end_move("a", "b");
+        assert_eq!(ledger.member("b").expect("b").plugged, GIB);
+        assert_eq!(ledger.free(), 0);
+    }
+
+    #[test]
+    fn a_reversed_move_promises_the_memory_back_to_its_donor() {
+        let mut ledger = Ledger::new(3 * GIB);
+        ledger.register(vm("a", GIB, 2 * GIB), 0).expect("a fits");
+        ledger.register(vm("b", GIB, 2 * GIB), 0).expect("b fits");
+        ledger
+            .reserve("a", GIB)
+            .and_then(|()| ledger.commit("a", GIB))
+            .expect("a grows");
+        assert_eq!(
+            ledger
+                .start_move("a", "b", GIB)
+                .map(|()| ledger.end_move("a", "b")),
+            Ok(())
+        );
+        assert!(matches!(
+            ledger.start_move("b", "a", GIB),
+            Err(LedgerError::Underflow { .. })
+        ));
+        ledger.start_move("a", "b", GIB).expect("a move");
+        ledger.release("a", GIB).expect("a's DIMM is back");
+        ledger.reverse_move("a").expect("b could not take it");
+        ledger
+            .reserve("a", GIB)
+            .and_then(|()| ledger.commit("a", GIB))
+            .expect("a regrows");
+        ledger.end_move("a", "b");
+        assert_eq!(ledger.free(), 0);
+        assert_eq!(ledger.member("a").expect("a").plugged, GIB);
+    }
+
+    #[test]
+    fn a_donor_taking_back_during_its_move_takes_what_it_passed_on() {
+        let mut ledger = Ledger::new(3 * GIB);
+        ledger.register(vm("a", GIB, 2 * GIB), 0).expect("a fits");
+        ledger.register(vm("b", GIB, 2 * GIB), 0).expect("b fits");
+        ledger
+            .reserve("a", GIB)
+            .and_then(|()| ledger.commit("a", GIB))
+            .expect("a grows");
+        ledger.start_move("a", "b", GIB).expect("a move");
+        ledger.release("a", GIB).expect("a's DIMM is back");
+        // A shrink rolled back re-adds what it removed.
+        ledger.reserve("a", GIB).expect("a takes its GiB back");
+        assert_eq!(
+            (ledger.given("a"), ledger.member("b").expect("b").promised),
+            (0, 0)
+        );
+        assert!(ledger.held() <= ledger.budget());
+    }
+
     #[derive(Debug, Clone)]
     enum Step {
         Reserve(usize, u64),
@@ -319,6 +563,9 @@ mod tests {
         Release(usize, u64),
         Unregister(usize),
         Register(usize, u64),
+        StartMove(usize, usize, u64),
+        ReverseMove(usize),
+        EndMove(usize, usize),
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -330,13 +577,16 @@ mod tests {
             (vm.clone(), size.clone()).prop_map(|(v, s)| Step::Cancel(v, s)),
             (vm.clone(), size.clone()).prop_map(|(v, s)| Step::Release(v, s)),
             vm.clone().prop_map(Step::Unregister),
-            (vm, size).prop_map(|(v, s)| Step::Register(v, s)),
+            (vm.clone(), size.clone()).prop_map(|(v, s)| Step::Register(v, s)),
+            (vm.clone(), vm.clone(), size).prop_map(|(f, t, s)| Step::StartMove(f, t, s)),
+            vm.clone().prop_map(Step::ReverseMove),
+            (vm.clone(), vm).prop_map(|(f, t)| Step::EndMove(f, t)),
         ]
     }
 
     proptest! {
-        /// Whatever VMs ask, in whatever order, the pool never holds more than its budget,
-        /// and a refused step changes nothing.
+        /// Whatever VMs ask and moves do, in whatever order, the pool never holds more than its
+        /// budget, and a refused step changes nothing.
         #[test]
         fn the_budget_is_never_overcommitted(steps in prop::collection::vec(step(), 1..60)) {
             let names = ["a", "b", "c"];
@@ -350,6 +600,12 @@ mod tests {
                     Step::Release(v, s) => ledger.release(names[v], s),
                     Step::Unregister(v) => ledger.unregister(names[v]).map(drop),
                     Step::Register(v, boot) => ledger.register(vm(names[v], boot, 2 * GIB), 0),
+                    Step::StartMove(f, t, s) => ledger.start_move(names[f], names[t], s),
+                    Step::ReverseMove(v) => ledger.reverse_move(names[v]),
+                    Step::EndMove(f, t) => {
+                        ledger.end_move(names[f], names[t]);
+                        Ok(())
+                    }
                 };
                 prop_assert!(ledger.held() <= ledger.budget());
                 if result.is_err() {

@@ -44,7 +44,7 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot create {}: {e}", args.state_dir.display()))?;
     let store = Store::new(&args.state_dir);
     // A kept ledger keeps its budget unless one is given.
-    let ledger = match (store.load().map_err(|e| e.to_string())?, args.budget) {
+    let mut ledger = match (store.load().map_err(|e| e.to_string())?, args.budget) {
         (Some(mut ledger), Some(budget)) => {
             ledger.set_budget(budget).map_err(|e| e.to_string())?;
             ledger
@@ -53,6 +53,8 @@ fn run(args: Args) -> Result<(), String> {
         (None, Some(budget)) => Ledger::new(budget),
         (None, None) => Ledger::new(host_memory()?.saturating_sub(args.reserve)),
     };
+    // A move the pool was in when it stopped ended with it.
+    ledger.end_moves();
     log::info!(
         "budget {} MiB, {} MiB held",
         ledger.budget() >> 20,

@@ -12,9 +12,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use tidal_api::pool::{PoolView, PoolVmView, SizeRequest};
+use tidal_api::pool::{MoveReport, MoveRequest, PoolView, PoolVmView, SizeRequest};
+use tidal_api::ApiClient;
 
 use crate::ledger::{Ledger, LedgerError, Member, Registration};
+use crate::moves::{self, MoveError};
 use crate::process;
 use crate::store::{Store, StoreError};
 
@@ -40,13 +42,63 @@ impl Pool {
 
     /// Applies `change` to the ledger and keeps the result on disk; a change that fails, or
     /// cannot be kept, leaves the ledger as it was.
-    fn change(&self, change: impl FnOnce(&mut Ledger) -> Result<(), LedgerError>) -> Answer {
+    fn apply<T>(
+        &self,
+        change: impl FnOnce(&mut Ledger) -> Result<T, LedgerError>,
+    ) -> Result<T, Refusal> {
         let mut ledger = self.ledger();
         let mut changed = ledger.clone();
-        change(&mut changed)?;
+        let value = change(&mut changed)?;
         self.store.save(&changed)?;
         *ledger = changed;
-        Ok(StatusCode::NO_CONTENT)
+        Ok(value)
+    }
+
+    fn change(&self, change: impl FnOnce(&mut Ledger) -> Result<(), LedgerError>) -> Answer {
+        self.apply(change).map(|()| StatusCode::NO_CONTENT)
+    }
+
+    /// Starts a move in the ledger; returns the clients of its donor's and receiver's APIs.
+    pub fn start_move(
+        &self,
+        from: &str,
+        to: &str,
+        size: u64,
+    ) -> Result<(ApiClient, ApiClient), Refusal> {
+        self.apply(|ledger| {
+            ledger.start_move(from, to, size)?;
+            let socket = |name| {
+                Ok(moves::client(
+                    ledger.member(name)?.registration.socket.clone(),
+                ))
+            };
+            Ok((socket(from)?, socket(to)?))
+        })
+    }
+
+    /// What VM `from`'s move has passed on to its receiver so far.
+    pub fn given(&self, from: &str) -> u64 {
+        self.ledger().given(from)
+    }
+
+    /// Promises back to VM `from` what its move's receiver could not take.
+    pub fn reverse_move(&self, from: &str) {
+        self.keep(|ledger| ledger.reverse_move(from));
+    }
+
+    /// Ends VM `from`'s move to VM `to`.
+    pub fn end_move(&self, from: &str, to: &str) {
+        self.keep(|ledger| {
+            ledger.end_move(from, to);
+            Ok(())
+        });
+    }
+
+    /// [`Pool::apply`] for steps no client waits on: a failure is logged.
+    fn keep(&self, change: impl FnOnce(&mut Ledger) -> Result<(), LedgerError>) {
+        if let Err(e) = self.apply(change) {
+            log::error!("{e}");
+        }
     }
 
     /// Releases everything held by VMs whose process has ended; returns their names.
@@ -86,6 +138,7 @@ fn view(member: &Member) -> PoolVmView {
         boot: r.boot,
         plugged: member.plugged,
         reserved: member.reserved,
+        promised: member.promised,
         min: r.min,
         max: r.max,
         priority: r.priority,
@@ -94,13 +147,16 @@ fn view(member: &Member) -> PoolVmView {
 
 /// Why a request failed, as its answer says.
 #[derive(Debug, thiserror::Error)]
-enum Refusal {
+pub enum Refusal {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]
     BadRequest(String),
+    /// A VM in a move refused or failed.
+    #[error(transparent)]
+    Move(#[from] MoveError),
 }
 
 type Answer = Result<StatusCode, Refusal>;
@@ -110,7 +166,10 @@ impl IntoResponse for Refusal {
         let status = match &self {
             Refusal::Ledger(LedgerError::Short { .. }) => StatusCode::INSUFFICIENT_STORAGE,
             Refusal::Ledger(LedgerError::Unknown(_)) => StatusCode::NOT_FOUND,
-            Refusal::Ledger(LedgerError::Underflow { .. }) => StatusCode::CONFLICT,
+            Refusal::Ledger(LedgerError::Underflow { .. } | LedgerError::Moving(_)) => {
+                StatusCode::CONFLICT
+            }
+            Refusal::Move(_) => StatusCode::CONFLICT,
             Refusal::Ledger(_) | Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
             Refusal::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -128,6 +187,7 @@ pub fn router(pool: Arc<Pool>) -> Router {
         .route("/pool/vms/{name}/commit", put(commit))
         .route("/pool/vms/{name}/cancel", put(cancel))
         .route("/pool/vms/{name}/release", put(release))
+        .route("/pool/move", put(move_memory))
         .with_state(pool)
 }
 
@@ -194,6 +254,19 @@ async fn release(
     Json(request): Json<SizeRequest>,
 ) -> Answer {
     pool.change(|ledger| ledger.release(&name, request.size))
+}
+
+async fn move_memory(
+    State(pool): State<Arc<Pool>>,
+    Json(request): Json<MoveRequest>,
+) -> Result<Json<MoveReport>, Refusal> {
+    let moved = tokio::task::spawn_blocking(move || moves::run(&pool, &request))
+        .await
+        .map_err(|e| Refusal::BadRequest(format!("the move did not finish: {e}")))?;
+    if let Err(e) = &moved {
+        log::info!("move refused: {e}");
+    }
+    moved.map(Json)
 }
 
 /// Serves `pool` on `socket` (a new socket file, mode 0600) until SIGTERM or SIGINT, sweeping

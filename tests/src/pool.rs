@@ -6,13 +6,15 @@ use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tidal_api::pool::{PoolClient, PoolView};
-use tidal_api::ApiClient;
+use tidal_api::pool::{MoveReport, MoveRequest, PoolClient, PoolView};
+use tidal_api::{ApiClient, ClientError};
 
 use crate::tidal_binary;
 
 /// How long a call to the pool may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// A move waits for two guests, one of which may be migrating data under emulation.
+const MOVE_TIMEOUT: Duration = Duration::from_secs(900);
 
 pub struct PoolDaemon {
     dir: PathBuf,
@@ -59,6 +61,11 @@ impl PoolDaemon {
 
     pub fn client(&self) -> PoolClient {
         PoolClient::new(self.socket(), CALL_TIMEOUT)
+    }
+
+    /// `PUT /pool/move`, waiting as long as the VMs' guests may take.
+    pub fn move_memory(&self, request: &MoveRequest) -> Result<MoveReport, ClientError> {
+        PoolClient::new(self.socket(), MOVE_TIMEOUT).move_memory(request)
     }
 
     pub fn show(&self) -> PoolView {

@@ -2,8 +2,10 @@
 //! whose maxima add up to more than the pool's budget race to grow, and what the pool grants,
 //! the VMs' own answers and the host's mappings all stay within the budget.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use tidal_api::pool::MoveRequest;
 use tidal_api::ClientError;
 use tidal_tests::elastic::{guest_ram_mappings, ElasticVm};
 use tidal_tests::pool::PoolDaemon;
@@ -30,6 +32,14 @@ fn wait_for_free(pool: &PoolDaemon, free: u64, why: &str) {
     }
 }
 
+/// A VM of [`BOOT`] RAM and a 2 GiB hotplug region in the pool on `socket`, as `name`.
+fn pooled_vm(socket: &Path, name: &str) -> ElasticVm {
+    let guest = Guest::new()
+        .arg("--pool")
+        .arg(format!("socket={},name={name}", socket.display()));
+    ElasticVm::boot(guest, "size=512M,hotplug_size=2G")
+}
+
 #[test]
 fn vms_in_a_pool_never_hold_more_than_its_budget_and_a_race_has_one_winner() {
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -37,12 +47,7 @@ fn vms_in_a_pool_never_hold_more_than_its_budget_and_a_race_has_one_winner() {
     let socket = pool.socket();
     let mut vms: Vec<ElasticVm> = ["a", "b", "c"]
         .into_iter()
-        .map(|name| {
-            let guest = Guest::new()
-                .arg("--pool")
-                .arg(format!("socket={},name={name}", socket.display()));
-            ElasticVm::boot(guest, "size=512M,hotplug_size=2G")
-        })
+        .map(|name| pooled_vm(&socket, name))
         .collect();
     let shown = pool.show();
     assert_eq!(shown.held, 3 * BOOT, "{shown:?}");
@@ -106,4 +111,75 @@ fn vms_in_a_pool_never_hold_more_than_its_budget_and_a_race_has_one_winner() {
     // Those that powered off are gone from it too.
     wait_for_free(&pool, BUDGET, "after the VMs powered off");
     assert!(pool.show().vms.is_empty());
+}
+
+/// A move of 1 GiB from a VM holding data to another, with the pool's budget spent: the donor's
+/// guest loses exactly the GiB and keeps its data, the receiver's gains it, and no other VM
+/// could have taken it meanwhile. A move whose donor's guest refuses the eject changes nothing
+/// for either VM, and one that would take a VM below its min is refused before it starts.
+#[test]
+fn a_move_shifts_a_gib_between_guests_and_a_refused_one_changes_nothing() {
+    const BUDGET: u64 = 2 * BOOT + GIB;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let pool = PoolDaemon::start(dir.path(), &format!("{}M", BUDGET >> 20));
+    let socket = pool.socket();
+    let mut a = pooled_vm(&socket, "a");
+    let mut b = pooled_vm(&socket, "b");
+    a.resize(BOOT + GIB);
+    assert_eq!(pool.show().free, 0);
+    let written = a.fill(256);
+    let (a_total, b_total) = (a.memtotal_kib(), b.memtotal_kib());
+
+    let request = |from: &str, to: &str| MoveRequest {
+        from: from.to_owned(),
+        to: to.to_owned(),
+        size: GIB,
+        timeout_secs: Some(600),
+    };
+    let report = pool
+        .move_memory(&request("a", "b"))
+        .unwrap_or_else(|e| panic!("the move failed: {e}\n{}", pool.log()));
+    println!("moved 1 GiB from a to b in {} ms", report.millis);
+    assert_eq!((report.from_ram, report.to_ram), (BOOT, BOOT + GIB));
+    assert_eq!(a_total - a.memtotal_kib(), GIB / 1024, "a's MemTotal");
+    assert_eq!(b.memtotal_kib() - b_total, GIB / 1024, "b's MemTotal");
+    assert_eq!(a.fill_checksum(), written, "a's data after the move");
+    let shown = pool.show();
+    let plugged: Vec<(u64, u64)> = shown.vms.iter().map(|v| (v.plugged, v.promised)).collect();
+    assert_eq!(plugged, [(0, 0), (GIB, 0)], "{shown:?}");
+    assert_eq!(shown.free, 0, "{shown:?}");
+    let mapped: u64 = [&a, &b]
+        .iter()
+        .map(|vm| guest_ram_mappings(vm.guest.pid()).iter().sum::<u64>())
+        .sum();
+    assert_eq!(mapped, BUDGET, "the VMs' guest RAM mappings on the host");
+
+    // b's guest refuses every eject: moving its GiB back fails and changes nothing.
+    b.guest
+        .run_ok("echo 0 > /sys/firmware/acpi/hotplug/memory/enabled");
+    let (a_total, b_total) = (a.memtotal_kib(), b.memtotal_kib());
+    match pool.move_memory(&request("b", "a")) {
+        Err(ClientError::Api { status, message }) => {
+            assert_eq!(status.as_u16(), 409, "{message}");
+            assert!(
+                message.starts_with("b did not shrink by 1024 MiB: ")
+                    && message.ends_with("; nothing moved"),
+                "{message}"
+            );
+        }
+        other => panic!("a move whose donor refuses should fail: {other:?}"),
+    }
+    assert_eq!((a.memtotal_kib(), b.memtotal_kib()), (a_total, b_total));
+    assert_eq!(pool.show(), shown, "the pool after the refused move");
+
+    // a is at its min (its boot RAM): it has nothing to give.
+    let (status, message) = pool.call(
+        "PUT",
+        "/pool/move",
+        Some(serde_json::json!({"from": "a", "to": "b", "size": GIB})),
+    );
+    assert_eq!(status, 409, "{message}");
+    assert!(message.contains("a has 0 MiB plugged"), "{message}");
+    assert_eq!(pool.show(), shown);
+    assert_eq!(a.fill_checksum(), written, "a's data at the end");
 }

@@ -98,6 +98,7 @@ fn kind_name(kind: ThreadKind) -> &'static str {
         ThreadKind::Api => "api",
         ThreadKind::ConsoleIn => "console-in",
         ThreadKind::ConsoleOut => "console-out",
+        ThreadKind::Pool => "pool",
     }
 }
 
@@ -459,6 +460,7 @@ fn vmm_case() {
             changed,
             ged: Arc::new(Ged::new(EventFdTrigger::new().unwrap())),
             timeout: Duration::from_secs(20),
+            pool: None,
         })
         .unwrap(),
     );
