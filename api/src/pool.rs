@@ -56,6 +56,31 @@ pub struct MoveReport {
     pub millis: u64,
 }
 
+/// `PUT /pool/vms/{name}`: the guest RAM a VM is to have, taken from VMs of lower priority
+/// when the budget is short.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredRam {
+    pub desired_ram: u64,
+    /// As in [`MoveRequest`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+/// The answer to [`DesiredRam`]: the VM's guest RAM now, and who gave what of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resized {
+    pub name: String,
+    pub ram: u64,
+    pub taken: Vec<Taken>,
+}
+
+/// What one VM of lower priority gave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Taken {
+    pub from: String,
+    pub size: u64,
+}
+
 /// What `GET /pool` shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolView {
@@ -152,6 +177,13 @@ impl PoolClient {
     pub fn move_memory(&self, request: &MoveRequest) -> Result<MoveReport, ClientError> {
         let body = serde_json::to_vec(request).map_err(ClientError::Encode)?;
         let answer = self.exchange(Method::PUT, "/pool/move", Some(body))?;
+        serde_json::from_slice(&answer).map_err(ClientError::Decode)
+    }
+
+    /// `PUT /pool/vms/{name}`.
+    pub fn set_ram(&self, name: &str, request: &DesiredRam) -> Result<Resized, ClientError> {
+        let body = serde_json::to_vec(request).map_err(ClientError::Encode)?;
+        let answer = self.exchange(Method::PUT, &format!("/pool/vms/{name}"), Some(body))?;
         serde_json::from_slice(&answer).map_err(ClientError::Decode)
     }
 

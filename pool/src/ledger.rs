@@ -11,6 +11,9 @@ pub use tidal_api::pool::Registration;
 
 const MIB: u64 = 1 << 20;
 
+/// Tidal's memory block: a VM shrinks by whole blocks.
+pub const BLOCK: u64 = 128 * MIB;
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum LedgerError {
     #[error(
@@ -51,6 +54,12 @@ pub enum LedgerError {
     BelowMin { vm: String, would: u64, min: u64 },
     #[error("{0} is already in a move")]
     Moving(String),
+    #[error(
+        "{vm} needs {short} MiB more than the pool has free, and VMs of lower priority can give \
+         only {can} MiB above their min; nobody was shrunk",
+        short = .short / MIB, can = .can / MIB
+    )]
+    NoDonors { vm: String, short: u64, can: u64 },
     #[error("a move needs two VMs and a size above 0")]
     BadMove,
 }
@@ -356,6 +365,44 @@ impl Ledger {
         }
     }
 
+    /// Who gives what so that VM `name` can take `short` bytes more than is free: VMs of lower
+    /// priority than it, above their min, lowest priority first and, of equal priority, the
+    /// cheapest (least `cost`, the memory a guest would migrate) first, each giving whole
+    /// blocks of its DIMMs. Refused, with what they could give, when they cannot give enough.
+    pub fn donors_for(
+        &self,
+        name: &str,
+        short: u64,
+        cost: impl Fn(&Member) -> u64,
+    ) -> Result<Vec<(String, u64)>, LedgerError> {
+        let priority = self.member(name)?.registration.priority;
+        let mut candidates: Vec<(&String, &Member)> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.registration.priority < priority && m.giving.is_none())
+            .collect();
+        candidates.sort_by_key(|(_, m)| (m.registration.priority, cost(m)));
+        let mut left = short;
+        let mut donors = Vec::new();
+        for (donor, member) in candidates {
+            let spare = member.has().saturating_sub(member.registration.min);
+            let can = spare.min(member.plugged) / BLOCK * BLOCK;
+            let gives = can.min(left.div_ceil(BLOCK) * BLOCK);
+            if gives > 0 {
+                donors.push((donor.clone(), gives));
+                left = left.saturating_sub(gives);
+            }
+            if left == 0 {
+                return Ok(donors);
+            }
+        }
+        Err(LedgerError::NoDonors {
+            vm: name.to_owned(),
+            short,
+            can: short - left,
+        })
+    }
+
     fn giving_to(&self, name: &str) -> bool {
         self.members
             .values()
@@ -553,6 +600,51 @@ mod tests {
             (0, 0)
         );
         assert!(ledger.held() <= ledger.budget());
+    }
+
+    #[test]
+    fn donors_are_the_lowest_priority_then_the_cheapest_above_their_min() {
+        let mut ledger = Ledger::new(8 * GIB);
+        for (name, priority, plugged) in [
+            ("lo", 0, GIB),
+            ("lo2", 0, GIB),
+            ("mid", 1, GIB),
+            ("hi", 2, 0),
+        ] {
+            let registration = Registration {
+                priority,
+                plugged,
+                ..vm(name, GIB, 4 * GIB)
+            };
+            ledger.register(registration, 0).expect("fits");
+        }
+        // lo2 is the cheaper of the two lowest.
+        let cost = |m: &Member| u64::from(m.registration.name != "lo2");
+        let plan = |short| ledger.donors_for("hi", short, cost);
+        assert_eq!(plan(GIB / 2), Ok(vec![("lo2".to_owned(), GIB / 2)]));
+        assert_eq!(
+            plan(GIB + 100 * MIB),
+            Ok(vec![("lo2".to_owned(), GIB), ("lo".to_owned(), BLOCK)])
+        );
+        assert_eq!(
+            plan(3 * GIB).map(|d| d.len()),
+            Ok(3),
+            "mid, of lower priority than hi, gives last"
+        );
+        assert_eq!(
+            plan(3 * GIB + 1)
+                .expect_err("hi asks for more than all can give")
+                .to_string(),
+            "hi needs 3072 MiB more than the pool has free, and VMs of lower priority can give \
+             only 3072 MiB above their min; nobody was shrunk"
+        );
+        assert!(
+            matches!(
+                ledger.donors_for("lo", BLOCK, cost),
+                Err(LedgerError::NoDonors { can: 0, .. })
+            ),
+            "nobody is below the lowest priority"
+        );
     }
 
     #[derive(Debug, Clone)]

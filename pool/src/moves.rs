@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tidal_api::pool::{MoveReport, MoveRequest};
+use tidal_api::pool::{DesiredRam, MoveReport, MoveRequest, Resized, Taken};
 use tidal_api::{ApiClient, ClientError, ResizeRequest, MAX_TIMEOUT_SECS};
 
 use crate::server::{Pool, Refusal};
@@ -23,6 +23,8 @@ const RELEASE_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MoveError {
+    #[error("{vm}: {error}")]
+    Vm { vm: String, error: ClientError },
     #[error("{vm} did not shrink by {} MiB: {error}; nothing moved", .size / MIB)]
     Donor {
         vm: String,
@@ -38,6 +40,13 @@ pub enum MoveError {
         to: String,
         size: u64,
         released: u64,
+    },
+    #[error("{vm} did not reach {} MiB: {error}{}", .ram / MIB, moved_before(.taken))]
+    Grow {
+        vm: String,
+        ram: u64,
+        error: Box<Refusal>,
+        taken: Vec<Taken>,
     },
     #[error("{vm} did not grow by {} MiB: {error}; {back}", .size / MIB)]
     Receiver {
@@ -74,6 +83,77 @@ pub fn run(pool: &Arc<Pool>, request: &MoveRequest) -> Result<MoveReport, Refusa
         from_ram,
         to_ram,
         millis: started.elapsed().as_millis().try_into().unwrap_or(u64::MAX),
+    })
+}
+
+/// What moved before a grow failed, as its error says it.
+fn moved_before(taken: &[Taken]) -> String {
+    let moved: Vec<String> = taken
+        .iter()
+        .map(|t| format!("{} MiB from {}", t.size / MIB, t.from))
+        .collect();
+    if moved.is_empty() {
+        String::new()
+    } else {
+        format!(" (before that, {} moved to it)", moved.join(" and "))
+    }
+}
+
+/// Resizes VM `name` to `request`'s RAM; what the free budget lacks is moved to it from VMs of
+/// lower priority ([`crate::ledger::Ledger::donors_for`]), each in a move of its own; when they
+/// cannot give enough, nobody is shrunk. Blocking.
+pub fn set_ram(pool: &Arc<Pool>, name: &str, request: &DesiredRam) -> Result<Resized, Refusal> {
+    let DesiredRam {
+        desired_ram,
+        timeout_secs,
+    } = *request;
+    let vm = pool.vm_client(name)?;
+    let failed = |error: Refusal, taken: &[Taken]| MoveError::Grow {
+        vm: name.to_owned(),
+        ram: desired_ram,
+        error: Box::new(error),
+        taken: taken.to_vec(),
+    };
+    let vm_failed = |error| {
+        failed(
+            MoveError::Vm {
+                vm: name.to_owned(),
+                error,
+            }
+            .into(),
+            &[],
+        )
+    };
+    let now = ram(&vm).map_err(vm_failed)?;
+    let donors = pool.donors_for(name, desired_ram.saturating_sub(now))?;
+    let mut taken = Vec::new();
+    for (from, size) in donors {
+        let request = MoveRequest {
+            from: from.clone(),
+            to: name.to_owned(),
+            size,
+            timeout_secs,
+        };
+        run(pool, &request).map_err(|e| failed(e, &taken))?;
+        taken.push(Taken { from, size });
+    }
+    let resized = vm.resize(&ResizeRequest {
+        desired_ram: Some(desired_ram),
+        timeout_secs,
+        wait: true,
+        ..ResizeRequest::default()
+    });
+    resized.map_err(|error| {
+        let error = MoveError::Vm {
+            vm: name.to_owned(),
+            error,
+        };
+        failed(error.into(), &taken)
+    })?;
+    Ok(Resized {
+        name: name.to_owned(),
+        ram: desired_ram,
+        taken,
     })
 }
 

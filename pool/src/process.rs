@@ -13,6 +13,19 @@ pub fn is_running(pid: u32, started: u64) -> bool {
     start_time(pid) == Some(started)
 }
 
+/// What process `pid` has resident (bytes), 0 when it cannot be read.
+pub fn resident(pid: u32) -> u64 {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf reads a constant of the system.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * u64::try_from(page).unwrap_or(4096)
+}
+
 /// Field 22 of a `/proc/PID/stat` text; the name in field 2 may hold spaces and parentheses,
 /// so fields are counted after its last `)` (where field 3 begins).
 fn parse_start_time(stat: &str) -> Option<u64> {

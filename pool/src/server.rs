@@ -12,7 +12,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use tidal_api::pool::{MoveReport, MoveRequest, PoolView, PoolVmView, SizeRequest};
+use tidal_api::pool::{
+    DesiredRam, MoveReport, MoveRequest, PoolView, PoolVmView, Resized, SizeRequest,
+};
 use tidal_api::ApiClient;
 
 use crate::ledger::{Ledger, LedgerError, Member, Registration};
@@ -74,6 +76,25 @@ impl Pool {
             };
             Ok((socket(from)?, socket(to)?))
         })
+    }
+
+    /// The API client of VM `name`.
+    pub fn vm_client(&self, name: &str) -> Result<ApiClient, Refusal> {
+        let ledger = self.ledger();
+        Ok(moves::client(
+            ledger.member(name)?.registration.socket.clone(),
+        ))
+    }
+
+    /// Who gives what for VM `name` to grow by `size` (nobody while the free budget has it).
+    pub fn donors_for(&self, name: &str, size: u64) -> Result<Vec<(String, u64)>, Refusal> {
+        let ledger = self.ledger();
+        let short = size.saturating_sub(ledger.free());
+        if short == 0 {
+            return Ok(Vec::new());
+        }
+        let cost = |m: &Member| process::resident(m.registration.pid);
+        Ok(ledger.donors_for(name, short, cost)?)
     }
 
     /// What VM `from`'s move has passed on to its receiver so far.
@@ -164,7 +185,9 @@ type Answer = Result<StatusCode, Refusal>;
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let status = match &self {
-            Refusal::Ledger(LedgerError::Short { .. }) => StatusCode::INSUFFICIENT_STORAGE,
+            Refusal::Ledger(LedgerError::Short { .. } | LedgerError::NoDonors { .. }) => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
             Refusal::Ledger(LedgerError::Unknown(_)) => StatusCode::NOT_FOUND,
             Refusal::Ledger(LedgerError::Underflow { .. } | LedgerError::Moving(_)) => {
                 StatusCode::CONFLICT
@@ -182,7 +205,10 @@ pub fn router(pool: Arc<Pool>) -> Router {
     Router::new()
         .route("/pool", get(show))
         .route("/pool/vms", post(register))
-        .route("/pool/vms/{name}", axum::routing::delete(unregister))
+        .route(
+            "/pool/vms/{name}",
+            axum::routing::delete(unregister).put(set_ram),
+        )
         .route("/pool/vms/{name}/reserve", put(reserve))
         .route("/pool/vms/{name}/commit", put(commit))
         .route("/pool/vms/{name}/cancel", put(cancel))
@@ -254,6 +280,20 @@ async fn release(
     Json(request): Json<SizeRequest>,
 ) -> Answer {
     pool.change(|ledger| ledger.release(&name, request.size))
+}
+
+async fn set_ram(
+    State(pool): State<Arc<Pool>>,
+    UrlPath(name): UrlPath<String>,
+    Json(request): Json<DesiredRam>,
+) -> Result<Json<Resized>, Refusal> {
+    let resized = tokio::task::spawn_blocking(move || moves::set_ram(&pool, &name, &request))
+        .await
+        .map_err(|e| Refusal::BadRequest(format!("the resize did not finish: {e}")))?;
+    if let Err(e) = &resized {
+        log::info!("resize refused: {e}");
+    }
+    resized.map(Json)
 }
 
 async fn move_memory(

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tidal_api::pool::{MoveReport, MoveRequest, PoolClient, PoolView};
+use tidal_api::pool::{DesiredRam, MoveReport, MoveRequest, PoolClient, PoolView, Resized};
 use tidal_api::{ApiClient, ClientError};
 
 use crate::tidal_binary;
@@ -66,6 +66,11 @@ impl PoolDaemon {
     /// `PUT /pool/move`, waiting as long as the VMs' guests may take.
     pub fn move_memory(&self, request: &MoveRequest) -> Result<MoveReport, ClientError> {
         PoolClient::new(self.socket(), MOVE_TIMEOUT).move_memory(request)
+    }
+
+    /// `PUT /pool/vms/{name}`, waiting as a move does.
+    pub fn set_ram(&self, name: &str, request: &DesiredRam) -> Result<Resized, ClientError> {
+        PoolClient::new(self.socket(), MOVE_TIMEOUT).set_ram(name, request)
     }
 
     pub fn show(&self) -> PoolView {

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tidal_api::pool::MoveRequest;
+use tidal_api::pool::{DesiredRam, MoveRequest, Taken};
 use tidal_api::ClientError;
 use tidal_tests::elastic::{guest_ram_mappings, ElasticVm};
 use tidal_tests::pool::PoolDaemon;
@@ -34,9 +34,14 @@ fn wait_for_free(pool: &PoolDaemon, free: u64, why: &str) {
 
 /// A VM of [`BOOT`] RAM and a 2 GiB hotplug region in the pool on `socket`, as `name`.
 fn pooled_vm(socket: &Path, name: &str) -> ElasticVm {
-    let guest = Guest::new()
-        .arg("--pool")
-        .arg(format!("socket={},name={name}", socket.display()));
+    pooled_vm_of_priority(socket, name, 0)
+}
+
+fn pooled_vm_of_priority(socket: &Path, name: &str, priority: i32) -> ElasticVm {
+    let guest = Guest::new().arg("--pool").arg(format!(
+        "socket={},name={name},priority={priority}",
+        socket.display()
+    ));
     ElasticVm::boot(guest, "size=512M,hotplug_size=2G")
 }
 
@@ -182,4 +187,62 @@ fn a_move_shifts_a_gib_between_guests_and_a_refused_one_changes_nothing() {
     assert!(message.contains("a has 0 MiB plugged"), "{message}");
     assert_eq!(pool.show(), shown);
     assert_eq!(a.fill_checksum(), written, "a's data at the end");
+}
+
+/// Priorities: with the budget spent, the VM of highest priority grows by taking from the VM
+/// of lowest priority above its min (not from the one of middle priority); a grow that would
+/// need a VM below its min is refused with 507 and nobody shrunk.
+#[test]
+fn a_vm_of_higher_priority_grows_at_the_expense_of_the_lowest_above_its_min() {
+    const BUDGET: u64 = 3 * BOOT + GIB;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let pool = PoolDaemon::start(dir.path(), &format!("{}M", BUDGET >> 20));
+    let socket = pool.socket();
+    let mut lo = pooled_vm_of_priority(&socket, "lo", 0);
+    let mut mid = pooled_vm_of_priority(&socket, "mid", 1);
+    let mut hi = pooled_vm_of_priority(&socket, "hi", 2);
+    lo.resize(BOOT + GIB / 2);
+    mid.resize(BOOT + GIB / 2);
+    assert_eq!(pool.show().free, 0);
+    let totals = |vms: [&mut ElasticVm; 3]| vms.map(|vm| vm.memtotal_kib());
+    let before = totals([&mut lo, &mut mid, &mut hi]);
+
+    let grow = |ram| DesiredRam {
+        desired_ram: ram,
+        timeout_secs: Some(600),
+    };
+    let resized = pool
+        .set_ram("hi", &grow(BOOT + GIB / 2))
+        .unwrap_or_else(|e| panic!("hi did not grow: {e}\n{}", pool.log()));
+    assert_eq!(
+        resized.taken,
+        [Taken {
+            from: "lo".to_owned(),
+            size: GIB / 2
+        }]
+    );
+    let after = totals([&mut lo, &mut mid, &mut hi]);
+    let half = GIB / 2 / 1024;
+    assert_eq!(
+        after,
+        [before[0] - half, before[1], before[2] + half],
+        "lo, mid and hi's MemTotal"
+    );
+    let shown = pool.show();
+    assert_eq!(shown.free, 0, "{shown:?}");
+
+    // Another GiB for hi: lo is at its min and mid has only half a GiB above its own.
+    match pool.set_ram("hi", &grow(BOOT + 3 * GIB / 2)) {
+        Err(ClientError::Api { status, message }) => {
+            assert_eq!(status.as_u16(), 507, "{message}");
+            assert_eq!(
+                message,
+                "hi needs 1024 MiB more than the pool has free, and VMs of lower priority can \
+                 give only 512 MiB above their min; nobody was shrunk"
+            );
+        }
+        other => panic!("hi should be refused: {other:?}"),
+    }
+    assert_eq!(totals([&mut lo, &mut mid, &mut hi]), after);
+    assert_eq!(pool.show(), shown);
 }
