@@ -204,6 +204,7 @@ impl IntoResponse for Refusal {
 pub fn router(pool: Arc<Pool>) -> Router {
     Router::new()
         .route("/pool", get(show))
+        .route("/metrics", get(metrics))
         .route("/pool/vms", post(register))
         .route(
             "/pool/vms/{name}",
@@ -217,14 +218,29 @@ pub fn router(pool: Arc<Pool>) -> Router {
         .with_state(pool)
 }
 
+impl Pool {
+    /// What `GET /pool` shows.
+    pub fn view(&self) -> PoolView {
+        let ledger = self.ledger();
+        PoolView {
+            budget: ledger.budget(),
+            held: ledger.held(),
+            free: ledger.free(),
+            vms: ledger.members().map(|(_, m)| view(m)).collect(),
+        }
+    }
+}
+
 async fn show(State(pool): State<Arc<Pool>>) -> Json<PoolView> {
-    let ledger = pool.ledger();
-    Json(PoolView {
-        budget: ledger.budget(),
-        held: ledger.held(),
-        free: ledger.free(),
-        vms: ledger.members().map(|(_, m)| view(m)).collect(),
-    })
+    Json(pool.view())
+}
+
+async fn metrics(State(pool): State<Arc<Pool>>) -> impl IntoResponse {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    (
+        [(axum::http::header::CONTENT_TYPE, content_type)],
+        crate::metrics::render(&pool.view()),
+    )
 }
 
 async fn register(State(pool): State<Arc<Pool>>, Json(vm): Json<Registration>) -> Answer {

@@ -162,3 +162,48 @@ fn the_ledger_outlives_the_daemon() {
     );
     vm.end();
 }
+
+/// `GET /metrics`, read by a Prometheus text parser, shows what `GET /pool` shows.
+#[test]
+fn the_metrics_show_what_the_pool_shows() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (a, b) = (VmProcess::start(), VmProcess::start());
+    let pool = PoolDaemon::start(dir.path(), "4G");
+    assert_eq!(register(&pool, "a", a.id(), GIB).0, 204);
+    assert_eq!(register(&pool, "b", b.id(), 512 << 20).0, 204);
+    let (status, body) = pool.call(
+        "PUT",
+        "/pool/vms/a/reserve",
+        Some(serde_json::json!({ "size": GIB })),
+    );
+    assert_eq!(status, 204, "{body}");
+    let (status, text) = pool.call("GET", "/metrics", None);
+    assert_eq!(status, 200, "{text}");
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("a Prometheus text");
+    let value = |name: &str, vm: Option<&str>| -> u64 {
+        let sample = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get("vm") == vm)
+            .unwrap_or_else(|| panic!("no {name} for {vm:?} in\n{text}"));
+        match sample.value {
+            // Byte counts below 2^53 are exact in the parser's f64, and print as whole numbers.
+            prometheus_parse::Value::Gauge(v) => v.to_string().parse().expect("a whole number"),
+            ref other => panic!("{name} is not a gauge: {other:?}"),
+        }
+    };
+    let shown = pool.show();
+    assert_eq!(value("tidal_pool_budget_bytes", None), shown.budget);
+    assert_eq!(value("tidal_pool_held_bytes", None), shown.held);
+    assert_eq!(value("tidal_pool_free_bytes", None), shown.free);
+    for vm in &shown.vms {
+        let name = Some(vm.name.as_str());
+        assert_eq!(value("tidal_pool_vm_boot_bytes", name), vm.boot);
+        assert_eq!(value("tidal_pool_vm_reserved_bytes", name), vm.reserved);
+        assert_eq!(value("tidal_pool_vm_plugged_bytes", name), vm.plugged);
+        assert_eq!(value("tidal_pool_vm_max_bytes", name), vm.max);
+    }
+    assert_eq!(shown.held, 5 * GIB / 2);
+    pool.stop();
+}
