@@ -357,6 +357,17 @@ impl Ledger {
         }
     }
 
+    /// Makes VM `name`'s DIMMs what its Tidal says it has (`ram`, its guest RAM now), with no
+    /// hot-add under way: the VMs are the truth after the pool was down. Returns what the
+    /// ledger had and has now (boot RAM and DIMMs).
+    pub fn reconcile(&mut self, name: &str, ram: u64) -> Result<(u64, u64), LedgerError> {
+        let member = self.member_mut(name)?;
+        let had = member.has();
+        member.plugged = ram.saturating_sub(member.registration.boot);
+        member.reserved = 0;
+        Ok((had, member.has()))
+    }
+
     /// Ends every move (a restarted pool has none under way).
     pub fn end_moves(&mut self) {
         for member in self.members.values_mut() {

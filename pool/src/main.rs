@@ -3,9 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use tidal_api::size::parse_size;
+use tidal_api::ApiClient;
 use tidal_pool::ledger::Ledger;
 use tidal_pool::server::{serve, Pool};
 use tidal_pool::store::Store;
@@ -55,6 +57,8 @@ fn run(args: Args) -> Result<(), String> {
     };
     // A move the pool was in when it stopped ended with it.
     ledger.end_moves();
+    reconcile(&mut ledger);
+    store.save(&ledger).map_err(|e| e.to_string())?;
     log::info!(
         "budget {} MiB, {} MiB held",
         ledger.budget() >> 20,
@@ -70,6 +74,39 @@ fn run(args: Args) -> Result<(), String> {
     runtime
         .block_on(serve(pool, &args.socket))
         .map_err(|e| format!("cannot serve {}: {e}", args.socket.display()))
+}
+
+/// How long a VM's Tidal may take to answer `vm.info` when the pool starts.
+const INFO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Asks each VM in a kept ledger what it has: a release or a refused hot-add while the pool
+/// was down made the ledger stale, and the VMs are the truth. A VM that does not answer keeps
+/// what the ledger says (one that has ended is released by the sweep).
+fn reconcile(ledger: &mut Ledger) {
+    let vms: Vec<(String, std::path::PathBuf)> = ledger
+        .members()
+        .map(|(name, m)| (name.clone(), m.registration.socket.clone()))
+        .collect();
+    for (name, socket) in vms {
+        let info = ApiClient::new(&socket).with_timeout(INFO_TIMEOUT).info();
+        match info.map(|info| ledger.reconcile(&name, info.memory_actual_size)) {
+            Ok(Ok((had, has))) if had != has => log::info!(
+                "{name}: {} MiB by its own account, not the {} MiB the ledger had",
+                has >> 20,
+                had >> 20
+            ),
+            Ok(_) => {}
+            Err(e) => log::warn!("{name}: kept as the ledger has it: {e}"),
+        }
+    }
+    if ledger.held() > ledger.budget() {
+        log::warn!(
+            "the VMs hold {} MiB, above the budget of {} MiB: nothing more is granted until \
+             they give back",
+            ledger.held() >> 20,
+            ledger.budget() >> 20
+        );
+    }
 }
 
 /// The host's MemTotal, in bytes.

@@ -96,6 +96,12 @@ impl PoolDaemon {
         std::fs::read_to_string(self.dir.join("pool.log")).unwrap_or_default()
     }
 
+    /// Kills the daemon (SIGKILL): it leaves what it had on disk, as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stops the daemon with SIGTERM; panics unless it ends with status 0.
     pub fn stop(mut self) {
         // SAFETY: kill(2) on the pid of a child this value owns and has not reaped.

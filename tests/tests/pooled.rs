@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tidal_api::pool::{DesiredRam, MoveRequest, Taken};
-use tidal_api::ClientError;
+use tidal_api::{ClientError, ResizeRequest};
 use tidal_tests::elastic::{guest_ram_mappings, ElasticVm};
 use tidal_tests::pool::PoolDaemon;
 use tidal_tests::Guest;
@@ -186,6 +186,28 @@ fn a_move_shifts_a_gib_between_guests_and_a_refused_one_changes_nothing() {
     assert_eq!(status, 409, "{message}");
     assert!(message.contains("a has 0 MiB plugged"), "{message}");
     assert_eq!(pool.show(), shown);
+
+    // The pool is killed; meanwhile b gives its GiB back (its release cannot reach the pool)
+    // and a hot-add is refused. Restarted, the pool takes the VMs' word, and moves work again.
+    pool.kill();
+    b.guest
+        .run_ok("echo 1 > /sys/firmware/acpi/hotplug/memory/enabled");
+    b.resize(BOOT);
+    let refused = a.api.resize(&ResizeRequest {
+        desired_ram: Some(BOOT + GIB),
+        ..ResizeRequest::default()
+    });
+    let message = a.expect_api_error(refused, 503);
+    assert!(message.contains("the host memory pool"), "{message}");
+    let pool = PoolDaemon::start(dir.path(), &format!("{}M", BUDGET >> 20));
+    let shown = pool.show();
+    let plugged: Vec<u64> = shown.vms.iter().map(|v| v.plugged).collect();
+    assert_eq!((plugged, shown.free), (vec![0, 0], GIB), "{shown:?}");
+    a.resize(BOOT + GIB);
+    let report = pool
+        .move_memory(&request("a", "b"))
+        .unwrap_or_else(|e| panic!("the move after the restart failed: {e}\n{}", pool.log()));
+    assert_eq!((report.from_ram, report.to_ram), (BOOT, BOOT + GIB));
     assert_eq!(a.fill_checksum(), written, "a's data at the end");
 }
 
