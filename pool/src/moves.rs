@@ -137,13 +137,7 @@ pub fn set_ram(pool: &Arc<Pool>, name: &str, request: &DesiredRam) -> Result<Res
         run(pool, &request).map_err(|e| failed(e, &taken))?;
         taken.push(Taken { from, size });
     }
-    let resized = vm.resize(&ResizeRequest {
-        desired_ram: Some(desired_ram),
-        timeout_secs,
-        wait: true,
-        ..ResizeRequest::default()
-    });
-    resized.map_err(|error| {
+    resize(&vm, desired_ram, timeout_secs).map_err(|error| {
         let error = MoveError::Vm {
             vm: name.to_owned(),
             error,
@@ -166,14 +160,7 @@ fn shift(
     size: u64,
     timeout_secs: Option<u64>,
 ) -> Result<(u64, u64), MoveError> {
-    let resize = |vm: &ApiClient, ram| {
-        vm.resize(&ResizeRequest {
-            desired_ram: Some(ram),
-            timeout_secs,
-            wait: true,
-            ..ResizeRequest::default()
-        })
-    };
+    let resize_to = |vm, ram| resize(vm, ram, timeout_secs);
     let donor_error = |error| MoveError::Donor {
         vm: from.to_owned(),
         size,
@@ -186,7 +173,7 @@ fn shift(
         error,
         back: "nothing moved".to_owned(),
     })?;
-    resize(donor, donor_ram - size).map_err(donor_error)?;
+    resize_to(donor, donor_ram - size).map_err(donor_error)?;
     let deadline = Instant::now() + RELEASE_WAIT;
     while pool.given(from) < size {
         if Instant::now() > deadline {
@@ -199,11 +186,11 @@ fn shift(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    match resize(receiver, receiver_ram + size) {
+    match resize_to(receiver, receiver_ram + size) {
         Ok(()) => Ok((donor_ram - size, receiver_ram + size)),
         Err(error) => {
             pool.reverse_move(from);
-            let back = match resize(donor, donor_ram) {
+            let back = match resize_to(donor, donor_ram) {
                 Ok(()) => format!("the memory went back to {from}"),
                 Err(e) => format!("giving it back to {from} failed too: {e}"),
             };
@@ -225,4 +212,14 @@ pub fn client(socket: PathBuf) -> ApiClient {
 /// A VM's guest RAM now, as its Tidal says.
 fn ram(vm: &ApiClient) -> Result<u64, ClientError> {
     vm.info().map(|info| info.memory_actual_size)
+}
+
+/// Resizes a VM to `ram` bytes and waits for its guest's answer to each DIMM.
+fn resize(vm: &ApiClient, ram: u64, timeout_secs: Option<u64>) -> Result<(), ClientError> {
+    vm.resize(&ResizeRequest {
+        desired_ram: Some(ram),
+        timeout_secs,
+        wait: true,
+        ..ResizeRequest::default()
+    })
 }
