@@ -164,17 +164,20 @@ list_tests() {
 failed_logs=$repo/target/ci/failed
 max_retries=${TIDAL_MAX_RETRIES:-6}
 run_in_testhost() {
-    local exe=$1 pending=("${@:2}") next test results result fault kept log output rc failed=0
+    local exe=$1 pending=("${@:2}") next test results result fault kept log output stamped rc
+    local failed=0
     local -A attempts=()
     log=$(mktemp)
     output=$(mktemp)
+    stamped=$(mktemp)
     while [ ${#pending[@]} -gt 0 ]; do
         rc=0
         ci/testhost.sh --timeout "${TIDAL_TESTHOST_TIMEOUT:-3600}" -- \
             env TIDAL_IN_TESTHOST=1 ci/run-test-binaries.sh "$exe" -- --exact "${pending[@]}" \
-            2>&1 | tee "$log" || rc=${PIPESTATUS[0]}
+            2>&1 | stamp_lines "$stamped" | tee "$log" || rc=${PIPESTATUS[0]}
         next=()
-        results=$(test_results "$log")
+        results=$(test_results "$stamped")
+        [ -z "$results" ] || echo "$results" >>"$timings"
         for test in "${pending[@]}"; do
             result=$(awk -v t="$test" '$1 == t { r = $2 } END { print r }' <<<"$results")
             # A boot in which no test began (the test host never got there) counts against the
@@ -209,29 +212,41 @@ run_in_testhost() {
         done
         pending=("${next[@]}")
     done
-    rm -f "$log" "$output"
+    rm -f "$log" "$output" "$stamped"
     [ "$failed" -eq 0 ]
 }
 
-# The tests a test executable's output (file $1) shows beginning, one a line with how each
-# ended: "NAME ok", "NAME FAILED", or "NAME unfinished" (the output ends, or another test
-# begins, before its result). Lines the harness wrote past libtest's capture ("tidal-tests| ",
-# a panic or a diagnosis, printed when it happens) hold no results, whatever they end with.
+# Copies its input to its output and, to file $1, each line after the seconds the shell had
+# run when it came: what test_results reads.
+stamp_lines() {
+    local line
+    while IFS= read -r line || [ -n "$line" ]; do
+        printf '%s\n' "$line"
+        printf '%s %s\n' "$SECONDS" "$line" >&3
+    done 3>"$1"
+}
+
+# The tests a stamped output (file $1, from stamp_lines) shows beginning, one a line with how
+# each ended and its seconds: "NAME ok SECONDS", "NAME FAILED SECONDS", or "NAME unfinished
+# SECONDS" (the output ends, or another test begins, before its result). Lines the harness wrote
+# past libtest's capture ("tidal-tests| ", a panic or a diagnosis, printed when it happens) hold
+# no results, whatever they end with.
 test_results() {
     awk '
-        { line = $0; sub(/\r$/, "", line) }
+        { stamp = $1; line = substr($0, length($1) + 2); sub(/\r$/, "", line) }
         line ~ /^tidal-tests\| / { next }
         match(line, /test [A-Za-z0-9_:]+ \.\.\. /) {
-            if (current != "") print current, "unfinished"
+            if (current != "") print current, "unfinished", stamp - began
             current = substr(line, RSTART + 5, RLENGTH - 10)
+            began = stamp
             line = substr(line, RSTART + RLENGTH)
         }
         current != "" && match(line, /(^| )(ok|FAILED)$/) {
             result = line; sub(/.* /, "", result)
-            print current, result
+            print current, result, stamp - began
             current = ""
         }
-        END { if (current != "") print current, "unfinished" }
+        END { if (current != "") print current, "unfinished", stamp - began }
     ' "$1"
 }
 
@@ -274,7 +289,7 @@ emulation_fault() {
 }
 
 run_guest_tests() {
-    local exes kind exe test tests failed=() passed=0 retries=0 counts
+    local exes kind exe test tests failed=() passed=0 retries=0 counts timings
     exes=$(guest_test_executables) || { echo "building the guest tests failed" >&2; return 1; }
     [ -n "$exes" ] || { echo "no guest test executables found" >&2; return 1; }
     mapfile -t exes <<<"$exes"
@@ -287,6 +302,7 @@ run_guest_tests() {
         return
     fi
     counts=$(mktemp)
+    timings=$(mktemp)
     for exe in "${exes[@]}"; do
         tests=$(list_tests "$exe") || { echo "cannot list the tests of $exe" >&2; return 1; }
         mapfile -t tests <<<"$tests"
@@ -300,6 +316,11 @@ run_guest_tests() {
         done < <(sed -n 's/^failed //p' "$counts")
     done
     rm -f "$counts"
+    # Where the step's time went, for keeping CI within its budget: each attempt on its own.
+    echo "guest test attempts, the 12 longest (test, result, seconds):"
+    sort -k3,3 -rn "$timings" | head -n 12 | sed 's/^/    /'
+    echo "all guest test attempts: $(awk '{ s += $3 } END { print s + 0 }' "$timings") s"
+    rm -f "$timings"
     echo "guest tests: $passed passed, ${#failed[@]} failed, $retries retried under emulation"
     if [ "$retries" -gt "$max_retries" ]; then
         # Each retry alone is the emulation's doing; this many at once is worth a look.
