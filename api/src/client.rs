@@ -138,17 +138,19 @@ impl ApiClient {
     /// happens. Returns as soon as the server has accepted the subscription, so events from then
     /// on are not missed.
     pub fn events(&self) -> Result<EventStream, ClientError> {
-        self.subscribe(Endpoint::Events.path().to_owned())
+        self.subscribe(Endpoint::Events.path())
     }
 
     /// `GET /api/v1/events?since=N`: [`ApiClient::events`], after first the events numbered above
     /// `seq` that the server still holds (a reconnecting reader's way to miss nothing).
     pub fn events_since(&self, seq: u64) -> Result<EventStream, ClientError> {
-        self.subscribe(format!("{}?since={seq}", Endpoint::Events.path()))
+        self.subscribe(&format!("{}?since={seq}", Endpoint::Events.path()))
     }
 
-    fn subscribe(&self, path: String) -> Result<EventStream, ClientError> {
-        let request = build_request(Endpoint::Events.method(), &path, None)?;
+    /// `GET path` of a stream of JSON lines (the VMM's events, the pool's), read line by line
+    /// from the [`EventStream`].
+    pub fn subscribe(&self, path: &str) -> Result<EventStream, ClientError> {
+        let request = build_request(Method::GET, path, None)?;
         let runtime = runtime()?;
         let response = runtime.block_on(self.open(request))?;
         let status = response.status();

@@ -7,7 +7,8 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use crate::client::{ApiClient, ClientError};
+use crate::client::{ApiClient, ClientError, EventStream};
+use crate::types::LaggedRecord;
 
 /// What a VM tells the pool when it registers (`POST /pool/vms`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +80,48 @@ pub struct Resized {
 pub struct Taken {
     pub from: String,
     pub size: u64,
+}
+
+/// One line of `GET /pool/events`: what changed for which VM, and the figures after it, so
+/// that the stream alone can draw each VM's share over time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolEvent {
+    /// Numbered from 1 as the pool started.
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub vm: String,
+    pub what: PoolChange,
+    /// The bytes the change was about (a reservation's, a move's).
+    pub size: u64,
+    /// A move's receiver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Why a request was refused or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// What the VM holds of the budget after the change, and what the pool has free.
+    pub held: u64,
+    pub free: u64,
+}
+
+/// What a [`PoolEvent`] says happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolChange {
+    Registered,
+    Left,
+    /// Its process ended, and the sweep released what it held.
+    Ended,
+    Reserved,
+    /// A reservation the budget could not hold.
+    Refused,
+    Committed,
+    Cancelled,
+    Released,
+    /// A move from this VM to `to` landed, or failed (with `message`).
+    Moved,
+    MoveFailed,
 }
 
 /// What `GET /pool` shows.
@@ -187,6 +230,11 @@ impl PoolClient {
         serde_json::from_slice(&answer).map_err(ClientError::Decode)
     }
 
+    /// `GET /pool/events`: the pool's changes from now on, as they happen.
+    pub fn events(&self) -> Result<PoolEvents, ClientError> {
+        self.api.subscribe("/pool/events").map(PoolEvents)
+    }
+
     fn exchange(
         &self,
         method: Method,
@@ -199,6 +247,25 @@ impl PoolClient {
         } else {
             Err(crate::client::api_error(answer.status, &answer.body))
         }
+    }
+}
+
+/// The stream of `GET /pool/events`; a reader that fell behind gets
+/// [`ClientError::Lagged`] with the count it missed, and the stream goes on.
+#[derive(Debug)]
+pub struct PoolEvents(EventStream);
+
+impl Iterator for PoolEvents {
+    type Item = Result<PoolEvent, ClientError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next_line().map(|line| {
+            let line = line?;
+            if let Ok(LaggedRecord { lagged }) = serde_json::from_slice(&line) {
+                return Err(ClientError::Lagged(lagged));
+            }
+            serde_json::from_slice(&line).map_err(ClientError::Decode)
+        })
     }
 }
 

@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tidal_api::pool::{DesiredRam, MoveReport, MoveRequest, Resized, Taken};
+use tidal_api::pool::{DesiredRam, MoveReport, MoveRequest, PoolChange, Resized, Taken};
 use tidal_api::{ApiClient, ClientError, ResizeRequest, MAX_TIMEOUT_SECS};
 
+use crate::events::Change;
 use crate::server::{Pool, Refusal};
 
 const MIB: u64 = 1 << 20;
@@ -70,6 +71,17 @@ pub fn run(pool: &Arc<Pool>, request: &MoveRequest) -> Result<MoveReport, Refusa
     let (donor, receiver) = pool.start_move(from, to, size)?;
     let moved = shift(pool, (from, &donor), (to, &receiver), size, *timeout_secs);
     pool.end_move(from, to);
+    let (what, message) = match &moved {
+        Ok(_) => (PoolChange::Moved, None),
+        Err(e) => (PoolChange::MoveFailed, Some(e.to_string())),
+    };
+    pool.tell(Change {
+        vm: from,
+        what,
+        size,
+        to: Some(to),
+        message,
+    });
     let (from_ram, to_ram) = moved?;
     log::info!(
         "moved {} MiB from {from} to {to} in {} ms",

@@ -13,10 +13,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use tidal_api::pool::{
-    DesiredRam, MoveReport, MoveRequest, PoolView, PoolVmView, Resized, SizeRequest,
+    DesiredRam, MoveReport, MoveRequest, PoolChange, PoolView, PoolVmView, Resized, SizeRequest,
 };
 use tidal_api::ApiClient;
 
+use crate::events::{Change, Events};
 use crate::ledger::{Ledger, LedgerError, Member, Registration};
 use crate::moves::{self, MoveError};
 use crate::process;
@@ -28,6 +29,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 pub struct Pool {
     ledger: Mutex<Ledger>,
     store: Store,
+    events: Events,
 }
 
 impl Pool {
@@ -35,7 +37,46 @@ impl Pool {
         Self {
             ledger: Mutex::new(ledger),
             store,
+            events: Events::default(),
         }
+    }
+
+    /// Tells the events' subscribers of `change`, with the figures after it.
+    pub fn tell(&self, change: Change<'_>) {
+        let (held, free) = {
+            let ledger = self.ledger();
+            let held = ledger.member(change.vm).map_or(0, Member::held);
+            (held, ledger.free())
+        };
+        self.events.tell(change, held, free);
+    }
+
+    /// [`Pool::change`] of VM `vm` by `size` bytes, told as `what` when it is done.
+    fn change_told(
+        &self,
+        vm: &str,
+        what: PoolChange,
+        size: u64,
+        change: impl FnOnce(&mut Ledger) -> Result<(), LedgerError>,
+    ) -> Answer {
+        let answer = self.change(change);
+        let message = answer.as_ref().err().map(ToString::to_string);
+        let what = match (&answer, what) {
+            (Ok(_), what) => what,
+            (Err(_), PoolChange::Reserved) => PoolChange::Refused,
+            (Err(_), _) => return answer,
+        };
+        if let Some(message) = &message {
+            log::info!("refused: {message}");
+        }
+        self.tell(Change {
+            vm,
+            what,
+            size,
+            to: None,
+            message,
+        });
+        answer
     }
 
     fn ledger(&self) -> MutexGuard<'_, Ledger> {
@@ -133,6 +174,7 @@ impl Pool {
         if gone.is_empty() {
             return gone;
         }
+        let mut ended = Vec::new();
         for name in &gone {
             if let Ok(member) = ledger.unregister(name) {
                 log::info!(
@@ -140,10 +182,21 @@ impl Pool {
                     member.registration.pid,
                     member.held() >> 20
                 );
+                ended.push((name, member.held()));
             }
         }
         if let Err(e) = self.store.save(&ledger) {
             log::error!("{e}");
+        }
+        drop(ledger);
+        for (vm, size) in ended {
+            self.tell(Change {
+                vm,
+                what: PoolChange::Ended,
+                size,
+                to: None,
+                message: None,
+            });
         }
         gone
     }
@@ -205,6 +258,7 @@ pub fn router(pool: Arc<Pool>) -> Router {
     Router::new()
         .route("/pool", get(show))
         .route("/metrics", get(metrics))
+        .route("/pool/events", get(events))
         .route("/pool/vms", post(register))
         .route(
             "/pool/vms/{name}",
@@ -250,8 +304,10 @@ async fn register(State(pool): State<Arc<Pool>>, Json(vm): Json<Registration>) -
             vm.name, vm.pid
         )));
     };
-    let name = vm.name.clone();
-    let answer = pool.change(|ledger| ledger.register(vm, started));
+    let (name, size) = (vm.name.clone(), vm.boot + vm.plugged);
+    let answer = pool.change_told(&name, PoolChange::Registered, size, |ledger| {
+        ledger.register(vm, started)
+    });
     if answer.is_ok() {
         log::info!("{name} registered");
     }
@@ -259,43 +315,57 @@ async fn register(State(pool): State<Arc<Pool>>, Json(vm): Json<Registration>) -
 }
 
 async fn unregister(State(pool): State<Arc<Pool>>, UrlPath(name): UrlPath<String>) -> Answer {
-    pool.change(|ledger| ledger.unregister(&name).map(drop))
+    let held = pool.ledger().member(&name).map_or(0, Member::held);
+    pool.change_told(&name, PoolChange::Left, held, |ledger| {
+        ledger.unregister(&name).map(drop)
+    })
 }
 
 async fn reserve(
     State(pool): State<Arc<Pool>>,
     UrlPath(name): UrlPath<String>,
-    Json(request): Json<SizeRequest>,
+    Json(SizeRequest { size }): Json<SizeRequest>,
 ) -> Answer {
-    let answer = pool.change(|ledger| ledger.reserve(&name, request.size));
-    if let Err(e) = &answer {
-        log::info!("refused: {e}");
-    }
-    answer
+    pool.change_told(&name, PoolChange::Reserved, size, |ledger| {
+        ledger.reserve(&name, size)
+    })
 }
 
 async fn commit(
     State(pool): State<Arc<Pool>>,
     UrlPath(name): UrlPath<String>,
-    Json(request): Json<SizeRequest>,
+    Json(SizeRequest { size }): Json<SizeRequest>,
 ) -> Answer {
-    pool.change(|ledger| ledger.commit(&name, request.size))
+    pool.change_told(&name, PoolChange::Committed, size, |ledger| {
+        ledger.commit(&name, size)
+    })
 }
 
 async fn cancel(
     State(pool): State<Arc<Pool>>,
     UrlPath(name): UrlPath<String>,
-    Json(request): Json<SizeRequest>,
+    Json(SizeRequest { size }): Json<SizeRequest>,
 ) -> Answer {
-    pool.change(|ledger| ledger.cancel(&name, request.size))
+    pool.change_told(&name, PoolChange::Cancelled, size, |ledger| {
+        ledger.cancel(&name, size)
+    })
 }
 
 async fn release(
     State(pool): State<Arc<Pool>>,
     UrlPath(name): UrlPath<String>,
-    Json(request): Json<SizeRequest>,
+    Json(SizeRequest { size }): Json<SizeRequest>,
 ) -> Answer {
-    pool.change(|ledger| ledger.release(&name, request.size))
+    pool.change_told(&name, PoolChange::Released, size, |ledger| {
+        ledger.release(&name, size)
+    })
+}
+
+async fn events(State(pool): State<Arc<Pool>>) -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        pool.events.subscribe(),
+    )
 }
 
 async fn set_ram(
@@ -343,12 +413,14 @@ pub async fn serve(pool: Arc<Pool>, socket: &Path) -> std::io::Result<()> {
         })
     };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stopping = pool.clone();
     let served = axum::serve(listener, router(pool))
         .with_graceful_shutdown(async move {
             tokio::select! {
                 _ = terminate.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
             }
+            stopping.events.stop();
         })
         .await;
     sweeper.abort();

@@ -290,19 +290,8 @@ impl Drop for Containerd {
                 tail_lines(&self.log(), 40)
             ));
         }
-        // SAFETY: kill(2) on the pid of a child this value owns and has not reaped.
-        unsafe {
-            libc::kill(
-                i32::try_from(self.child.id()).unwrap_or(i32::MAX),
-                libc::SIGTERM,
-            );
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(50));
+        if crate::terminate(&mut self.child, Duration::from_secs(10)).is_some() {
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -15,6 +15,8 @@ use crate::tidal_binary;
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// A move waits for two guests, one of which may be migrating data under emulation.
 const MOVE_TIMEOUT: Duration = Duration::from_secs(900);
+/// How long tidal-pool may take to end after SIGTERM, open event streams and all.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct PoolDaemon {
     dir: PathBuf,
@@ -104,17 +106,11 @@ impl PoolDaemon {
 
     /// Stops the daemon with SIGTERM; panics unless it ends with status 0.
     pub fn stop(mut self) {
-        // SAFETY: kill(2) on the pid of a child this value owns and has not reaped.
-        unsafe {
-            libc::kill(
-                i32::try_from(self.child.id()).unwrap_or(i32::MAX),
-                libc::SIGTERM,
-            );
-        }
-        let status = self.child.wait().expect("tidal-pool is reaped");
+        let status = crate::terminate(&mut self.child, STOP_TIMEOUT);
         assert!(
-            status.success(),
-            "tidal-pool ended with {status} after SIGTERM"
+            status.is_some_and(|s| s.success()),
+            "tidal-pool ended with {status:?} within {STOP_TIMEOUT:?} of SIGTERM\n{}",
+            self.log()
         );
     }
 }

@@ -9,8 +9,10 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use tidal_api::pool::{PoolChange, PoolEvent};
 use tidal_tests::pool::PoolDaemon;
 
+const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
 /// A process standing for a VM; it ends when dropped.
@@ -206,4 +208,52 @@ fn the_metrics_show_what_the_pool_shows() {
     }
     assert_eq!(shown.held, 5 * GIB / 2);
     pool.stop();
+}
+
+/// `GET /pool/events` streams each change with the VM's share and the free budget after it, a
+/// refusal with its message, and an ended VM's release by the sweep.
+#[test]
+fn the_events_stream_tells_each_change_with_the_figures_after_it() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut a = VmProcess::start();
+    let pool = PoolDaemon::start(dir.path(), "3G");
+    let mut events = pool
+        .client()
+        .events()
+        .expect("subscribe to the pool's events");
+    assert_eq!(register(&pool, "a", a.id(), GIB).0, 204);
+    for (claim, size) in [("reserve", GIB), ("commit", GIB), ("reserve", 2 * GIB)] {
+        let body = serde_json::json!({ "size": size });
+        pool.call("PUT", &format!("/pool/vms/a/{claim}"), Some(body));
+    }
+    a.end();
+    let seen: Vec<PoolEvent> = events
+        .by_ref()
+        .take(5)
+        .map(|e| e.expect("an event"))
+        .collect();
+    let figures: Vec<(u64, PoolChange, u64, u64, u64)> = seen
+        .iter()
+        .map(|e| (e.seq, e.what, e.size / MIB, e.held / MIB, e.free / MIB))
+        .collect();
+    assert_eq!(
+        figures,
+        [
+            (1, PoolChange::Registered, 1024, 1024, 2048),
+            (2, PoolChange::Reserved, 1024, 2048, 1024),
+            (3, PoolChange::Committed, 1024, 2048, 1024),
+            (4, PoolChange::Refused, 2048, 2048, 1024),
+            (5, PoolChange::Ended, 2048, 0, 3072),
+        ]
+    );
+    assert_eq!(
+        seen[3].message.as_deref(),
+        Some("the pool has 1024 MiB free of its budget of 3072 MiB; a asks for 2048 MiB")
+    );
+    assert!(seen.iter().all(|e| e.vm == "a" && e.at_ms > 0));
+    pool.stop();
+    assert!(
+        events.next().is_none(),
+        "the stream ends when the pool stops"
+    );
 }
