@@ -1270,6 +1270,22 @@ where
     }
 }
 
+/// Sends SIGTERM to `child` and waits up to `timeout` for it to end; `None` if it still runs.
+pub fn terminate(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    // SAFETY: kill(2) on the pid of a child the caller owns and has not reaped.
+    unsafe {
+        libc::kill(i32::try_from(child.id()).unwrap_or(i32::MAX), libc::SIGTERM);
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1413,24 +1429,5 @@ mod tests {
             guest.wait_exit(Duration::from_secs(10)).map(|s| s.code()),
             Some(Some(0))
         );
-    }
-}
-
-/// Sends SIGTERM to `child` and waits up to `timeout` for it to end; `None` if it still runs.
-pub fn terminate(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    // SAFETY: kill(2) on the pid of a child the caller owns and has not reaped.
-    unsafe {
-        libc::kill(
-            i32::try_from(child.id()).unwrap_or(i32::MAX),
-            libc::SIGTERM,
-        );
-    }
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-            Ok(None) | Err(_) => return None,
-        }
     }
 }

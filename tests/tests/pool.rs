@@ -4,8 +4,9 @@
 //! outlives the daemon. No guest: the VMs here are processes of the test's (`sleep`) that
 //! register as a Tidal would; the pool knows a VM only by its pid and its word.
 
-use std::process::{Child, Command};
-use std::sync::{Arc, Barrier};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -256,4 +257,118 @@ fn the_events_stream_tells_each_change_with_the_figures_after_it() {
         events.next().is_none(),
         "the stream ends when the pool stops"
     );
+}
+
+/// Runs `tidalctl pool --socket SOCKET ARGS...`: its exit status, stdout and stderr.
+fn tidalctl_pool(pool: &PoolDaemon, args: &[&str]) -> (i32, String, String) {
+    let output = tidalctl()
+        .arg("pool")
+        .arg("--socket")
+        .arg(pool.socket())
+        .args(args)
+        .output()
+        .expect("tidalctl runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn tidalctl() -> Command {
+    Command::new(tidal_tests::tidal_binary().with_file_name("tidalctl"))
+}
+
+#[test]
+fn tidalctl_pool_shows_the_ledger_follows_its_events_and_says_a_refusal_in_one_line() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let a = VmProcess::start();
+    let pool = PoolDaemon::start(dir.path(), "3G");
+    let mut follower = tidalctl()
+        .arg("pool")
+        .arg("--socket")
+        .arg(pool.socket())
+        .arg("events")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("tidalctl pool events runs");
+    let (lines, received) = mpsc::channel();
+    let stdout = follower.stdout.take().expect("its stdout");
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Registering again replaces the VM: register until the follower has subscribed and
+    // shows a registration.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        assert_eq!(register(&pool, "a", a.id(), GIB).0, 204);
+        match received.recv_timeout(Duration::from_millis(300)) {
+            Ok(line) => break line,
+            Err(_) if Instant::now() < deadline => {}
+            Err(e) => panic!("tidalctl pool events showed nothing within 10 s: {e}"),
+        }
+    };
+    assert!(
+        first.contains(" a registered with 1 GiB (holds 1 GiB, free 2 GiB)"),
+        "{first}"
+    );
+
+    let reserve = serde_json::json!({ "size": GIB / 2 });
+    assert_eq!(
+        pool.call("PUT", "/pool/vms/a/reserve", Some(reserve)).0,
+        204
+    );
+    let reserved = loop {
+        let line = received
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the reservation's line");
+        if !line.contains(" registered ") {
+            break line;
+        }
+    };
+    assert!(
+        reserved.contains(" a reserved 512 MiB (holds 1536 MiB, free 1536 MiB)"),
+        "{reserved}"
+    );
+
+    let (status, shown, _) = tidalctl_pool(&pool, &["show"]);
+    assert_eq!(status, 0);
+    let shown: Vec<&str> = shown.lines().collect();
+    assert_eq!(shown[0], "budget 3 GiB, held 1536 MiB, free 1536 MiB");
+    let row: Vec<&str> = shown[2].split_whitespace().collect();
+    assert_eq!(
+        row[..8],
+        ["a", "0", "1", "GiB", "0", "B", "512", "MiB"],
+        "{shown:?}"
+    );
+    let (status, json, _) = tidalctl_pool(&pool, &["--json", "show"]);
+    assert_eq!(status, 0);
+    let view: tidal_api::pool::PoolView = serde_json::from_str(&json).expect("JSON of a PoolView");
+    assert_eq!(view, pool.client().show().expect("GET /pool"));
+
+    let (status, out, err) = tidalctl_pool(
+        &pool,
+        &["move", "--from", "a", "--to", "nobody", "--size", "1G"],
+    );
+    assert_eq!((status, out.as_str()), (1, ""), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("tidalctl: ") && err.contains("nobody"),
+        "{err}"
+    );
+
+    pool.stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while follower.try_wait().expect("wait for tidalctl").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "tidalctl pool events still runs 10 s after the pool stopped"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(follower.wait().expect("its status").success());
 }

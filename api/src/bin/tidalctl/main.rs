@@ -1,11 +1,14 @@
-//! `tidalctl`: controls a running Tidal VM through its API socket. Prints a summary for people
-//! or, with `--json`, the server's JSON as is.
+//! `tidalctl`: controls a running Tidal VM through its API socket, or the host memory pool
+//! through its own (`tidalctl pool`). Prints a summary for people or, with `--json`, the
+//! server's JSON as is.
+
+mod pool;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tidal_api::size::{format_size, parse_size};
@@ -19,12 +22,13 @@ use tidal_api::{
 #[command(
     name = "tidalctl",
     version,
-    about = "Controls a running Tidal VM through its API socket"
+    about = "Controls a running Tidal VM through its API socket, or the host memory pool"
 )]
 struct Cli {
-    /// The VMM's API socket (as given to tidal's --api-socket).
+    /// The VMM's API socket (as given to tidal's --api-socket); every command but `pool`
+    /// needs it.
     #[arg(long, value_name = "PATH")]
-    api_socket: PathBuf,
+    api_socket: Option<PathBuf>,
     /// Print the server's JSON answer as is instead of a summary (for `events`, each event's
     /// JSON line).
     #[arg(long, global = true)]
@@ -43,6 +47,8 @@ enum Command {
         #[arg(long, value_name = "SEQ")]
         since: Option<u64>,
     },
+    /// The host memory pool (tidal-pool): its ledger, moves, resizes by priority, events.
+    Pool(pool::PoolCommand),
 }
 
 /// A command that is one request and its answer.
@@ -98,13 +104,13 @@ enum Call {
 
 /// How long a command that waits for the guest gives it.
 #[derive(Debug, Args)]
-struct Wait {
+pub(crate) struct Wait {
     /// Seconds to wait for the guest's answer (to each DIMM); the VMM's default when absent.
     #[arg(long = "timeout", value_name = "SECS")]
-    timeout_secs: Option<u64>,
+    pub(crate) timeout_secs: Option<u64>,
 }
 
-fn parse_size_arg(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_size_arg(text: &str) -> Result<u64, String> {
     parse_size(text).map_err(|error| error.to_string())
 }
 
@@ -120,10 +126,23 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<(), ClientError> {
-    let client = ApiClient::new(&cli.api_socket);
     match &cli.command {
-        Command::Call(call) => run_call(&client, call, cli.json),
-        Command::Events { since } => follow_events(&client, *since, cli.json),
+        Command::Pool(command) => pool::run(command, cli.json),
+        Command::Call(call) => run_call(&vm_client(cli), call, cli.json),
+        Command::Events { since } => follow_events(&vm_client(cli), *since, cli.json),
+    }
+}
+
+/// The client of the VMM's API socket; without `--api-socket`, a usage error (exit status 2).
+fn vm_client(cli: &Cli) -> ApiClient {
+    match &cli.api_socket {
+        Some(socket) => ApiClient::new(socket),
+        None => Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "this command needs --api-socket PATH (the VMM's API socket)",
+            )
+            .exit(),
     }
 }
 
@@ -332,23 +351,27 @@ fn memory_line(total: u64, boot: u64, hotplugged: u64, hotplug_size: u64) -> Str
     )
 }
 
-/// One line per DIMM under a header, columns as wide as their widest cell.
+/// One line per DIMM under a header.
 fn dimm_table(dimms: &[DimmInfo]) -> String {
     let header = ["ID", "SLOT", "NODE", "BASE", "SIZE", "STATE", "LAST_OST"].map(String::from);
-    let rows: Vec<[String; 7]> = std::iter::once(header)
-        .chain(dimms.iter().map(|dimm| {
-            [
-                dimm.id.clone(),
-                dimm.slot.to_string(),
-                dimm.node.to_string(),
-                format!("{:#x}", dimm.base),
-                format_size(dimm.size),
-                state_name(dimm.state).to_owned(),
-                dimm.last_ost.map_or_else(|| "-".to_owned(), ost_text),
-            ]
-        }))
-        .collect();
-    let mut widths = [0; 7];
+    let rows = dimms.iter().map(|dimm| {
+        [
+            dimm.id.clone(),
+            dimm.slot.to_string(),
+            dimm.node.to_string(),
+            format!("{:#x}", dimm.base),
+            format_size(dimm.size),
+            state_name(dimm.state).to_owned(),
+            dimm.last_ost.map_or_else(|| "-".to_owned(), ost_text),
+        ]
+    });
+    table(std::iter::once(header).chain(rows))
+}
+
+/// Rows as lines, the columns as wide as their widest cell.
+pub(crate) fn table<const N: usize>(rows: impl IntoIterator<Item = [String; N]>) -> String {
+    let rows: Vec<[String; N]> = rows.into_iter().collect();
+    let mut widths = [0; N];
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.len());
@@ -367,7 +390,7 @@ fn dimm_table(dimms: &[DimmInfo]) -> String {
 }
 
 /// An event's time as RFC 3339 in UTC, to the millisecond; the raw number if it is out of range.
-fn event_time(micros: u64) -> String {
+pub(crate) fn event_time(micros: u64) -> String {
     i64::try_from(micros)
         .ok()
         .and_then(|micros| jiff::Timestamp::from_microsecond(micros).ok())
@@ -415,7 +438,7 @@ fn ost_text(ost: OstStatus) -> String {
     }
 }
 
-fn to_json(body: &impl Serialize) -> Result<Vec<u8>, ClientError> {
+pub(crate) fn to_json(body: &impl Serialize) -> Result<Vec<u8>, ClientError> {
     serde_json::to_vec(body).map_err(ClientError::Encode)
 }
 
