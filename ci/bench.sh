@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark: `ci/bench.sh [--runs N] [--quick] [--removed SIZES] [--added-only SIZES] [--ch PATH] [--json PATH] [--plot PATH]`. Builds Tidal,
+# The benchmark: `ci/bench.sh [--runs N] [--quick] [--removed SIZES] [--added-only SIZES] [--ch PATH] [--no-pool] [--json PATH] [--plot PATH] [--pool-plot PATH]`. Builds Tidal,
 # tidal-bench (tests/src/bench/) and the guest, installs QEMU if it is missing, then runs
 # tidal-bench, which boots the same guest under Tidal and under QEMU alternately (through
 # ci/qemu-as-tidal.sh) and prints a table of medians, Tidal beside QEMU. With --ch PATH (a
@@ -8,7 +8,9 @@
 # Tidal/CH ratios; it only adds memory, so its removal rows say "not supported". It writes every run as
 # JSON (default target/bench/bench.json) and the hot-plug latencies as an SVG plot (default
 # target/bench/latency.svg); each failed run's evidence goes to failed/<vmm>-run<N>-<attempt>/
-# beside the JSON file (docs/benchmarks.md).
+# beside the JSON file (docs/benchmarks.md). Then, unless --no-pool, three Tidal VMs in a
+# tidal-pool move memory between them: the table gets the move's time, and each VM's share of
+# the budget over time is drawn from the pool's events (default target/bench/pool.svg).
 #
 # On hardware KVM it runs directly. Where /dev/kvm is KVM-PVM it runs inside the QEMU TCG test
 # host (ci/testhost.sh), both VMMs in the same test host boot, so their figures are emulated
@@ -20,11 +22,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 json=target/bench/bench.json
 plot=target/bench/latency.svg
+pool_plot=target/bench/pool.svg
 args=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --json) json=${2:?--json needs a path}; shift 2 ;;
         --plot) plot=${2:?--plot needs a path}; shift 2 ;;
+        --pool-plot) pool_plot=${2:?--pool-plot needs a path}; shift 2 ;;
         --ch)
             ch=${2:?--ch needs the path of a cloud-hypervisor binary}
             [[ "$ch" == /* ]] || ch=$start_dir/$ch
@@ -49,17 +53,18 @@ if ! command -v qemu-system-x86_64 >/dev/null; then
             "${sudo[@]}" apt-get install -y -qq --no-install-recommends qemu-system-x86 >&2; }
 fi
 resources/build-guest.sh >/dev/null
-cargo build --release --quiet -p tidal-vmm -p tidal-tests --bin tidal --bin tidal-bench
+cargo build --release --quiet -p tidal-vmm -p tidal-pool -p tidal-tests --bin tidal --bin tidal-pool \
+    --bin tidal-bench
 export TIDAL_BIN=$PWD/target/release/tidal
 bench=target/release/tidal-bench
-mkdir -p "$(dirname "$json")" "$(dirname "$plot")"
+mkdir -p "$(dirname "$json")" "$(dirname "$plot")" "$(dirname "$pool_plot")"
 rm -rf "$(dirname "$json")/failed" # only this benchmark's failed runs
 echo "bench: this machine: $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) CPUs, Linux $(uname -r)" >&2
 
 case "$(ci/kvm-kind.sh)" in
     hardware)
         echo "bench: hardware KVM on $(uname -n)" >&2
-        exec "$bench" --json "$json" --plot "$plot" "${args[@]}"
+        exec "$bench" --json "$json" --plot "$plot" --pool-plot "$pool_plot" "${args[@]}"
         ;;
     pvm)
         echo "bench: /dev/kvm is KVM-PVM: running inside the QEMU test host (emulated figures)" >&2
@@ -76,11 +81,16 @@ case "$(ci/kvm-kind.sh)" in
         # shellcheck disable=SC2016 # $TIDAL_TESTHOST_SCRATCH is expanded inside the test host
         TMPDIR=$out ci/testhost.sh --keep --timeout "${TIDAL_BENCH_TIMEOUT:-14400}" -- \
             sh -c 'exec "$0" --json "$TIDAL_TESTHOST_SCRATCH/bench.json" \
-                --plot "$TIDAL_TESTHOST_SCRATCH/latency.svg" "$@"' "$bench" "${args[@]}" || rc=$?
+                --plot "$TIDAL_TESTHOST_SCRATCH/latency.svg" \
+                --pool-plot "$TIDAL_TESTHOST_SCRATCH/pool.svg" "$@"' "$bench" "${args[@]}" || rc=$?
         for file in "$out"/tidal-testhost.*/scratch/bench.json; do
             [ -f "$file" ] || continue
             cp "$file" "$json"
             cp "${file%/*}/latency.svg" "$plot" 2>/dev/null || echo "bench: no plot was made" >&2
+            if [ -f "${file%/*}/pool.svg" ]; then
+                cp "${file%/*}/pool.svg" "$pool_plot"
+                echo "bench: the pool's plot in $pool_plot" >&2
+            fi
             echo "bench: every run in $json, the plot in $plot" >&2
         done
         # Each failed run's evidence (tidal-bench writes it beside the JSON file, as it

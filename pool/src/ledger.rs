@@ -90,6 +90,12 @@ pub struct Giving {
     /// Of the move's size, what the donor has yet to give back, and what it already has.
     pub left: u64,
     pub given: u64,
+    /// What the donor releases beyond the move's size, to be set aside for its own hot-add
+    /// that plugs it back (its DIMMs do not add up to the size): yet to come, and come.
+    #[serde(default)]
+    pub keep: u64,
+    #[serde(default)]
+    pub kept: u64,
 }
 
 impl Member {
@@ -272,7 +278,11 @@ impl Ledger {
         let passed = giving.left.min(size);
         giving.left -= passed;
         giving.given += passed;
+        let kept = giving.keep.min(size - passed);
+        giving.keep -= kept;
+        giving.kept += kept;
         let to = giving.to.clone();
+        member.promised += kept;
         match self.members.get_mut(&to) {
             Some(receiver) => receiver.promised += passed,
             None => self.member_mut(name)?.giving = None,
@@ -281,8 +291,16 @@ impl Ledger {
     }
 
     /// Starts a move of `size` bytes from VM `from` to VM `to`: both must be in the pool and in
-    /// no other move, `from` must keep its min and `to` stay within its max.
-    pub fn start_move(&mut self, from: &str, to: &str, size: u64) -> Result<(), LedgerError> {
+    /// no other move, `from` must keep its min and `to` stay within its max. `keep` more bytes
+    /// that `from` releases are set aside for it alone, for the hot-add that plugs them back:
+    /// a donor whose DIMMs do not add up to `size` gives whole DIMMs and takes the excess back.
+    pub fn start_move(
+        &mut self,
+        from: &str,
+        to: &str,
+        size: u64,
+        keep: u64,
+    ) -> Result<(), LedgerError> {
         if from == to || size == 0 {
             return Err(LedgerError::BadMove);
         }
@@ -292,12 +310,12 @@ impl Ledger {
                 return Err(LedgerError::Moving(name.to_owned()));
             }
         }
-        if donor.plugged < size {
+        if donor.plugged < size + keep {
             return Err(LedgerError::Underflow {
                 vm: from.to_owned(),
                 what: "plugged",
                 has: donor.plugged,
-                asked: size,
+                asked: size + keep,
             });
         }
         let would = donor.has() - size;
@@ -320,16 +338,19 @@ impl Ledger {
             to: to.to_owned(),
             left: size,
             given: 0,
+            keep,
+            kept: 0,
         });
         Ok(())
     }
 
-    /// What VM `from`'s move has passed on to its receiver so far (0 when it is in none).
+    /// What VM `from` has released in its move so far, passed on and kept (0 when it is in
+    /// none).
     pub fn given(&self, from: &str) -> u64 {
         self.member(from)
             .ok()
             .and_then(|m| m.giving.as_ref())
-            .map_or(0, |g| g.given)
+            .map_or(0, |g| g.given + g.kept)
     }
 
     /// Turns VM `from`'s move around: what its receiver was promised is promised back to it,
@@ -522,10 +543,12 @@ mod tests {
         assert!(ledger.commit("a", 1).is_err());
     }
 
-    #[test]
-    fn a_move_passes_what_the_donor_gives_back_to_the_receiver_alone() {
-        let mut ledger = Ledger::new(4 * GIB);
-        for name in ["a", "b", "c"] {
+    /// A ledger of VMs `names` with 1 GiB of boot RAM each (max 3 GiB), its budget spent by
+    /// a's DIMM of 1 GiB.
+    fn spent_by_a(names: &[&str]) -> Ledger {
+        let count = u64::try_from(names.len()).expect("a few VMs");
+        let mut ledger = Ledger::new((count + 1) * GIB);
+        for name in names {
             ledger.register(vm(name, GIB, 3 * GIB), 0).expect("fits");
         }
         ledger
@@ -533,17 +556,24 @@ mod tests {
             .and_then(|()| ledger.commit("a", GIB))
             .expect("a grows");
         assert_eq!(ledger.free(), 0);
+        ledger
+    }
+
+    #[test]
+    fn a_move_passes_what_the_donor_gives_back_to_the_receiver_alone() {
+        let mut ledger = spent_by_a(&["a", "b", "c"]);
+        assert_eq!(ledger.free(), 0);
         assert_eq!(
             ledger
-                .start_move("a", "b", 2 * GIB)
+                .start_move("a", "b", 2 * GIB, 0)
                 .expect_err("a has one DIMM")
                 .to_string(),
             "a has 1024 MiB plugged, not the 2048 MiB given back"
         );
-        ledger.start_move("a", "b", GIB).expect("a move");
+        ledger.start_move("a", "b", GIB, 0).expect("a move");
         assert_eq!(
             ledger
-                .start_move("c", "b", GIB)
+                .start_move("c", "b", GIB, 0)
                 .expect_err("b is in a move"),
             LedgerError::Moving("b".to_owned())
         );
@@ -564,24 +594,18 @@ mod tests {
 
     #[test]
     fn a_reversed_move_promises_the_memory_back_to_its_donor() {
-        let mut ledger = Ledger::new(3 * GIB);
-        ledger.register(vm("a", GIB, 2 * GIB), 0).expect("a fits");
-        ledger.register(vm("b", GIB, 2 * GIB), 0).expect("b fits");
-        ledger
-            .reserve("a", GIB)
-            .and_then(|()| ledger.commit("a", GIB))
-            .expect("a grows");
+        let mut ledger = spent_by_a(&["a", "b"]);
         assert_eq!(
             ledger
-                .start_move("a", "b", GIB)
+                .start_move("a", "b", GIB, 0)
                 .map(|()| ledger.end_move("a", "b")),
             Ok(())
         );
         assert!(matches!(
-            ledger.start_move("b", "a", GIB),
+            ledger.start_move("b", "a", GIB, 0),
             Err(LedgerError::Underflow { .. })
         ));
-        ledger.start_move("a", "b", GIB).expect("a move");
+        ledger.start_move("a", "b", GIB, 0).expect("a move");
         ledger.release("a", GIB).expect("a's DIMM is back");
         ledger.reverse_move("a").expect("b could not take it");
         ledger
@@ -595,14 +619,8 @@ mod tests {
 
     #[test]
     fn a_donor_taking_back_during_its_move_takes_what_it_passed_on() {
-        let mut ledger = Ledger::new(3 * GIB);
-        ledger.register(vm("a", GIB, 2 * GIB), 0).expect("a fits");
-        ledger.register(vm("b", GIB, 2 * GIB), 0).expect("b fits");
-        ledger
-            .reserve("a", GIB)
-            .and_then(|()| ledger.commit("a", GIB))
-            .expect("a grows");
-        ledger.start_move("a", "b", GIB).expect("a move");
+        let mut ledger = spent_by_a(&["a", "b"]);
+        ledger.start_move("a", "b", GIB, 0).expect("a move");
         ledger.release("a", GIB).expect("a's DIMM is back");
         // A shrink rolled back re-adds what it removed.
         ledger.reserve("a", GIB).expect("a takes its GiB back");
@@ -611,6 +629,38 @@ mod tests {
             (0, 0)
         );
         assert!(ledger.held() <= ledger.budget());
+    }
+
+    /// Half of a's one DIMM moves in a spent pool: a gives the whole DIMM, the receiver is
+    /// promised half and a the other half, for the DIMM that plugs it back; nobody else can
+    /// take either.
+    #[test]
+    fn a_donor_giving_a_whole_dimm_keeps_the_excess_for_itself() {
+        let mut ledger = spent_by_a(&["a", "b", "c"]);
+        assert!(matches!(
+            ledger.start_move("a", "b", GIB / 2, GIB),
+            Err(LedgerError::Underflow { .. })
+        ));
+        ledger.start_move("a", "b", GIB / 2, GIB / 2).expect("a move");
+        ledger.release("a", GIB).expect("a's DIMM is back");
+        let promised = |ledger: &Ledger, name| ledger.member(name).expect("a VM").promised;
+        assert_eq!(ledger.given("a"), GIB);
+        assert_eq!((promised(&ledger, "a"), promised(&ledger, "b")), (GIB / 2, GIB / 2));
+        assert_eq!(ledger.free(), 0);
+        assert!(matches!(
+            ledger.reserve("c", GIB / 2),
+            Err(LedgerError::Short { .. })
+        ));
+        for name in ["b", "a"] {
+            ledger
+                .reserve(name, GIB / 2)
+                .and_then(|()| ledger.commit(name, GIB / 2))
+                .expect("each takes its half");
+        }
+        ledger.end_move("a", "b");
+        let plugged = |name| ledger.member(name).expect("a VM").plugged;
+        assert_eq!((plugged("a"), plugged("b")), (GIB / 2, GIB / 2));
+        assert_eq!(ledger.free(), 0);
     }
 
     #[test]
@@ -666,7 +716,7 @@ mod tests {
         Release(usize, u64),
         Unregister(usize),
         Register(usize, u64),
-        StartMove(usize, usize, u64),
+        StartMove(usize, usize, u64, u64),
         ReverseMove(usize),
         EndMove(usize, usize),
     }
@@ -681,7 +731,8 @@ mod tests {
             (vm.clone(), size.clone()).prop_map(|(v, s)| Step::Release(v, s)),
             vm.clone().prop_map(Step::Unregister),
             (vm.clone(), size.clone()).prop_map(|(v, s)| Step::Register(v, s)),
-            (vm.clone(), vm.clone(), size).prop_map(|(f, t, s)| Step::StartMove(f, t, s)),
+            (vm.clone(), vm.clone(), size.clone(), size)
+                .prop_map(|(f, t, s, k)| Step::StartMove(f, t, s, k / 2)),
             vm.clone().prop_map(Step::ReverseMove),
             (vm.clone(), vm).prop_map(|(f, t)| Step::EndMove(f, t)),
         ]
@@ -703,7 +754,7 @@ mod tests {
                     Step::Release(v, s) => ledger.release(names[v], s),
                     Step::Unregister(v) => ledger.unregister(names[v]).map(drop),
                     Step::Register(v, boot) => ledger.register(vm(names[v], boot, 2 * GIB), 0),
-                    Step::StartMove(f, t, s) => ledger.start_move(names[f], names[t], s),
+                    Step::StartMove(f, t, s, k) => ledger.start_move(names[f], names[t], s, k),
                     Step::ReverseMove(v) => ledger.reverse_move(names[v]),
                     Step::EndMove(f, t) => {
                         ledger.end_move(names[f], names[t]);

@@ -2,15 +2,21 @@
 //! shrinks first (a waited `vm.resize` on its own API); what its Tidal then releases is
 //! promised to the receiver alone, which grows next. A donor that refuses changes nothing; a
 //! receiver that fails gets nothing, and the donor is grown back by what it gave.
+//!
+//! A donor whose DIMMs do not add up to the size shrinks by the fewest bytes of whole DIMMs
+//! above it. Its Tidal plugs the excess back first when the free budget holds it; when not, the
+//! pool has it remove the whole DIMMs, keeps the excess aside for it alone, and grows it back
+//! by that once the receiver has its share: the budget is never exceeded on the way.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tidal_api::pool::{DesiredRam, MoveReport, MoveRequest, PoolChange, Resized, Taken};
-use tidal_api::{ApiClient, ClientError, ResizeRequest, MAX_TIMEOUT_SECS};
+use tidal_api::{ApiClient, ClientError, DimmState, ResizeRequest, MAX_TIMEOUT_SECS};
 
 use crate::events::Change;
+use crate::ledger::BLOCK;
 use crate::server::{Pool, Refusal};
 
 const MIB: u64 = 1 << 20;
@@ -49,6 +55,18 @@ pub enum MoveError {
         error: Box<Refusal>,
         taken: Vec<Taken>,
     },
+    #[error(
+        "{} MiB moved from {vm} to {to}, but {vm} did not take back the {} MiB its whole DIMMs \
+         gave beyond that: {error}",
+        .size / MIB, .keep / MIB
+    )]
+    TakeBack {
+        vm: String,
+        to: String,
+        size: u64,
+        keep: u64,
+        error: ClientError,
+    },
     #[error("{vm} did not grow by {} MiB: {error}; {back}", .size / MIB)]
     Receiver {
         vm: String,
@@ -68,8 +86,15 @@ pub fn run(pool: &Arc<Pool>, request: &MoveRequest) -> Result<MoveReport, Refusa
         timeout_secs,
     } = request;
     let size = *size;
-    let (donor, receiver) = pool.start_move(from, to, size)?;
-    let moved = shift(pool, (from, &donor), (to, &receiver), size, *timeout_secs);
+    let keep = kept_back(pool, from, size)?;
+    let (donor, receiver) = pool.start_move(from, to, size, keep)?;
+    let moved = shift(
+        pool,
+        (from, &donor),
+        (to, &receiver),
+        (size, keep),
+        *timeout_secs,
+    );
     pool.end_move(from, to);
     let (what, message) = match &moved {
         Ok(_) => (PoolChange::Moved, None),
@@ -163,13 +188,52 @@ pub fn set_ram(pool: &Arc<Pool>, name: &str, request: &DesiredRam) -> Result<Res
     })
 }
 
-/// The move's VM calls, between the ledger's start and end: the donor shrinks, its release is
-/// awaited, the receiver grows (or the donor grows back). Returns both VMs' RAM after it.
+/// What donor `from` must give beyond `size` and take back (see the module's doc): 0 when its
+/// DIMMs add up to `size`, or the free budget holds the DIMM its Tidal plugs back first.
+fn kept_back(pool: &Arc<Pool>, from: &str, size: u64) -> Result<u64, Refusal> {
+    let donor_error = |error| MoveError::Donor {
+        vm: from.to_owned(),
+        size,
+        error,
+    };
+    let dimms = pool.vm_client(from)?.memory().map_err(donor_error)?;
+    let sizes: Vec<u64> = dimms
+        .iter()
+        .filter(|dimm| dimm.state == DimmState::Added)
+        .map(|dimm| dimm.size)
+        .collect();
+    Ok(match excess(&sizes, size) {
+        Some(excess) if excess > pool.free() => excess,
+        _ => 0,
+    })
+}
+
+/// How far the least that whole DIMMs of `sizes` add up to, of at least `size` bytes, lies
+/// above `size`; `None` when they hold less. Sizes are whole memory blocks ([`BLOCK`]).
+fn excess(sizes: &[u64], size: u64) -> Option<u64> {
+    let blocks = |bytes: u64| usize::try_from(bytes.div_ceil(BLOCK)).ok();
+    let total = blocks(sizes.iter().sum())?;
+    // reachable[n]: whether some of the DIMMs add up to n blocks.
+    let mut reachable = vec![false; total + 1];
+    reachable[0] = true;
+    for &dimm in sizes {
+        let step = blocks(dimm)?;
+        for sum in (step..=total).rev() {
+            reachable[sum] |= reachable[sum - step];
+        }
+    }
+    let least = (blocks(size)?..=total).find(|&sum| reachable[sum])?;
+    (u64::try_from(least).ok()? * BLOCK).checked_sub(size)
+}
+
+/// The move's VM calls, between the ledger's start and end: the donor shrinks (by `keep` more
+/// than `size` when it takes that back), its release is awaited, the receiver grows (or the
+/// donor grows back), then the donor takes back what it kept. Returns both VMs' RAM after it.
 fn shift(
     pool: &Arc<Pool>,
     (from, donor): (&str, &ApiClient),
     (to, receiver): (&str, &ApiClient),
-    size: u64,
+    (size, keep): (u64, u64),
     timeout_secs: Option<u64>,
 ) -> Result<(u64, u64), MoveError> {
     let resize_to = |vm, ram| resize(vm, ram, timeout_secs);
@@ -185,21 +249,31 @@ fn shift(
         error,
         back: "nothing moved".to_owned(),
     })?;
-    resize_to(donor, donor_ram - size).map_err(donor_error)?;
+    resize_to(donor, donor_ram - size - keep).map_err(donor_error)?;
     let deadline = Instant::now() + RELEASE_WAIT;
-    while pool.given(from) < size {
+    while pool.given(from) < size + keep {
         if Instant::now() > deadline {
             return Err(MoveError::NotReleased {
                 vm: from.to_owned(),
                 to: to.to_owned(),
-                size,
+                size: size + keep,
                 released: pool.given(from),
             });
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     match resize_to(receiver, receiver_ram + size) {
-        Ok(()) => Ok((donor_ram - size, receiver_ram + size)),
+        Ok(()) if keep == 0 => Ok((donor_ram - size, receiver_ram + size)),
+        Ok(()) => match resize_to(donor, donor_ram - size) {
+            Ok(()) => Ok((donor_ram - size, receiver_ram + size)),
+            Err(error) => Err(MoveError::TakeBack {
+                vm: from.to_owned(),
+                to: to.to_owned(),
+                size,
+                keep,
+                error,
+            }),
+        },
         Err(error) => {
             pool.reverse_move(from);
             let back = match resize_to(donor, donor_ram) {
@@ -234,4 +308,21 @@ fn resize(vm: &ApiClient, ram: u64, timeout_secs: Option<u64>) -> Result<(), Cli
         wait: true,
         ..ResizeRequest::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn the_excess_is_what_the_fewest_bytes_of_whole_dimms_give_beyond_the_size() {
+        assert_eq!(excess(&[GIB], GIB / 2), Some(GIB / 2));
+        assert_eq!(excess(&[GIB, GIB / 2], GIB / 2), Some(0));
+        assert_eq!(excess(&[GIB, 3 * GIB / 4], GIB / 2), Some(GIB / 4));
+        assert_eq!(excess(&[GIB, GIB], 3 * GIB / 2), Some(GIB / 2));
+        assert_eq!(excess(&[GIB], 2 * GIB), None);
+        assert_eq!(excess(&[], BLOCK), None);
+    }
 }

@@ -101,15 +101,17 @@ impl Pool {
         self.apply(change).map(|()| StatusCode::NO_CONTENT)
     }
 
-    /// Starts a move in the ledger; returns the clients of its donor's and receiver's APIs.
+    /// Starts a move in the ledger (`keep`: see [`Ledger::start_move`]); returns the clients of
+    /// its donor's and receiver's APIs.
     pub fn start_move(
         &self,
         from: &str,
         to: &str,
         size: u64,
+        keep: u64,
     ) -> Result<(ApiClient, ApiClient), Refusal> {
         self.apply(|ledger| {
-            ledger.start_move(from, to, size)?;
+            ledger.start_move(from, to, size, keep)?;
             let socket = |name| {
                 Ok(moves::client(
                     ledger.member(name)?.registration.socket.clone(),
@@ -138,7 +140,12 @@ impl Pool {
         Ok(ledger.donors_for(name, short, cost)?)
     }
 
-    /// What VM `from`'s move has passed on to its receiver so far.
+    /// What the budget has free.
+    pub fn free(&self) -> u64 {
+        self.ledger().free()
+    }
+
+    /// What VM `from` has released in its move so far.
     pub fn given(&self, from: &str) -> u64 {
         self.ledger().given(from)
     }

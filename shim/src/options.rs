@@ -40,7 +40,7 @@ pub enum OptionsError {
 }
 
 /// The keys of the runtime's configuration file, and the environment variable each stands for.
-const FILE_KEYS: [(&str, &str); 9] = [
+const FILE_KEYS: [(&str, &str); 10] = [
     ("tidal", "TIDAL_SHIM_TIDAL"),
     ("kernel", "TIDAL_SHIM_KERNEL"),
     ("busybox", "TIDAL_SHIM_BUSYBOX"),
@@ -50,6 +50,7 @@ const FILE_KEYS: [(&str, &str); 9] = [
     ("default_memory", "TIDAL_SHIM_DEFAULT_MEMORY"),
     ("hotplug_size", "TIDAL_SHIM_HOTPLUG_SIZE"),
     ("run_dir", "TIDAL_SHIM_RUN_DIR"),
+    ("pool", "TIDAL_SHIM_POOL"),
 ];
 
 /// The type of the options containerd's CRI plugin (and `ctr run --runtime-config-path`)
@@ -74,6 +75,8 @@ pub struct RuntimeOptions {
     /// Where VMs' API sockets are, one directory per containerd namespace: a bundle's path
     /// with a CRI container's 64-character id is too long for a socket's address.
     pub run_dir: PathBuf,
+    /// A host memory pool's socket (`tidal-pool`): each VM joins it, named for its container.
+    pub pool: Option<PathBuf>,
 }
 
 impl RuntimeOptions {
@@ -134,6 +137,7 @@ impl RuntimeOptions {
             hotplug_size: round_up(size("TIDAL_SHIM_HOTPLUG_SIZE", 4 << 30)?),
             run_dir: var("TIDAL_SHIM_RUN_DIR")
                 .map_or_else(|| PathBuf::from(RUN_DIR), PathBuf::from),
+            pool: var("TIDAL_SHIM_POOL").map(PathBuf::from),
         })
     }
 

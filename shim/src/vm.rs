@@ -175,6 +175,10 @@ impl TidalVm {
             .arg(&files.api_socket)
             .arg("--log-level")
             .arg("info")
+            .args(options.pool.iter().flat_map(|socket| {
+                // Named for its API socket's file: the container's id.
+                ["--pool".into(), format!("socket={}", socket.display())]
+            }))
             .stdin(Stdio::piped())
             .stdout(out)
             .stderr(log);

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use tidal_api::pool::{DesiredRam, MoveReport, MoveRequest, PoolClient, PoolView, Resized};
 use tidal_api::{ApiClient, ClientError};
 
-use crate::tidal_binary;
+use crate::elastic::ElasticVm;
+use crate::{tidal_binary, Guest};
 
 /// How long a call to the pool may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -142,4 +143,14 @@ fn arguments(dir: &Path, budget: &str) -> Vec<std::ffi::OsString> {
         "--budget".into(),
         budget.into(),
     ]
+}
+
+/// A Tidal VM of 512 MiB boot RAM and a 2 GiB hotplug region in the pool on `socket`, as
+/// `name` of priority `priority`.
+pub fn pooled_vm(socket: &Path, name: &str, priority: i32) -> ElasticVm {
+    let guest = Guest::new().arg("--pool").arg(format!(
+        "socket={},name={name},priority={priority}",
+        socket.display()
+    ));
+    ElasticVm::boot(guest, "size=512M,hotplug_size=2G")
 }

@@ -14,6 +14,7 @@ use tidal_tests::containerd::{
 };
 use tidal_tests::cri::Cri;
 use tidal_tests::elastic::guest_ram_mappings;
+use tidal_tests::pool::PoolDaemon;
 use tidal_tests::require_kvm_for_linux_guests;
 
 const MIB: u64 = 1 << 20;
@@ -137,14 +138,34 @@ fn ctr_run_shows_the_output_and_exit_status_of_a_vm_of_the_containers_limit() {
     );
 }
 
+/// The container's VM is in a host memory pool of 2 GiB (the runtime's `pool`): the pool
+/// counts what it holds, refuses an update past its budget, and is empty once it is gone.
 #[test]
 fn an_update_grows_and_shrinks_a_running_container_in_place() {
     require_kvm_for_linux_guests();
     let containerd = Containerd::start();
+    let pool_dir = tempfile::tempdir().expect("a directory for the pool");
+    let pool = PoolDaemon::start(pool_dir.path(), "2G");
+    // Each VM in the pool, and its boot RAM and DIMMs.
+    let held = || -> Vec<(String, u64)> {
+        let shown = pool.show();
+        shown
+            .vms
+            .iter()
+            .map(|vm| (vm.name.clone(), vm.boot + vm.plugged))
+            .collect()
+    };
     let log = containerd.file("elastic.log");
     let log_uri = format!("file://{}", log.display());
     let limit = (512 * MIB).to_string();
-    let config = containerd.runtime_config().display().to_string();
+    let config = containerd.file("pooled.toml");
+    let runtime = std::fs::read_to_string(containerd.runtime_config()).expect("its configuration");
+    std::fs::write(
+        &config,
+        format!("{runtime}pool = \"{}\"\n", pool.socket().display()),
+    )
+    .expect("the runtime's configuration with the pool");
+    let config = config.display().to_string();
     // 100 MiB of checksummed data in the container's tmpfs, MemTotal every second, and on
     // SIGTERM the data checked and status 7.
     let script = "head -c 104857600 /dev/urandom > /tmp/data && md5sum /tmp/data > /tmp/sum && \
@@ -192,6 +213,7 @@ fn an_update_grows_and_shrinks_a_running_container_in_place() {
         512 * MIB,
         "tidal's guest RAM mappings at 512 MiB"
     );
+    assert_eq!(held(), [("elastic".to_owned(), 512 * MIB)], "the pool");
 
     // The guest sees exactly what the VM gains or gives back, over the 512 MiB it started at.
     for mib in [1536, 768] {
@@ -206,12 +228,24 @@ fn an_update_grows_and_shrinks_a_running_container_in_place() {
             mib * MIB,
             "tidal's guest RAM mappings at {mib} MiB"
         );
+        assert_eq!(held(), [("elastic".to_owned(), mib * MIB)], "the pool");
     }
     // The kubelet repeats its updates: the same limit again changes nothing.
     containerd
         .update_memory("elastic", 768 * MIB)
         .unwrap_or_else(|e| panic!("the same update again: {e}"));
     assert_eq!(api.info().expect("vm.info").memory_actual_size, 768 * MIB);
+    // Past the pool's budget: refused with the pool's word, the VM unchanged.
+    let refused = containerd
+        .update_memory("elastic", 2304 * MIB)
+        .expect_err("an update past the pool's budget");
+    assert!(
+        refused.contains("the host memory pool refused")
+            && refused.contains("free of its budget of 2048 MiB"),
+        "{refused}"
+    );
+    assert_eq!(api.info().expect("vm.info").memory_actual_size, 768 * MIB);
+    assert_eq!(held(), [("elastic".to_owned(), 768 * MIB)], "the pool");
 
     containerd.ctr_ok(&["task", "kill", "elastic"], CTR_TIMEOUT);
     wait_for_line(&containerd, "elastic", &log, "the data checked", |line| {
@@ -237,6 +271,11 @@ fn an_update_grows_and_shrinks_a_running_container_in_place() {
         "tidal outlived its container"
     );
     assert!(!socket.exists(), "the API socket was left behind");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !held().is_empty() {
+        assert!(Instant::now() < deadline, "the pool still holds {:?}", held());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Whether a `containerd-shim-tidal-v2` serving `containerd` still runs.

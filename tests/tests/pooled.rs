@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use tidal_api::pool::{DesiredRam, MoveRequest, Taken};
 use tidal_api::{ClientError, ResizeRequest};
 use tidal_tests::elastic::{guest_ram_mappings, ElasticVm};
-use tidal_tests::pool::PoolDaemon;
-use tidal_tests::Guest;
+use tidal_tests::pool::{self, PoolDaemon};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -34,15 +33,7 @@ fn wait_for_free(pool: &PoolDaemon, free: u64, why: &str) {
 
 /// A VM of [`BOOT`] RAM and a 2 GiB hotplug region in the pool on `socket`, as `name`.
 fn pooled_vm(socket: &Path, name: &str) -> ElasticVm {
-    pooled_vm_of_priority(socket, name, 0)
-}
-
-fn pooled_vm_of_priority(socket: &Path, name: &str, priority: i32) -> ElasticVm {
-    let guest = Guest::new().arg("--pool").arg(format!(
-        "socket={},name={name},priority={priority}",
-        socket.display()
-    ));
-    ElasticVm::boot(guest, "size=512M,hotplug_size=2G")
+    pool::pooled_vm(socket, name, 0)
 }
 
 #[test]
@@ -213,17 +204,18 @@ fn a_move_shifts_a_gib_between_guests_and_a_refused_one_changes_nothing() {
 
 /// Priorities: with the budget spent, the VM of highest priority grows by taking from the VM
 /// of lowest priority above its min (not from the one of middle priority); a grow that would
-/// need a VM below its min is refused with 507 and nobody shrunk.
+/// need a VM below its min is refused with 507 and nobody shrunk. The lowest gives half of
+/// its one DIMM: it gives the whole DIMM and takes the other half back, the budget spent.
 #[test]
 fn a_vm_of_higher_priority_grows_at_the_expense_of_the_lowest_above_its_min() {
-    const BUDGET: u64 = 3 * BOOT + GIB;
+    const BUDGET: u64 = 3 * BOOT + 3 * GIB / 2;
     let dir = tempfile::tempdir().expect("a temporary directory");
     let pool = PoolDaemon::start(dir.path(), &format!("{}M", BUDGET >> 20));
     let socket = pool.socket();
-    let mut lo = pooled_vm_of_priority(&socket, "lo", 0);
-    let mut mid = pooled_vm_of_priority(&socket, "mid", 1);
-    let mut hi = pooled_vm_of_priority(&socket, "hi", 2);
-    lo.resize(BOOT + GIB / 2);
+    let mut lo = pool::pooled_vm(&socket, "lo", 0);
+    let mut mid = pool::pooled_vm(&socket, "mid", 1);
+    let mut hi = pool::pooled_vm(&socket, "hi", 2);
+    lo.resize(BOOT + GIB);
     mid.resize(BOOT + GIB / 2);
     assert_eq!(pool.show().free, 0);
     let totals = |vms: [&mut ElasticVm; 3]| vms.map(|vm| vm.memtotal_kib());
@@ -252,15 +244,17 @@ fn a_vm_of_higher_priority_grows_at_the_expense_of_the_lowest_above_its_min() {
     );
     let shown = pool.show();
     assert_eq!(shown.free, 0, "{shown:?}");
+    let plugged: Vec<u64> = shown.vms.iter().map(|vm| vm.plugged).collect();
+    assert_eq!(plugged, [GIB / 2, GIB / 2, GIB / 2], "hi, lo, mid: {shown:?}");
 
-    // Another GiB for hi: lo is at its min and mid has only half a GiB above its own.
-    match pool.set_ram("hi", &grow(BOOT + 3 * GIB / 2)) {
+    // 1.5 GiB more for hi: lo and mid have only half a GiB each above their min.
+    match pool.set_ram("hi", &grow(BOOT + 2 * GIB)) {
         Err(ClientError::Api { status, message }) => {
             assert_eq!(status.as_u16(), 507, "{message}");
             assert_eq!(
                 message,
-                "hi needs 1024 MiB more than the pool has free, and VMs of lower priority can \
-                 give only 512 MiB above their min; nobody was shrunk"
+                "hi needs 1536 MiB more than the pool has free, and VMs of lower priority can \
+                 give only 1024 MiB above their min; nobody was shrunk"
             );
         }
         other => panic!("hi should be refused: {other:?}"),

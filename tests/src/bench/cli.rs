@@ -37,6 +37,12 @@ pub struct Args {
     /// Where the latency plot goes (SVG).
     #[arg(long, default_value = "target/bench/latency.svg")]
     pub plot: PathBuf,
+    /// Where the plot of the pool's part goes (SVG): each VM's share of the budget over time.
+    #[arg(long, default_value = "target/bench/pool.svg")]
+    pub pool_plot: PathBuf,
+    /// Leave out the host memory pool's part (three Tidal VMs and moves between them).
+    #[arg(long)]
+    pub no_pool: bool,
 }
 
 impl Args {
@@ -56,6 +62,9 @@ impl Args {
             options.plan.added_only.clone_from(&self.added_only);
         }
         options.ch.clone_from(&self.ch);
+        if self.no_pool {
+            options.pool = None;
+        }
         options.evidence_dir = Some(
             self.json
                 .parent()
@@ -106,5 +115,7 @@ mod tests {
             Some(Path::new("out/failed"))
         );
         assert!(parse(&["--runs", "0"]).is_err());
+        assert_eq!(options.pool, Some(crate::bench::PoolPlan::full()));
+        assert_eq!(parse(&["--no-pool"]).expect("parses").options().pool, None);
     }
 }

@@ -11,6 +11,8 @@
 //! - [`qmp`]: a small blocking QMP client;
 //! - `ch`: Cloud Hypervisor behind the same trait (its REST API, which only adds memory);
 //! - [`host`]: the VMM process's resident memory, and where the benchmark runs;
+//! - [`pool`]: the host memory pool's part (Tidal alone): moves between three VMs, timed and
+//!   drawn from the pool's events;
 //! - [`stats`]: medians and ranges;
 //! - [`report`]: every run, the table, the JSON file and the plot.
 //!
@@ -24,6 +26,7 @@ pub mod evidence;
 pub mod figures;
 pub mod host;
 mod measure;
+pub mod pool;
 pub mod qmp;
 pub mod report;
 pub mod stats;
@@ -39,6 +42,7 @@ use thiserror::Error;
 pub use evidence::{Evidence, VmmExit};
 pub use figures::{Figure, Plan};
 pub use measure::Step;
+pub use pool::PoolPlan;
 pub use report::Report;
 pub use vmm::VmmKind;
 
@@ -84,6 +88,8 @@ pub struct Options {
     pub evidence_dir: Option<PathBuf>,
     /// A guest made to crash on purpose; `None` in every real benchmark.
     pub crash: Option<Crash>,
+    /// The host memory pool's part, after the rounds; `None` skips it.
+    pub pool: Option<PoolPlan>,
 }
 
 impl Options {
@@ -98,6 +104,7 @@ impl Options {
             ch: None,
             evidence_dir: None,
             crash: None,
+            pool: Some(PoolPlan::full()),
         }
     }
 
@@ -115,6 +122,7 @@ impl Options {
             ch: None,
             evidence_dir: None,
             crash: None,
+            pool: Some(PoolPlan::quick()),
         }
     }
 
@@ -201,6 +209,7 @@ pub fn run(options: &Options) -> Result<Report, BenchError> {
         versions: BTreeMap::new(),
         runs: Vec::new(),
         retried: Vec::new(),
+        pool: None,
     };
     if options.warm_up {
         for &vmm in &vmms {
@@ -219,7 +228,44 @@ pub fn run(options: &Options) -> Result<Report, BenchError> {
             });
         }
     }
+    if let Some(plan) = &options.pool {
+        report.pool = Some(run_pool(plan, options.tidal_retries, &mut report.retried)?);
+    }
     Ok(report)
+}
+
+/// The pool's part ([`pool::run`]), on fresh boots again after a failure up to `retries`
+/// times, each retried one noted in `retried`.
+fn run_pool(
+    plan: &PoolPlan,
+    retries: usize,
+    retried: &mut Vec<Retried>,
+) -> Result<pool::PoolRun, BenchError> {
+    let stage = "the pool's part";
+    let mut attempt = 0;
+    loop {
+        eprintln!("tidal-bench: Tidal, {stage}");
+        let outcome = tempfile::tempdir()
+            .map_err(|e| e.to_string())
+            .and_then(|dir| {
+                panic::catch_unwind(AssertUnwindSafe(|| pool::run(plan, dir.path())))
+                    .map_err(|payload| panic_message(payload.as_ref()))
+            });
+        match outcome {
+            Ok(run) => return Ok(run),
+            Err(reason) if attempt < retries => {
+                attempt += 1;
+                eprintln!("tidal-bench: {stage} failed, booting again: {reason}");
+                retried.push(Retried {
+                    vmm: VmmKind::Tidal,
+                    stage: stage.to_owned(),
+                    reason: first_line(&reason).to_owned(),
+                    evidence: None,
+                });
+            }
+            Err(reason) => return Err(BenchError::Panic(format!("{stage}: {reason}"))),
+        }
+    }
 }
 
 /// The last [`TAIL_LINES`] of `lines`, for an error message.

@@ -14,6 +14,7 @@ use thiserror::Error;
 use super::evidence::Evidence;
 use super::figures::{Figure, Figures, Plan};
 use super::host::Environment;
+use super::pool::PoolRun;
 use super::stats::{ratio, Summary};
 use super::vmm::VmmKind;
 
@@ -87,6 +88,8 @@ pub struct Report {
     pub runs: Vec<Run>,
     /// Failed runs that were run again, in order.
     pub retried: Vec<Retried>,
+    /// The host memory pool's part, when it ran.
+    pub pool: Option<PoolRun>,
 }
 
 /// Why a result file could not be written.
@@ -154,6 +157,7 @@ impl Report {
                 problems.push(format!("{which}: {} is not in the plan", figure.label()));
             }
         }
+        problems.extend(self.pool.iter().flat_map(PoolRun::problems));
         problems
     }
 
@@ -210,6 +214,10 @@ impl Report {
                     .map_or_else(|| "–".to_owned(), |r| format!("{r:.2}"))
             }));
             table_row(&mut text, &row);
+        }
+        if let Some(pool) = &self.pool {
+            text.push('\n');
+            text.push_str(&pool.table());
         }
         text
     }
@@ -284,6 +292,7 @@ impl Report {
             "summary": summaries,
             "runs": runs,
             "retried": self.retried,
+            "pool": self.pool,
         })
     }
 
@@ -304,14 +313,16 @@ impl Report {
     /// the others', on a log scale (removals of filled DIMMs take a hundred times longer than
     /// additions).
     pub fn write_plot(&self, path: &Path) -> Result<(), ReportError> {
-        create_parent(path).map_err(|source| ReportError::Write {
-            path: path.to_owned(),
-            source,
-        })?;
-        self.draw_plot(path).map_err(|e| ReportError::Plot {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })
+        write_svg(path, |path| self.draw_plot(path))
+    }
+
+    /// Draws the pool's part ([`PoolRun::draw_plot`]) as an SVG at `path`; nothing when it
+    /// did not run.
+    pub fn write_pool_plot(&self, path: &Path) -> Result<(), ReportError> {
+        match &self.pool {
+            Some(pool) => write_svg(path, |path| pool.draw_plot(path)),
+            None => Ok(()),
+        }
     }
 
     fn draw_plot(&self, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
@@ -407,6 +418,21 @@ impl Report {
     }
 }
 
+/// Draws a plot at `path` with `draw`, creating its directory.
+fn write_svg(
+    path: &Path,
+    draw: impl FnOnce(&Path) -> Result<(), Box<dyn std::error::Error>>,
+) -> Result<(), ReportError> {
+    create_parent(path).map_err(|source| ReportError::Write {
+        path: path.to_owned(),
+        source,
+    })?;
+    draw(path).map_err(|e| ReportError::Plot {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
 /// `a`, `a and b`, `a, b and c`.
 fn and_list(items: &[String]) -> String {
     match items {
@@ -498,6 +524,7 @@ mod tests {
             .collect(),
             runs,
             retried: Vec::new(),
+            pool: None,
         }
     }
 

@@ -2,7 +2,8 @@
 //! same guest: boot time, hot-add and hot-remove latency, and what the host gets back. Run it
 //! with `ci/bench.sh`, which runs it in the test host where /dev/kvm is not hardware-backed.
 //! The measuring and the command line are in `tidal_tests::bench`; this prints the table of
-//! medians and writes every run as JSON and the latencies as an SVG plot.
+//! medians and writes every run as JSON, the latencies as an SVG plot and the pool's part as
+//! another.
 
 use std::process::exit;
 
@@ -17,16 +18,21 @@ fn main() {
     });
     println!("\n{}", report.table());
     let mut failed = false;
-    for written in [report.write_json(&args.json), report.write_plot(&args.plot)] {
+    for written in [
+        report.write_json(&args.json),
+        report.write_plot(&args.plot),
+        report.write_pool_plot(&args.pool_plot),
+    ] {
         if let Err(e) = written {
             eprintln!("tidal-bench: {e}");
             failed = true;
         }
     }
     eprintln!(
-        "tidal-bench: every run in {}, the plot in {}",
+        "tidal-bench: every run in {}, the plots in {} and {}",
         args.json.display(),
-        args.plot.display()
+        args.plot.display(),
+        args.pool_plot.display()
     );
     for problem in report.problems() {
         eprintln!("tidal-bench: incomplete: {problem}");
