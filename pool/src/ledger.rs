@@ -641,11 +641,16 @@ mod tests {
             ledger.start_move("a", "b", GIB / 2, GIB),
             Err(LedgerError::Underflow { .. })
         ));
-        ledger.start_move("a", "b", GIB / 2, GIB / 2).expect("a move");
+        ledger
+            .start_move("a", "b", GIB / 2, GIB / 2)
+            .expect("a move");
         ledger.release("a", GIB).expect("a's DIMM is back");
         let promised = |ledger: &Ledger, name| ledger.member(name).expect("a VM").promised;
         assert_eq!(ledger.given("a"), GIB);
-        assert_eq!((promised(&ledger, "a"), promised(&ledger, "b")), (GIB / 2, GIB / 2));
+        assert_eq!(
+            (promised(&ledger, "a"), promised(&ledger, "b")),
+            (GIB / 2, GIB / 2)
+        );
         assert_eq!(ledger.free(), 0);
         assert!(matches!(
             ledger.reserve("c", GIB / 2),
@@ -731,8 +736,12 @@ mod tests {
             (vm.clone(), size.clone()).prop_map(|(v, s)| Step::Release(v, s)),
             vm.clone().prop_map(Step::Unregister),
             (vm.clone(), size.clone()).prop_map(|(v, s)| Step::Register(v, s)),
-            (vm.clone(), vm.clone(), size.clone(), size)
-                .prop_map(|(f, t, s, k)| Step::StartMove(f, t, s, k / 2)),
+            (vm.clone(), vm.clone(), size.clone(), size).prop_map(|(f, t, s, k)| Step::StartMove(
+                f,
+                t,
+                s,
+                k / 2
+            )),
             vm.clone().prop_map(Step::ReverseMove),
             (vm.clone(), vm).prop_map(|(f, t)| Step::EndMove(f, t)),
         ]

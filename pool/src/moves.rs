@@ -16,7 +16,7 @@ use tidal_api::pool::{DesiredRam, MoveReport, MoveRequest, PoolChange, Resized, 
 use tidal_api::{ApiClient, ClientError, DimmState, ResizeRequest, MAX_TIMEOUT_SECS};
 
 use crate::events::Change;
-use crate::ledger::BLOCK;
+use crate::ledger::{LedgerError, BLOCK};
 use crate::server::{Pool, Refusal};
 
 const MIB: u64 = 1 << 20;
@@ -56,8 +56,8 @@ pub enum MoveError {
         taken: Vec<Taken>,
     },
     #[error(
-        "{} MiB moved from {vm} to {to}, but {vm} did not take back the {} MiB its whole DIMMs \
-         gave beyond that: {error}",
+        "{vm} gave {} MiB for {to} but did not take back the {} MiB its whole DIMMs gave \
+         beyond that: {error}",
         .size / MIB, .keep / MIB
     )]
     TakeBack {
@@ -67,11 +67,16 @@ pub enum MoveError {
         keep: u64,
         error: ClientError,
     },
-    #[error("{vm} did not grow by {} MiB: {error}; {back}", .size / MIB)]
+    #[error("{vm} did not grow by {} MiB: {error}", .size / MIB)]
     Receiver {
         vm: String,
         size: u64,
-        error: ClientError,
+        error: String,
+    },
+    /// A move that failed after its donor shrank, and what growing the donor back did.
+    #[error("{failed}; {back}")]
+    Undone {
+        failed: Box<MoveError>,
         back: String,
     },
 }
@@ -86,27 +91,17 @@ pub fn run(pool: &Arc<Pool>, request: &MoveRequest) -> Result<MoveReport, Refusa
         timeout_secs,
     } = request;
     let size = *size;
-    let keep = kept_back(pool, from, size)?;
-    let (donor, receiver) = pool.start_move(from, to, size, keep)?;
-    let moved = shift(
+    let moved = moving(
         pool,
-        (from, &donor),
-        (to, &receiver),
-        (size, keep),
-        *timeout_secs,
-    );
-    pool.end_move(from, to);
-    let (what, message) = match &moved {
-        Ok(_) => (PoolChange::Moved, None),
-        Err(e) => (PoolChange::MoveFailed, Some(e.to_string())),
-    };
-    pool.tell(Change {
-        vm: from,
-        what,
+        (from, to),
         size,
-        to: Some(to),
-        message,
-    });
+        *timeout_secs,
+        |receiver, donor_ram| {
+            let receiver_ram = ram(receiver).map_err(|e| e.to_string())?;
+            resize(receiver, receiver_ram + size, *timeout_secs).map_err(|e| e.to_string())?;
+            Ok((donor_ram - size, receiver_ram + size))
+        },
+    );
     let (from_ram, to_ram) = moved?;
     log::info!(
         "moved {} MiB from {from} to {to} in {} ms",
@@ -226,30 +221,108 @@ fn excess(sizes: &[u64], size: u64) -> Option<u64> {
     (u64::try_from(least).ok()? * BLOCK).checked_sub(size)
 }
 
-/// The move's VM calls, between the ledger's start and end: the donor shrinks (by `keep` more
-/// than `size` when it takes that back), its release is awaited, the receiver grows (or the
-/// donor grows back), then the donor takes back what it kept. Returns both VMs' RAM after it.
-fn shift(
+/// A hot-add's reservation of `size` bytes for VM `name` that the free budget cannot hold
+/// (`short`, the ledger's refusal): what it lacks is moved to it from VMs of lower priority
+/// ([`Pool::donors_for`]), each donor shrinking and its memory reserved for `name` as it comes
+/// back, then the rest is reserved from the free budget. When nobody can give, the answer is
+/// `short` itself; when they cannot give enough together, a 507 and nobody is shrunk. A donor
+/// that fails leaves the reservation refused (what earlier donors gave becomes free). Blocking.
+pub fn reserve_taking(
+    pool: &Arc<Pool>,
+    name: &str,
+    size: u64,
+    short: LedgerError,
+) -> Result<(), Refusal> {
+    let donors = match pool.donors_for(name, size) {
+        Err(Refusal::Ledger(LedgerError::NoDonors { can: 0, .. })) => return Err(short.into()),
+        donors => donors?,
+    };
+    let mut reserved = 0;
+    for (from, amount) in donors {
+        let taken = moving(pool, (&from, name), amount, None, |_, _| {
+            pool.reserve(name, amount).map_err(|e| e.to_string())
+        });
+        if let Err(e) = taken {
+            pool.cancel(name, reserved);
+            return Err(e);
+        }
+        log::info!("{name}'s hot-add took {} MiB from {from}", amount / MIB);
+        reserved += amount;
+    }
+    pool.reserve(name, size - reserved).inspect_err(|_| {
+        pool.cancel(name, reserved);
+    })
+}
+
+/// One move of `size` bytes from `from` to `to`, from the ledger's start to its end, told as
+/// an event: the donor gives ([`give`]), then `receive` takes it on the receiver's side (given
+/// its API and the donor's RAM before); when either fails after the donor shrank, the donor is
+/// grown back by what it gave.
+fn moving<T>(
+    pool: &Arc<Pool>,
+    (from, to): (&str, &str),
+    size: u64,
+    timeout_secs: Option<u64>,
+    receive: impl FnOnce(&ApiClient, u64) -> Result<T, String>,
+) -> Result<T, Refusal> {
+    // An unknown receiver is refused before the donor is asked anything.
+    pool.vm_client(to)?;
+    let keep = kept_back(pool, from, size)?;
+    let (donor, receiver) = pool.start_move(from, to, size, keep)?;
+    let moved =
+        give(pool, (from, &donor), to, (size, keep), timeout_secs).and_then(|(donor_ram, gave)| {
+            let failed = match gave.map(|()| receive(&receiver, donor_ram)) {
+                Ok(Ok(moved)) => return Ok(moved),
+                Ok(Err(error)) => MoveError::Receiver {
+                    vm: to.to_owned(),
+                    size,
+                    error,
+                },
+                Err(error) => error,
+            };
+            pool.reverse_move(from);
+            let back = match resize(&donor, donor_ram, timeout_secs) {
+                Ok(()) => format!("the memory went back to {from}"),
+                Err(e) => format!("giving it back to {from} failed too: {e}"),
+            };
+            Err(MoveError::Undone {
+                failed: Box::new(failed),
+                back,
+            })
+        });
+    pool.end_move(from, to);
+    let (what, message) = match &moved {
+        Ok(_) => (PoolChange::Moved, None),
+        Err(e) => (PoolChange::MoveFailed, Some(e.to_string())),
+    };
+    pool.tell(Change {
+        vm: from,
+        what,
+        size,
+        to: Some(to),
+        message,
+    });
+    moved.map_err(Refusal::from)
+}
+
+/// The donor's part of a move: it shrinks by `size` (and `keep` more, which it then takes
+/// back) and its Tidal's release is awaited. Returns its RAM before, and whether what came
+/// after its shrink worked (when not, it has to be grown back); an error when it did not
+/// shrink (nothing moved) or its memory did not come back in time.
+fn give(
     pool: &Arc<Pool>,
     (from, donor): (&str, &ApiClient),
-    (to, receiver): (&str, &ApiClient),
+    to: &str,
     (size, keep): (u64, u64),
     timeout_secs: Option<u64>,
-) -> Result<(u64, u64), MoveError> {
-    let resize_to = |vm, ram| resize(vm, ram, timeout_secs);
+) -> Result<(u64, Result<(), MoveError>), MoveError> {
     let donor_error = |error| MoveError::Donor {
         vm: from.to_owned(),
         size,
         error,
     };
     let donor_ram = ram(donor).map_err(donor_error)?;
-    let receiver_ram = ram(receiver).map_err(|error| MoveError::Receiver {
-        vm: to.to_owned(),
-        size,
-        error,
-        back: "nothing moved".to_owned(),
-    })?;
-    resize_to(donor, donor_ram - size - keep).map_err(donor_error)?;
+    resize(donor, donor_ram - size - keep, timeout_secs).map_err(donor_error)?;
     let deadline = Instant::now() + RELEASE_WAIT;
     while pool.given(from) < size + keep {
         if Instant::now() > deadline {
@@ -262,32 +335,17 @@ fn shift(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    match resize_to(receiver, receiver_ram + size) {
-        Ok(()) if keep == 0 => Ok((donor_ram - size, receiver_ram + size)),
-        Ok(()) => match resize_to(donor, donor_ram - size) {
-            Ok(()) => Ok((donor_ram - size, receiver_ram + size)),
-            Err(error) => Err(MoveError::TakeBack {
-                vm: from.to_owned(),
-                to: to.to_owned(),
-                size,
-                keep,
-                error,
-            }),
-        },
-        Err(error) => {
-            pool.reverse_move(from);
-            let back = match resize_to(donor, donor_ram) {
-                Ok(()) => format!("the memory went back to {from}"),
-                Err(e) => format!("giving it back to {from} failed too: {e}"),
-            };
-            Err(MoveError::Receiver {
-                vm: to.to_owned(),
-                size,
-                error,
-                back,
-            })
-        }
-    }
+    let taken_back = match keep {
+        0 => Ok(()),
+        _ => resize(donor, donor_ram - size, timeout_secs).map_err(|error| MoveError::TakeBack {
+            vm: from.to_owned(),
+            to: to.to_owned(),
+            size,
+            keep,
+            error,
+        }),
+    };
+    Ok((donor_ram, taken_back))
 }
 
 /// A VM's API client for a move's calls.

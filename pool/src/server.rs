@@ -60,6 +60,13 @@ impl Pool {
         change: impl FnOnce(&mut Ledger) -> Result<(), LedgerError>,
     ) -> Answer {
         let answer = self.change(change);
+        self.told(vm, what, size, answer.map(drop))
+    }
+
+    /// Tells `what` of VM `vm` by `size` bytes, as `answer` has it (a refused reservation as
+    /// refused; other failures are not changes), and gives the answer.
+    fn told(&self, vm: &str, what: PoolChange, size: u64, answer: Result<(), Refusal>) -> Answer {
+        let answer = answer.map(|()| StatusCode::NO_CONTENT);
         let message = answer.as_ref().err().map(ToString::to_string);
         let what = match (&answer, what) {
             (Ok(_), what) => what,
@@ -138,6 +145,16 @@ impl Pool {
         }
         let cost = |m: &Member| process::resident(m.registration.pid);
         Ok(ledger.donors_for(name, short, cost)?)
+    }
+
+    /// Reserves `size` bytes for VM `name`'s hot-add, from what is promised to it first.
+    pub fn reserve(&self, name: &str, size: u64) -> Result<(), Refusal> {
+        self.apply(|ledger| ledger.reserve(name, size))
+    }
+
+    /// Gives back `size` bytes that VM `name` reserved.
+    pub fn cancel(&self, name: &str, size: u64) {
+        self.keep(|ledger| ledger.cancel(name, size));
     }
 
     /// What the budget has free.
@@ -328,14 +345,24 @@ async fn unregister(State(pool): State<Arc<Pool>>, UrlPath(name): UrlPath<String
     })
 }
 
+/// A hot-add's reservation; what the free budget lacks is taken from VMs of lower priority
+/// ([`moves::reserve_taking`]) before it is refused.
 async fn reserve(
     State(pool): State<Arc<Pool>>,
     UrlPath(name): UrlPath<String>,
     Json(SizeRequest { size }): Json<SizeRequest>,
 ) -> Answer {
-    pool.change_told(&name, PoolChange::Reserved, size, |ledger| {
-        ledger.reserve(&name, size)
-    })
+    let refusal = match pool.apply(|ledger| ledger.reserve(&name, size)) {
+        Err(Refusal::Ledger(short @ LedgerError::Short { .. })) => short,
+        answer => return pool.told(&name, PoolChange::Reserved, size, answer),
+    };
+    let (taking, vm) = (pool.clone(), name.clone());
+    let answer =
+        tokio::task::spawn_blocking(move || moves::reserve_taking(&taking, &vm, size, refusal))
+            .await
+            .map_err(|e| Refusal::BadRequest(format!("the reservation did not finish: {e}")))
+            .and_then(|answer| answer);
+    pool.told(&name, PoolChange::Reserved, size, answer)
 }
 
 async fn commit(

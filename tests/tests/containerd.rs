@@ -273,7 +273,11 @@ fn an_update_grows_and_shrinks_a_running_container_in_place() {
     assert!(!socket.exists(), "the API socket was left behind");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !held().is_empty() {
-        assert!(Instant::now() < deadline, "the pool still holds {:?}", held());
+        assert!(
+            Instant::now() < deadline,
+            "the pool still holds {:?}",
+            held()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -205,7 +205,8 @@ fn a_move_shifts_a_gib_between_guests_and_a_refused_one_changes_nothing() {
 /// Priorities: with the budget spent, the VM of highest priority grows by taking from the VM
 /// of lowest priority above its min (not from the one of middle priority); a grow that would
 /// need a VM below its min is refused with 507 and nobody shrunk. The lowest gives half of
-/// its one DIMM: it gives the whole DIMM and takes the other half back, the budget spent.
+/// its one DIMM: it gives the whole DIMM and takes the other half back, the budget spent. The
+/// same holds for the VM's own `vm.resize`: its hot-add's reservation takes from the lowest.
 #[test]
 fn a_vm_of_higher_priority_grows_at_the_expense_of_the_lowest_above_its_min() {
     const BUDGET: u64 = 3 * BOOT + 3 * GIB / 2;
@@ -245,7 +246,11 @@ fn a_vm_of_higher_priority_grows_at_the_expense_of_the_lowest_above_its_min() {
     let shown = pool.show();
     assert_eq!(shown.free, 0, "{shown:?}");
     let plugged: Vec<u64> = shown.vms.iter().map(|vm| vm.plugged).collect();
-    assert_eq!(plugged, [GIB / 2, GIB / 2, GIB / 2], "hi, lo, mid: {shown:?}");
+    assert_eq!(
+        plugged,
+        [GIB / 2, GIB / 2, GIB / 2],
+        "hi, lo, mid: {shown:?}"
+    );
 
     // 1.5 GiB more for hi: lo and mid have only half a GiB each above their min.
     match pool.set_ram("hi", &grow(BOOT + 2 * GIB)) {
@@ -260,5 +265,33 @@ fn a_vm_of_higher_priority_grows_at_the_expense_of_the_lowest_above_its_min() {
         other => panic!("hi should be refused: {other:?}"),
     }
     assert_eq!(totals([&mut lo, &mut mid, &mut hi]), after);
+    assert_eq!(pool.show(), shown);
+
+    // hi's own vm.resize by half a GiB: its hot-add's reservation takes it from lo.
+    hi.resize(BOOT + GIB);
+    let grown = totals([&mut lo, &mut mid, &mut hi]);
+    assert_eq!(
+        grown,
+        [after[0] - half, after[1], after[2] + half],
+        "lo, mid and hi's MemTotal after hi's own resize"
+    );
+    let shown = pool.show();
+    let plugged: Vec<u64> = shown.vms.iter().map(|vm| vm.plugged).collect();
+    assert_eq!(plugged, [GIB, 0, GIB / 2], "hi, lo, mid: {shown:?}");
+    assert_eq!(shown.free, 0, "{shown:?}");
+    // A GiB more through its own API: mid alone has half a GiB to give, so nobody shrinks.
+    let refused = hi.api.resize(&ResizeRequest {
+        desired_ram: Some(BOOT + 2 * GIB),
+        ..ResizeRequest::default()
+    });
+    let message = hi.expect_api_error(refused, 507);
+    assert!(
+        message.contains(
+            "hi needs 1024 MiB more than the pool has free, and VMs of lower priority can give \
+             only 512 MiB above their min; nobody was shrunk"
+        ),
+        "{message}"
+    );
+    assert_eq!(totals([&mut lo, &mut mid, &mut hi]), grown);
     assert_eq!(pool.show(), shown);
 }

@@ -18,8 +18,12 @@ use crate::seccomp::ThreadFilter;
 /// How long one call to the pool may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long a reservation waits for its answer: its call, behind at most a few others.
+/// How long a call waits for its answer: its call, behind at most a few others.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a reservation's call may take: one the free budget cannot hold waits while the
+/// pool shrinks VMs of lower priority for it (each waiting for its guest).
+const RESERVE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Calls waiting for the pool thread; a full queue fails a reservation at once.
 const QUEUE: usize = 64;
@@ -156,9 +160,10 @@ impl PoolLink {
                 answer: Some(answer),
             })
             .map_err(|_| PoolError::NoAnswer(Duration::ZERO))?;
+        let wait = RESERVE_TIMEOUT + ANSWER_TIMEOUT;
         answered
-            .recv_timeout(ANSWER_TIMEOUT)
-            .unwrap_or(Err(PoolError::NoAnswer(ANSWER_TIMEOUT)))
+            .recv_timeout(wait)
+            .unwrap_or(Err(PoolError::NoAnswer(wait)))
     }
 
     /// The reserved hot-add of `size` bytes is plugged.
@@ -225,6 +230,7 @@ fn serve(
     confinement: &Receiver<Option<ThreadFilter>>,
     queue: &Receiver<Call>,
 ) {
+    let reserving = PoolClient::new(client.socket(), RESERVE_TIMEOUT);
     match confinement.recv() {
         Ok(Some(filter)) => filter.apply_or_exit(),
         Ok(None) => {}
@@ -232,6 +238,7 @@ fn serve(
     }
     for call in queue {
         let result = match call.op {
+            Op::Claim(Claim::Reserve) => reserving.claim(name, Claim::Reserve, call.size),
             Op::Claim(claim) => client.claim(name, claim, call.size),
             Op::Leave => client.leave(name),
         }

@@ -197,7 +197,11 @@ impl PoolRun {
     pub fn draw_plot(&self, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
         let first = self.events.first().ok_or("the pool told no events")?.at_ms;
         let seconds = |at_ms: u64| at_ms.saturating_sub(first) as f64 / 1e3;
-        let end = self.events.last().map_or(0.0, |e| seconds(e.at_ms)).max(1.0);
+        let end = self
+            .events
+            .last()
+            .map_or(0.0, |e| seconds(e.at_ms))
+            .max(1.0);
         let top = self.events.iter().map(|e| e.held).max().unwrap_or(0) as f64 / MIB as f64;
         let root = SVGBackend::new(path, (960, 480)).into_drawing_area();
         root.fill(&WHITE)?;
@@ -277,7 +281,14 @@ mod tests {
                 event(5, t + 3000, "a", PoolChange::Moved, GIB, BOOT),
                 event(6, t + 4000, "b", PoolChange::Committed, GIB, BOOT + GIB),
                 event(7, t + 6000, "b", PoolChange::Moved, GIB / 2, BOOT + GIB / 2),
-                event(8, t + 7000, "c", PoolChange::Committed, GIB / 2, BOOT + GIB / 2),
+                event(
+                    8,
+                    t + 7000,
+                    "c",
+                    PoolChange::Committed,
+                    GIB / 2,
+                    BOOT + GIB / 2,
+                ),
             ],
         }
     }
@@ -313,7 +324,12 @@ mod tests {
         run().draw_plot(&path).expect("the plot is drawn");
         let svg = std::fs::read_to_string(&path).expect("read the plot");
         assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(200)]);
-        for text in ["a (priority 0)", "b (priority 0)", "c (priority 1)", "MiB held"] {
+        for text in [
+            "a (priority 0)",
+            "b (priority 0)",
+            "c (priority 1)",
+            "MiB held",
+        ] {
             assert!(svg.contains(text), "no {text:?} in the plot");
         }
         // Each VM's line and its legend's mark, in its colour.
