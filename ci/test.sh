@@ -216,13 +216,13 @@ run_in_testhost() {
     [ "$failed" -eq 0 ]
 }
 
-# Copies its input to its output and, to file $1, each line after the seconds the shell had
-# run when it came: what test_results reads.
+# Copies its input to its output and, to file $1, each line after the Unix time (seconds) it
+# came at: what test_results reads.
 stamp_lines() {
     local line
     while IFS= read -r line || [ -n "$line" ]; do
         printf '%s\n' "$line"
-        printf '%s %s\n' "$SECONDS" "$line" >&3
+        printf '%(%s)T %s\n' -1 "$line" >&3
     done 3>"$1"
 }
 
