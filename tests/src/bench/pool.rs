@@ -322,16 +322,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let path = dir.path().join("pool.svg");
         run().draw_plot(&path).expect("the plot is drawn");
-        let svg = std::fs::read_to_string(&path).expect("read the plot");
-        assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(200)]);
-        for text in [
-            "a (priority 0)",
-            "b (priority 0)",
-            "c (priority 1)",
-            "MiB held",
-        ] {
-            assert!(svg.contains(text), "no {text:?} in the plot");
-        }
+        let svg = crate::bench::report::tests::svg_with(
+            &path,
+            &[
+                "a (priority 0)",
+                "b (priority 0)",
+                "c (priority 1)",
+                "MiB held",
+            ],
+        );
         // Each VM's line and its legend's mark, in its colour.
         for (name, _, RGBColor(r, g, b)) in VMS {
             let stroke = format!("stroke=\"#{r:02X}{g:02X}{b:02X}\"");

@@ -464,7 +464,7 @@ fn create_parent(path: &Path) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::bench::evidence::VmmExit;
 
@@ -695,21 +695,30 @@ mod tests {
         assert_eq!(json["versions"]["qemu"], "QEMU 7.2.0 (Debian)");
     }
 
+    /// The SVG at `path`, after checking that it is one and holds each of `texts`.
+    pub(in crate::bench) fn svg_with(path: &Path, texts: &[&str]) -> String {
+        let svg = std::fs::read_to_string(path).expect("read the plot");
+        assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(200)]);
+        for text in texts {
+            assert!(svg.contains(text), "no {text:?} in the plot");
+        }
+        svg
+    }
+
     #[test]
     fn plots_both_vmms_as_svg() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("sub/latency.svg");
         report().write_plot(&path).expect("plot");
-        let svg = std::fs::read_to_string(&path).expect("read the plot");
-        assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(200)]);
-        for text in [
-            "add 128M",
-            "remove 128M filled",
-            "Tidal 0.1.0",
-            "QEMU 7.2.0",
-        ] {
-            assert!(svg.contains(text), "no {text:?} in the plot");
-        }
+        let svg = svg_with(
+            &path,
+            &[
+                "add 128M",
+                "remove 128M filled",
+                "Tidal 0.1.0",
+                "QEMU 7.2.0",
+            ],
+        );
         assert!(!svg.contains("Cloud Hypervisor"));
         let path = dir.path().join("three.svg");
         report_of(&[VmmKind::Tidal, VmmKind::Qemu, VmmKind::CloudHypervisor])
