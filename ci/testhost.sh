@@ -184,7 +184,7 @@ PYTHON
 # the time. Nor may it reset: QEMU logs a CPU reset once the command has started only when the
 # test host resets itself, and the registers it logged then go to $work/reset. It polls each
 # second (so nothing of it outlives this script for long) and keeps its hands off our stdout.
-hang_timeout=300
+hang_timeout=120
 reset_log_lines() { wc -l <"$work/cpu-reset.log" 2>/dev/null || echo 0; }
 (
     for _ in $(seq "$boot_timeout"); do
