@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark: `ci/bench.sh [--runs N] [--quick] [--removed SIZES] [--added-only SIZES] [--ch PATH] [--no-pool] [--json PATH] [--plot PATH] [--pool-plot PATH]`. Builds Tidal,
-# tidal-bench (tests/src/bench/) and the guest, installs QEMU if it is missing, then runs
+# tidal-bench (tests/src/bench/) and the guest, installs QEMU and protoc if they are missing, then runs
 # tidal-bench, which boots the same guest under Tidal and under QEMU alternately (through
 # ci/qemu-as-tidal.sh) and prints a table of medians, Tidal beside QEMU. With --ch PATH (a
 # cloud-hypervisor binary of the user's: Debian does not package it, and nothing is downloaded)
@@ -43,15 +43,10 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-if ! command -v qemu-system-x86_64 >/dev/null; then
-    echo "bench: installing qemu-system-x86" >&2
-    sudo=()
-    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-    export DEBIAN_FRONTEND=noninteractive
-    "${sudo[@]}" apt-get install -y -qq --no-install-recommends qemu-system-x86 >&2 ||
-        { "${sudo[@]}" apt-get update -qq >&2 &&
-            "${sudo[@]}" apt-get install -y -qq --no-install-recommends qemu-system-x86 >&2; }
-fi
+# protobuf-compiler: protoc, which tidal-tests' CRI client (the k8s-cri crate) is built with.
+# shellcheck source=ci/lib/apt.sh
+. ci/lib/apt.sh
+apt_install qemu-system-x86 protobuf-compiler
 resources/build-guest.sh >/dev/null
 cargo build --release --quiet -p tidal-vmm -p tidal-pool -p tidal-tests --bin tidal --bin tidal-pool \
     --bin tidal-bench

@@ -61,21 +61,8 @@ finish() {
 }
 
 # --- set-up -----------------------------------------------------------------------------------
-apt_install() {
-    # Install only what is missing; refresh the package lists only if the first try fails.
-    local missing=() pkg
-    for pkg in "$@"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' ||
-            missing+=("$pkg")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    echo "installing ${missing[*]}"
-    local sudo=()
-    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-    export DEBIAN_FRONTEND=noninteractive
-    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" ||
-        { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"; }
-}
+# shellcheck source=ci/lib/apt.sh
+. ci/lib/apt.sh
 
 setup() {
     command -v cargo >/dev/null || { echo "cargo is missing: install a Rust toolchain" >&2; return 1; }
