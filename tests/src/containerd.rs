@@ -300,6 +300,12 @@ impl Drop for Containerd {
 
 /// The pids of the running `tidal` processes whose command line names `needle`.
 pub fn tidal_processes_naming(needle: &Path) -> Vec<u32> {
+    processes_naming("/tidal", needle)
+}
+
+/// The pids of the running processes whose program path ends with `program` and whose command
+/// line names `needle`.
+pub fn processes_naming(program: &str, needle: &Path) -> Vec<u32> {
     let needle = needle.to_string_lossy().into_owned();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -310,8 +316,8 @@ pub fn tidal_processes_naming(needle: &Path) -> Vec<u32> {
         .filter(|pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline);
-            let program = cmdline.split('\0').next().unwrap_or_default();
-            program.ends_with("/tidal") && cmdline.contains(&needle)
+            let path = cmdline.split('\0').next().unwrap_or_default();
+            path.ends_with(program) && cmdline.contains(&needle)
         })
         .collect()
 }

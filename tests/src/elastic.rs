@@ -174,15 +174,26 @@ impl ElasticVm {
         result: Result<impl std::fmt::Debug, ClientError>,
         status: u16,
     ) -> String {
-        match result {
-            Err(ClientError::Api {
-                status: got,
-                message,
-            }) if got.as_u16() == status => message,
-            other => self.guest.fail(&format!(
-                "expected an API error with status {status}, got {other:?}"
-            )),
+        match api_error(&result, status) {
+            Ok(message) => message.to_owned(),
+            Err(other) => self.guest.fail(&other),
         }
+    }
+}
+
+/// The message of `result` when it is an API error with `status`; otherwise what it was instead.
+pub fn api_error<T: std::fmt::Debug>(
+    result: &Result<T, ClientError>,
+    status: u16,
+) -> Result<&str, String> {
+    match result {
+        Err(ClientError::Api {
+            status: got,
+            message,
+        }) if got.as_u16() == status => Ok(message),
+        other => Err(format!(
+            "expected an API error with status {status}, got {other:?}"
+        )),
     }
 }
 

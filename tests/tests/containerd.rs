@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1::ContainerState;
 use tidal_api::{ApiClient, DimmState};
 use tidal_tests::containerd::{
-    tidal_processes_naming, Containerd, BUSYBOX_IMAGE, CONFIGURED_HOTPLUG_SIZE, CRI_HANDLER,
-    CRI_NAMESPACE, RUNTIME,
+    processes_naming, tidal_processes_naming, Containerd, BUSYBOX_IMAGE, CONFIGURED_HOTPLUG_SIZE,
+    CRI_HANDLER, CRI_NAMESPACE, RUNTIME,
 };
 use tidal_tests::cri::Cri;
 use tidal_tests::elastic::guest_ram_mappings;
@@ -282,22 +282,9 @@ fn an_update_grows_and_shrinks_a_running_container_in_place() {
     }
 }
 
-/// Whether a `containerd-shim-tidal-v2` serving `containerd` still runs.
+/// The pids of the `containerd-shim-tidal-v2` processes serving `containerd`.
 fn shims_of(containerd: &Containerd) -> Vec<u32> {
-    let socket = containerd.socket().to_string_lossy().into_owned();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline);
-            let program = cmdline.split('\0').next().unwrap_or_default();
-            program.ends_with("containerd-shim-tidal-v2") && cmdline.contains(&socket)
-        })
-        .collect()
+    processes_naming("containerd-shim-tidal-v2", &containerd.socket())
 }
 
 #[test]

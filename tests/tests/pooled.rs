@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tidal_api::pool::{DesiredRam, MoveRequest, Taken};
 use tidal_api::{ClientError, ResizeRequest};
-use tidal_tests::elastic::{guest_ram_mappings, ElasticVm};
+use tidal_tests::elastic::{api_error, guest_ram_mappings, ElasticVm};
 use tidal_tests::pool::{self, PoolDaemon};
 
 const MIB: u64 = 1 << 20;
@@ -64,17 +64,12 @@ fn vms_in_a_pool_never_hold_more_than_its_budget_and_a_race_has_one_winner() {
     assert_eq!(winners.len(), 1, "one VM gets the GiB: {answers:?}");
     let winner = winners[0];
     for (i, answer) in answers.iter().enumerate().filter(|&(i, _)| i != winner) {
-        match answer {
-            Err(ClientError::Api { status, message }) => {
-                assert_eq!(status.as_u16(), 507, "{message}");
-                assert!(
-                    message.contains("the host memory pool refused")
-                        && message.contains("has 0 MiB free of its budget of 2560 MiB"),
-                    "VM {i}: {message}"
-                );
-            }
-            other => panic!("VM {i} should hear the pool's 507: {other:?}"),
-        }
+        let message = api_error(answer, 507).unwrap_or_else(|e| panic!("VM {i}: {e}"));
+        assert!(
+            message.contains("the host memory pool refused")
+                && message.contains("has 0 MiB free of its budget of 2560 MiB"),
+            "VM {i}: {message}"
+        );
     }
     // What the guests see, what the pool says and what the host maps agree, within the budget.
     for (i, vm) in vms.iter_mut().enumerate() {
@@ -154,17 +149,13 @@ fn a_move_shifts_a_gib_between_guests_and_a_refused_one_changes_nothing() {
     b.guest
         .run_ok("echo 0 > /sys/firmware/acpi/hotplug/memory/enabled");
     let (a_total, b_total) = (a.memtotal_kib(), b.memtotal_kib());
-    match pool.move_memory(&request("b", "a")) {
-        Err(ClientError::Api { status, message }) => {
-            assert_eq!(status.as_u16(), 409, "{message}");
-            assert!(
-                message.starts_with("b did not shrink by 1024 MiB: ")
-                    && message.ends_with("; nothing moved"),
-                "{message}"
-            );
-        }
-        other => panic!("a move whose donor refuses should fail: {other:?}"),
-    }
+    let refused = pool.move_memory(&request("b", "a"));
+    let message = api_error(&refused, 409).unwrap_or_else(|e| panic!("a donor refusing: {e}"));
+    assert!(
+        message.starts_with("b did not shrink by 1024 MiB: ")
+            && message.ends_with("; nothing moved"),
+        "{message}"
+    );
     assert_eq!((a.memtotal_kib(), b.memtotal_kib()), (a_total, b_total));
     assert_eq!(pool.show(), shown, "the pool after the refused move");
 
@@ -253,17 +244,14 @@ fn a_vm_of_higher_priority_grows_at_the_expense_of_the_lowest_above_its_min() {
     );
 
     // 1.5 GiB more for hi: lo and mid have only half a GiB each above their min.
-    match pool.set_ram("hi", &grow(BOOT + 2 * GIB)) {
-        Err(ClientError::Api { status, message }) => {
-            assert_eq!(status.as_u16(), 507, "{message}");
-            assert_eq!(
-                message,
-                "hi needs 1536 MiB more than the pool has free, and VMs of lower priority can \
-                 give only 1024 MiB above their min; nobody was shrunk"
-            );
-        }
-        other => panic!("hi should be refused: {other:?}"),
-    }
+    let refused = pool.set_ram("hi", &grow(BOOT + 2 * GIB));
+    assert_eq!(
+        api_error(&refused, 507),
+        Ok(
+            "hi needs 1536 MiB more than the pool has free, and VMs of lower priority can give \
+            only 1024 MiB above their min; nobody was shrunk"
+        )
+    );
     assert_eq!(totals([&mut lo, &mut mid, &mut hi]), after);
     assert_eq!(pool.show(), shown);
 
