@@ -82,7 +82,7 @@ step "unit" cargo test --workspace --exclude tidal-tests || true
 # Every fuzz target briefly, so none can rot (docs/reliability.md); without AddressSanitizer,
 # which halves the build and finds little in code without unsafe blocks. Longer hunts:
 # ci/fuzz.sh --time SECONDS.
-step "fuzz" env FUZZ_SANITIZER=none ci/fuzz.sh --time 10 || true
+step "fuzz" env FUZZ_SANITIZER=none ci/fuzz.sh --time 5 || true
 
 host_test_args=()
 for t in "${host_tests[@]}"; do host_test_args+=(--test "$t"); done
@@ -217,21 +217,26 @@ stamp_lines() {
 # each ended and its seconds: "NAME ok SECONDS", "NAME FAILED SECONDS", or "NAME unfinished
 # SECONDS" (the output ends, or another test begins, before its result). Lines the harness wrote
 # past libtest's capture ("tidal-tests| ", a panic or a diagnosis, printed when it happens) hold
-# no results, whatever they end with.
+# no results, whatever they end with. The console passes on whole lines only, so libtest's
+# "test NAME ... " arrives with its result: a test's time runs from the line before it that
+# ended a test or began the executable's run ("running N tests").
 test_results() {
     awk '
         { stamp = $1; line = substr($0, length($1) + 2); sub(/\r$/, "", line) }
+        mark == "" { mark = stamp }
         line ~ /^tidal-tests\| / { next }
+        line ~ /^running [0-9]+ tests?$/ { mark = stamp; next }
         match(line, /test [A-Za-z0-9_:]+ \.\.\. /) {
-            if (current != "") print current, "unfinished", stamp - began
+            if (current != "") { print current, "unfinished", stamp - began; mark = stamp }
             current = substr(line, RSTART + 5, RLENGTH - 10)
-            began = stamp
+            began = mark
             line = substr(line, RSTART + RLENGTH)
         }
         current != "" && match(line, /(^| )(ok|FAILED)$/) {
             result = line; sub(/.* /, "", result)
             print current, result, stamp - began
             current = ""
+            mark = stamp
         }
         END { if (current != "") print current, "unfinished", stamp - began }
     ' "$1"
