@@ -129,7 +129,7 @@ list_tests() {
 #   guests die this way at random, even idle ones with one vCPU and no hotplug yet
 #   (docs/testing.md, "Known problems", "Guests dying of a triple fault");
 # - the nested guest falls silent halfway through a command's output or a line, or never
-#   begins the next command, answers no input, and no vCPU thread of tidal waits on a lock (the harness probes it and prints "the
+#   begins the next command (or never acts on `poweroff -f`/`reboot -f`), answers no input, and no vCPU thread of tidal waits on a lock (the harness probes it and prints "the
 #   guest stopped answering inside KVM_RUN", see diagnose_silence in tests/src/lib.rs): seen in
 #   CI, a 1-vCPU guest idle but for its shell, a guest frozen mid-banner, its vCPU spinning,
 #   a 1-vCPU guest that stopped booting in the middle of a kernel line, and a 4-vCPU guest

@@ -979,14 +979,19 @@ impl RunningGuest {
     }
 
     fn shut_down(&mut self, command: &str) -> ExitStatus {
+        let sent_at = self.console.len();
         self.send_line(command);
         match self.wait_exit(DEFAULT_EXIT_TIMEOUT) {
             Some(status) => status,
             None => {
+                // The kernel says "Power down" or "Restarting system" even with `quiet`: a
+                // guest that printed nothing since never acted on the command.
+                let never_began = self.console.len() == sent_at;
+                let diagnosis = self.diagnose_silence(never_began);
                 self.kill();
                 self.fail(&format!(
                     "tidal did not exit within {DEFAULT_EXIT_TIMEOUT:?} after `{command}` \
-                     (killed)"
+                     (killed)\n{diagnosis}"
                 ))
             }
         }
